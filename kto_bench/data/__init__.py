@@ -1,0 +1,1 @@
+"""Data: sources, canonical forms, matched corruption, tokenization, the synthetic world."""

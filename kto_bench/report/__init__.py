@@ -1,0 +1,20 @@
+"""Reports: results store -> tidy table -> statistics -> tables, plots, claim verdicts -> reports/<experiment>/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kto_bench.report.config import ReportSpec
+
+
+def render_report(
+    experiment_dir: Path, out_dir: Path, report: ReportSpec, spec_text: str, experiment: str
+) -> Path:
+    """Renders reports/<experiment>/ from results/<experiment>/; returns the index.html path.
+    (Imported lazily: matplotlib and pandas are not needed to load a spec.)"""
+    from kto_bench.report.render import render_report as render
+
+    return render(experiment_dir, out_dir, report, spec_text, experiment)
+
+
+__all__ = ["ReportSpec", "render_report"]

@@ -1,0 +1,334 @@
+"""Reads a results store (results/<experiment>/) into run records and one tidy DataFrame.
+
+Tidy columns: run_id, method, seed, point, <every grid field by dotted path>, task, variant, metric,
+value, stderr, n. Base-model evaluations (base-<key>/) are rows with method "base". Anything missing
+or unreadable becomes an entry of `Experiment.issues` instead of an exception, so partial results
+still render.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kto_bench.errors import StoreError
+
+# Grid fields that are not part of a "point" (they identify the run, not the setting).
+NON_POINT_FIELDS = ("method.type", "method", "seed")
+# Corruption settings whose value means "no corruption"; the reference point has these where they vary.
+CLEAN_VALUES: dict[str, Any] = {
+    "corruption.flip_rate": 0.0,
+    "corruption.desirable_fraction": 1.0,
+    "corruption.undesirable_fraction": 1.0,
+    "corruption.one_output_per_prompt": False,
+    "corruption.dpo_unpaired": False,
+}
+METHOD_ORDER = ("base", "sft", "dpo", "kto")
+STAGES = ("data", "reference", "train", "eval", "done")
+
+
+def _read_json(path: Path, issues: list[str]) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        issues.append(f"{path}: unreadable ({e}); treated as missing")
+        return None
+
+
+def _read_jsonl(path: Path, issues: list[str]) -> list[dict] | None:
+    if not path.exists():
+        return None
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            issues.append(f"{path}:{i}: unreadable line skipped (a run still writing?)")
+    return rows
+
+
+@dataclass
+class Run:
+    """One folder of the results store: a trained run, or a base model's evaluation (is_base)."""
+
+    run_id: str
+    path: Path
+    method: str
+    seed: int | None
+    grid: dict[str, Any]
+    meta: dict
+    provenance: dict | None
+    data_report: dict | None
+    status: dict | None
+    train_summary: dict | None
+    results: dict[str, dict]
+    is_base: bool = False
+    point: str = ""
+
+    @property
+    def spec(self) -> dict:
+        return self.meta.get("spec") or {}
+
+    def stages_done(self) -> list[str]:
+        stages = (self.status or {}).get("stages", {})
+        return [s for s in STAGES if (stages.get(s) or {}).get("done")]
+
+
+def _point_label(grid: dict[str, Any], fields: list[str]) -> str:
+    return ", ".join(f"{f.split('.')[-1]}={grid.get(f, '—')}" for f in fields)
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+@dataclass
+class Experiment:
+    name: str
+    root: Path
+    runs: list[Run]
+    issues: list[str] = field(default_factory=list)
+    varying: list[str] = field(default_factory=list)  # grid fields that differ between trained runs
+    _samples: dict[tuple[str, str], list[dict] | None] = field(default_factory=dict, repr=False)
+
+    def run(self, run_id: str) -> Run:
+        return next(r for r in self.runs if r.run_id == run_id)
+
+    @property
+    def trained(self) -> list[Run]:
+        return [r for r in self.runs if not r.is_base]
+
+    @cached_property
+    def tidy(self) -> pd.DataFrame:
+        return tidy_frame(self.runs, self.varying)
+
+    def sample_rows(self, run_id: str, task: str) -> list[dict] | None:
+        key = (run_id, task)
+        if key not in self._samples:
+            run = self.run(run_id)
+            name = (run.results.get(task) or {}).get("samples_file") or f"{task}.samples.jsonl"
+            self._samples[key] = _read_jsonl(run.path / "eval" / name, self.issues)
+        return self._samples[key]
+
+    def item_scores(self, run_id: str, task: str, metric: str) -> dict[str, float] | None:
+        """item_id -> score of one metric for one run and task, or None when samples are absent."""
+        rows = self.sample_rows(run_id, task)
+        if not rows:
+            return None
+        out = {}
+        for row in rows:
+            score = sample_score(row.get("scores") or {}, metric)
+            if score is not None and "item_id" in row:
+                out[str(row["item_id"])] = score
+        return out or None
+
+    def metrics(self, run_id: str) -> pd.DataFrame | None:
+        rows = _read_jsonl(self.run(run_id).path / "metrics.jsonl", self.issues)
+        if not rows:
+            return None
+        df = pd.DataFrame(rows)
+        df.columns = [normalize_metric_name(c) for c in df.columns]
+        return df.sort_values("step") if "step" in df else df
+
+    def rewards(self, run_id: str) -> pd.DataFrame | None:
+        rows = _read_jsonl(self.run(run_id).path / "rewards.jsonl", self.issues)
+        return pd.DataFrame(rows) if rows else None
+
+    def reference_point(self) -> str | None:
+        """The grid point the bars plot and the paper claims use: corruption fields that vary sit at
+        their clean value (no flips, full data, paired); among several such points (another field
+        varies) the one with the most runs, then the first by label."""
+        points: dict[str, int] = {}
+        for r in self.trained:
+            if all(
+                r.grid.get(f, CLEAN_VALUES[f]) == CLEAN_VALUES[f] for f in self.varying if f in CLEAN_VALUES
+            ):
+                points[r.point] = points.get(r.point, 0) + 1
+        if not points:
+            return None
+        return sorted(points, key=lambda p: (-points[p], p))[0]
+
+    def select(self, method: str, moves: dict[str, Callable[[Any], bool]] | None = None) -> list[Run]:
+        """Runs of `method` at the reference point, except that each field named in `moves` (dotted
+        grid path) must satisfy its predicate instead of sitting at the reference value."""
+        moves = moves or {}
+        ref = next((r for r in self.trained if r.point == self.reference_point()), None)
+        if ref is None:
+            return []
+
+        def keep(r: Run) -> bool:
+            return all(
+                moves[f](r.grid.get(f)) if f in moves else r.grid.get(f) == ref.grid.get(f)
+                for f in {*self.varying, *moves}
+            )
+
+        return [r for r in self.trained if r.method == method and keep(r)]
+
+
+def sample_score(scores: dict[str, Any], metric: str) -> float | None:
+    """Finds a result metric ("exact_match,strict-match") among a sample's score keys, which may
+    carry the full name, the bare metric ("exact_match") or only the filter ("strict-match")."""
+    base, _, filt = metric.partition(",")
+    for key in (metric, base, filt):
+        if key and key in scores and scores[key] is not None:
+            try:
+                return float(scores[key])
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def normalize_metric_name(name: str) -> str:
+    """train/rewards_desirable and train/rewards/desirable are the same; DPO's chosen/rejected are
+    the desirable/undesirable of a pair."""
+    name = name.replace("train/rewards_", "train/rewards/")
+    return {
+        "train/rewards/chosen": "train/rewards/desirable",
+        "train/rewards/rejected": "train/rewards/undesirable",
+    }.get(name, name)
+
+
+def _load_run(path: Path, issues: list[str]) -> Run | None:
+    is_base = path.name.startswith("base-")
+    meta = _read_json(path / "run.json", issues)
+    if meta is None and not is_base:
+        issues.append(f"{path.name}: no run.json; folder skipped")
+        return None
+    meta = meta or {}
+    results: dict[str, dict] = {}
+    eval_dir = path / "eval"
+    if eval_dir.is_dir():
+        for f in sorted(eval_dir.glob("*.json")):
+            res = _read_json(f, issues)
+            if res is not None:
+                results[res.get("task") or f.stem] = res
+    spec = meta.get("spec") or {}
+    method = "base" if is_base else str(meta.get("method") or (spec.get("method") or {}).get("type") or "?")
+    seed = None if is_base else meta.get("seed", spec.get("seed"))
+    return Run(
+        run_id=str(meta.get("run_id") or path.name),
+        path=path,
+        method=method,
+        seed=seed,
+        grid={k: v for k, v in (meta.get("grid") or {}).items() if k not in NON_POINT_FIELDS},
+        meta=meta,
+        provenance=_read_json(path / "provenance.json", issues),
+        data_report=_read_json(path / "data_report.json", issues),
+        status=_read_json(path / "status.json", issues),
+        train_summary=_read_json(path / "train_summary.json", issues),
+        results=results,
+        is_base=is_base,
+    )
+
+
+def load_experiment(experiment_dir: Path, name: str | None = None) -> Experiment:
+    experiment_dir = Path(experiment_dir)
+    if not experiment_dir.is_dir():
+        raise StoreError(
+            f"no results at {experiment_dir}: run the experiment first (`kto-bench run <spec>`) "
+            "or pass the results/<experiment> folder it wrote"
+        )
+    issues: list[str] = []
+    runs = [r for p in sorted(experiment_dir.iterdir()) if p.is_dir() and (r := _load_run(p, issues))]
+    trained = [r for r in runs if not r.is_base]
+    fields = sorted({k for r in trained for k in r.grid})
+    varying = [f for f in fields if len({json.dumps(r.grid.get(f), sort_keys=True) for r in trained}) > 1]
+    for r in trained:
+        r.point = _point_label(r.grid, varying)
+    for r in trained:
+        missing = [s for s in STAGES if s not in r.stages_done()]
+        if missing:
+            issues.append(f"{r.run_id} ({r.method}, seed {r.seed}): stages not done: {', '.join(missing)}")
+        if not r.results:
+            issues.append(f"{r.run_id} ({r.method}, seed {r.seed}): no evaluation results")
+    if not trained:
+        issues.append(f"{experiment_dir}: no trained runs found")
+    return Experiment(name or experiment_dir.name, experiment_dir, runs, issues, varying)
+
+
+def tidy_frame(runs: list[Run], varying: list[str]) -> pd.DataFrame:
+    fields = sorted({k for r in runs for k in r.grid})
+    rows = []
+    for r in runs:
+        for task, res in r.results.items():
+            for m in res.get("metrics") or []:
+                value = m.get("value")
+                rows.append(
+                    {
+                        "run_id": r.run_id,
+                        "method": r.method,
+                        "seed": r.seed,
+                        "point": r.point,
+                        **{f: r.grid.get(f) for f in fields},
+                        "task": task,
+                        "variant": res.get("variant"),
+                        "metric": m.get("metric"),
+                        "value": math.nan if value is None else float(value),
+                        "stderr": math.nan if m.get("stderr") is None else float(m["stderr"]),
+                        "n": m.get("n"),
+                    }
+                )
+    columns = [
+        "run_id",
+        "method",
+        "seed",
+        "point",
+        *fields,
+        "task",
+        "variant",
+        "metric",
+        "value",
+        "stderr",
+        "n",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def training_summary(metrics: pd.DataFrame | None, summary: dict | None) -> dict[str, Any]:
+    """Final and best values from metrics.jsonl plus steps/tokens/wall time from train_summary.json.
+    "best" is the minimum of the loss and the maximum of the reward margin."""
+    out: dict[str, Any] = {k: (summary or {}).get(k) for k in ("steps", "tokens", "wall_s", "stopped")}
+    if metrics is None or metrics.empty:
+        return out
+    if out["steps"] is None and "step" in metrics:
+        out["steps"] = int(metrics["step"].max())
+    if out["tokens"] is None and "tokens/seen" in metrics:
+        out["tokens"] = int(metrics["tokens/seen"].dropna().iloc[-1])
+    if out["wall_s"] is None and "time/step_s" in metrics:
+        out["wall_s"] = float(metrics["time/step_s"].sum())
+    margins = margin_series(metrics)
+    columns = {
+        "loss": metrics.get("train/loss"),
+        "margin": margins,
+        "kl": metrics.get("train/kl"),
+        "grad_norm": metrics.get("train/grad_norm"),
+    }
+    for name, col in columns.items():
+        col = None if col is None else col.dropna()
+        out[f"final_{name}"] = float(col.iloc[-1]) if col is not None and len(col) else None
+    loss = columns["loss"]
+    if loss is not None and loss.notna().any():
+        out["best_loss"] = float(loss.min())
+        out["best_loss_step"] = int(metrics.loc[loss.idxmin(), "step"]) if "step" in metrics else None
+    if margins is not None and margins.notna().any():
+        out["best_margin"] = float(margins.max())
+    return out
+
+
+def margin_series(metrics: pd.DataFrame) -> pd.Series | None:
+    if "train/rewards/margins" in metrics:
+        return metrics["train/rewards/margins"]
+    if {"train/rewards/desirable", "train/rewards/undesirable"} <= set(metrics.columns):
+        return metrics["train/rewards/desirable"] - metrics["train/rewards/undesirable"]
+    return None

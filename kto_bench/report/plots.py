@@ -1,0 +1,315 @@
+"""Report figures (PNG + SVG), drawn on matplotlib Figure objects (Agg, no pyplot state).
+
+Okabe-Ito colours plus a distinct marker and hatch per method, so figures survive greyscale print.
+Seed bands: score plots shade the t-interval across seeds (no band at n=1); training curves shade
+the min-max envelope across seeds (a t-interval over 2-3 curves is mostly noise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from kto_bench.registry import Registry
+from kto_bench.report.aggregate import Experiment, Run, margin_series, method_rank
+from kto_bench.report.stats import mean_ci
+from kto_bench.report.tables import column_label, column_scale, headline_cells, row_label
+
+OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
+STYLE = {  # method -> (colour, marker, hatch)
+    "base": ("#7f7f7f", "D", ".."),
+    "sft": (OKABE_ITO[2], "^", "xx"),
+    "dpo": (OKABE_ITO[4], "s", "//"),
+    "kto": (OKABE_ITO[5], "o", ""),
+}
+EXTRA_MARKERS, EXTRA_HATCHES = ["v", "P", "X", "<", ">", "*"], ["\\\\", "--", "++", "oo", "||", "**"]
+
+
+def style(method: str) -> tuple[str, str, str]:
+    if method in STYLE:
+        return STYLE[method]
+    i = sum(ord(c) for c in method)  # stable across runs and reports
+    extras = [OKABE_ITO[k] for k in (0, 1, 6, 3, 7)]
+    return (
+        extras[i % len(extras)],
+        EXTRA_MARKERS[i % len(EXTRA_MARKERS)],
+        EXTRA_HATCHES[i % len(EXTRA_HATCHES)],
+    )
+
+
+@dataclass
+class PlotResult:
+    name: str
+    caption: str
+    png: Path | None = None
+    svg: Path | None = None
+    missing: str = ""
+
+
+PlotFn = Callable[[Experiment, float, Path], PlotResult]
+PLOTS: Registry[PlotFn] = Registry("plot")
+
+
+def save(fig: Figure, out_dir: Path, name: str, caption: str) -> PlotResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
+    fig.savefig(png, dpi=100, metadata={"Software": None})
+    fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    return PlotResult(name, caption, png, svg)
+
+
+def _grid(n: int, width: float = 4.0, height: float = 3.2, max_cols: int = 3) -> tuple[Figure, list]:
+    cols = min(n, max_cols)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _columns(exp: Experiment) -> list[tuple[str, str]]:
+    return headline_cells(exp, 0.05)[1]
+
+
+def run_values(exp: Experiment, runs: list[Run], col: tuple[str, str]) -> list[float]:
+    df = exp.tidy
+    ids = {r.run_id for r in runs}
+    sel = df[df["run_id"].isin(ids) & (df["task"] == col[0]) & (df["metric"] == col[1])]
+    return sel["value"].tolist()
+
+
+# ---------------------------------------------------------------------------------------------- bars
+
+
+@PLOTS.register("bars", "grouped bars per benchmark with CI whiskers, at the reference grid point")
+def plot_bars(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
+    caption = "Score per benchmark at the reference grid point; whiskers: seed CI (or Wilson for one-seed win rates)."
+    rows, columns, cells = headline_cells(exp, alpha)
+    ref = exp.reference_point()
+    rows = [r for r in rows if r[0] == "base" or r[1] == ref]
+    if not columns or not rows:
+        return PlotResult("bars", caption, missing="no evaluation results")
+    fig, axes = _grid(len(columns), 3.6, 3.0)
+    for ax, col in zip(axes, columns, strict=True):
+        scale = column_scale(cells, col)
+        for i, (method, _, label) in enumerate(rows):
+            c = cells.get((label, col))
+            colour, _, hatch = style(method)
+            if c is None:
+                ax.text(i, 0, "missing", rotation=90, ha="center", va="bottom", fontsize=7)
+                continue
+            err = None
+            if math.isfinite(c.lo):
+                err = [[(c.ci.mean - c.lo) * scale], [(c.hi - c.ci.mean) * scale]]
+            ax.bar(
+                i,
+                c.ci.mean * scale,
+                color=colour,
+                hatch=hatch,
+                edgecolor="black",
+                linewidth=0.6,
+                yerr=err,
+                capsize=3,
+            )
+        ax.set_xticks(
+            range(len(rows)), [label if m == "base" else row_label(m, "") for m, _, label in rows], fontsize=8
+        )
+        ax.set_title(column_label(*col) + (" (%)" if scale == 100.0 else ""), fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    if ref:
+        fig.suptitle(f"reference point: {ref}", fontsize=9)
+    return save(fig, out_dir, "bars", caption)
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+
+
+def sweep_series(exp: Experiment, method: str, field: str, col, alpha: float) -> pd.DataFrame:
+    """x, mean, lo, hi, n of a score over one grid field, everything else at the reference point."""
+    xs = sorted(
+        {r.grid.get(field) for r in exp.trained if r.method == method and r.grid.get(field) is not None}
+    )
+    out = []
+    for x in xs:
+        ci = mean_ci(run_values(exp, exp.select(method, {field: lambda v, x=x: v == x}), col), alpha)
+        if ci.n:
+            out.append({"x": float(x), "mean": ci.mean, "lo": ci.lo, "hi": ci.hi, "n": ci.n})
+    return pd.DataFrame(out, columns=["x", "mean", "lo", "hi", "n"])
+
+
+def _draw_series(ax, s: pd.DataFrame, method: str, scale: float, label: str) -> None:
+    colour, marker, _ = style(method)
+    ax.plot(s["x"], s["mean"] * scale, color=colour, marker=marker, label=label)
+    band = s.dropna(subset=["lo", "hi"])
+    if len(band):
+        ax.fill_between(
+            band["x"], band["lo"] * scale, band["hi"] * scale, color=colour, alpha=0.2, linewidth=0
+        )
+
+
+def _base_line(ax, exp: Experiment, col, scale: float) -> None:
+    bases = [r for r in exp.runs if r.is_base]
+    values = run_values(exp, bases[:1], col)
+    if values:
+        ax.axhline(values[0] * scale, color=STYLE["base"][0], linestyle=":", label="base")
+
+
+def _sweep_plot(
+    exp: Experiment, alpha: float, out_dir: Path, name: str, field: str, caption: str, xlabel: str
+):
+    if field not in exp.varying:
+        return PlotResult(name, caption, missing=f"{field} does not vary in this experiment")
+    columns = _columns(exp)
+    if not columns:
+        return PlotResult(name, caption, missing="no evaluation results")
+    fig, axes = _grid(len(columns))
+    methods = sorted({r.method for r in exp.trained}, key=method_rank)
+    scales = {c: column_scale(headline_cells(exp, alpha)[2], c) for c in columns}
+    for ax, col in zip(axes, columns, strict=True):
+        scale = scales[col]
+        for m in methods:
+            s = sweep_series(exp, m, field, col, alpha)
+            if name == "imbalance" and m == "dpo":
+                _dpo_reference(ax, exp, s, scale)
+            elif len(s):
+                _draw_series(ax, s, m, scale, row_label(m, ""))
+        _base_line(ax, exp, col, scale)
+        ax.set_xlabel(xlabel)
+        ax.set_title(column_label(*col) + (" (%)" if scale == 100.0 else ""), fontsize=9)
+        ax.grid(alpha=0.3)
+        xs = sorted({r.grid.get(field) for r in exp.trained} - {None})
+        if name == "imbalance" and len(xs) > 1 and xs[0] > 0 and xs[-1] / xs[0] >= 10:
+            ax.set_xscale("log")
+    axes[0].legend(fontsize=8)
+    return save(fig, out_dir, name, caption)
+
+
+def _dpo_reference(ax, exp: Experiment, s: pd.DataFrame, scale: float) -> None:
+    """DPO on full data as a horizontal line with its CI band (paper Figure 6)."""
+    full = s[s["x"] == s["x"].max()] if len(s) else s
+    if full.empty:
+        return
+    row = full.iloc[0]
+    colour, _, _ = style("dpo")
+    ax.axhline(row["mean"] * scale, color=colour, linestyle="--", label=f"+DPO (fraction {row['x']:g})")
+    if np.isfinite(row["lo"]):
+        ax.axhspan(row["lo"] * scale, row["hi"] * scale, color=colour, alpha=0.15, linewidth=0)
+
+
+@PLOTS.register("noise", "score vs label flip rate per method, with seed CI bands")
+def plot_noise(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
+    caption = "Score vs fraction of flipped preference labels (other settings at the reference point); bands: seed CI."
+    return _sweep_plot(exp, alpha, out_dir, "noise", "corruption.flip_rate", caption, "flip rate")
+
+
+@PLOTS.register("imbalance", "score vs fraction of desirable data kept, DPO full-data reference")
+def plot_imbalance(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
+    caption = "Score vs fraction of desirable examples kept (paper Figure 6 shape); dashed line and band: DPO on full data."
+    return _sweep_plot(
+        exp, alpha, out_dir, "imbalance", "corruption.desirable_fraction", caption, "desirable fraction"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+CURVES = [
+    ("loss", lambda m: m.get("train/loss")),
+    ("reward margin (desirable − undesirable)", margin_series),
+    ("rewards: desirable (solid) / undesirable (dashed)", None),
+    ("KL / z0", lambda m: m.get("train/kl", m.get("train/z0"))),
+]
+
+
+def _envelope(frames: list[pd.Series]) -> pd.DataFrame:
+    wide = pd.concat(frames, axis=1)
+    return pd.DataFrame({"mean": wide.mean(axis=1), "lo": wide.min(axis=1), "hi": wide.max(axis=1)})
+
+
+@PLOTS.register("training", "training curves (loss, margins, rewards, KL) per method with seed bands")
+def plot_training(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
+    ref = exp.reference_point()
+    caption = f"Training curves at the reference point ({ref or 'all runs'}); line: seed mean, band: min-max over seeds."
+    per_method: dict[str, list[pd.DataFrame]] = {}
+    for r in exp.trained:
+        if r.point == ref and (m := exp.metrics(r.run_id)) is not None and "step" in m:
+            per_method.setdefault(r.method, []).append(m.set_index("step"))
+    if not per_method:
+        return PlotResult("training", caption, missing="no metrics.jsonl")
+    fig, axes = _grid(len(CURVES), 4.6, 3.0, max_cols=2)
+    for ax, (title, get) in zip(axes, CURVES, strict=True):
+        for method in sorted(per_method, key=method_rank):
+            colour, marker, _ = style(method)
+            keys = (
+                [("train/rewards/desirable", "-"), ("train/rewards/undesirable", "--")]
+                if get is None
+                else [(get, "-")]
+            )
+            for key, ls in keys:
+                series = [(m.get(key) if isinstance(key, str) else key(m)) for m in per_method[method]]
+                series = [s.dropna() for s in series if s is not None and s.notna().any()]
+                if not series:
+                    continue
+                env = _envelope(series)
+                ax.plot(
+                    env.index,
+                    env["mean"],
+                    color=colour,
+                    linestyle=ls,
+                    marker=marker,
+                    markevery=max(1, len(env) // 8),
+                    label=row_label(method, "") if ls == "-" else None,
+                )
+                ax.fill_between(env.index, env["lo"], env["hi"], color=colour, alpha=0.18, linewidth=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return save(fig, out_dir, "training", caption)
+
+
+# ---------------------------------------------------------------------------------------------- rewards
+
+
+@PLOTS.register("rewards", "final-policy reward distributions, desirable vs undesirable, per method")
+def plot_rewards(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
+    ref = exp.reference_point()
+    caption = f"Final-policy implied rewards of training examples at the reference point ({ref or '—'}), seeds pooled."
+    per_method: dict[str, list[pd.DataFrame]] = {}
+    for r in exp.trained:
+        if (
+            r.point == ref
+            and (df := exp.rewards(r.run_id)) is not None
+            and {"desirable", "reward"} <= set(df.columns)
+        ):
+            per_method.setdefault(r.method, []).append(df)
+    if not per_method:
+        return PlotResult("rewards", caption, missing="no rewards.jsonl in any run at the reference point")
+    methods = sorted(per_method, key=method_rank)
+    fig, axes = _grid(len(methods), 4.0, 3.0)
+    for ax, method in zip(axes, methods, strict=True):
+        df = pd.concat(per_method[method])
+        values = df["reward"].astype(float)
+        bins = np.linspace(values.min(), values.max() + 1e-9, 30)
+        desirable = df["desirable"].astype(bool)
+        ax.hist(
+            values[desirable],
+            bins=bins,
+            alpha=0.55,
+            color=OKABE_ITO[2],
+            label="desirable",
+            edgecolor="black",
+            linewidth=0.3,
+        )
+        ax.hist(values[~desirable], bins=bins, alpha=0.55, color=OKABE_ITO[6], hatch="//", label="undesirable", edgecolor="black", linewidth=0.3)  # fmt: skip
+        ax.set_title(row_label(method, ""), fontsize=9)
+        ax.set_xlabel("implied reward β·r")
+        ax.legend(fontsize=8)
+    return save(fig, out_dir, "rewards", caption)

@@ -1,0 +1,512 @@
+"""Experiment specs: typed models, YAML loading with file/line errors, grid expansion, run ids.
+
+Every default lives in the models below (and only here); a resolved run records all values, defaults
+included. A run id is a hash of the run's resolved content, so the same spec gives the same ids on
+every machine and any change to a result-affecting field changes the id.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kto_bench.errors import SpecError
+from kto_bench.io import stable_hash
+from kto_bench.registry import did_you_mean
+from kto_bench.report.config import ReportSpec
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ----------------------------------------------------------------------------- model and data
+
+
+class LoraSpec(Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class ModelSpec(Strict):
+    """The base model: also the reference model and the policy's starting point."""
+
+    source: Literal["hub", "local", "mirror", "demo"] = "hub"
+    name: str = Field(..., description="hub id, local path, offline mirror name, or demo world name")
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    lora: LoraSpec | None = None
+
+
+class DataSpec(Strict):
+    source: str = Field(..., description="a name from `kto-bench ls sources`")
+    path: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    limit: int | None = Field(None, gt=0)
+    on_bad_row: Literal["error", "drop"] = "error"
+    max_length: int = Field(1024, gt=1)
+    max_prompt_length: int = Field(512, gt=0)
+    chat_template: str | None = Field(None, description="a Jinja template; None = the tokenizer's own")
+    partition_seed: int = Field(0, description="seed of the data-level microbatch partition (not the training order)")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        from kto_bench.data.sources import SOURCES
+
+        if v not in SOURCES:
+            raise ValueError(f"unknown data source {v!r}{did_you_mean(v, SOURCES.names())}; known: {', '.join(SOURCES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DataSpec:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})")
+        return self
+
+
+class CorruptionSpec(Strict):
+    """Matched corruption: applied to the shared data before it is split into each method's view."""
+
+    flip_rate: float = Field(0.0, ge=0.0, le=0.5, description="fraction of pairs (or labels) flipped, in [0, 0.5]")
+    desirable_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of desirable examples kept, in (0, 1]")
+    undesirable_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of undesirable examples kept, in (0, 1]")
+    one_output_per_prompt: bool = False
+    dpo_unpaired: Literal["drop", "full"] = Field(
+        "drop", description="DPO under imbalance: only pairs whose both sides survive, or the full pairs"
+    )
+    seed: int | None = Field(None, description="corruption seed; None = the run's seed")
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+class _Method(Strict):
+    label: str | None = Field(None, description="display name; defaults to the type (use it for ablations)")
+
+    @property
+    def name(self) -> str:
+        return self.label or self.type  # type: ignore[attr-defined]
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"type", "label", "lambda_ratio"})
+
+
+class KTOMethod(_Method):
+    type: Literal["kto"] = "kto"
+    beta: float = Field(0.1, gt=0)
+    lambda_ratio: float = Field(1.0, ge=1.0, le=4 / 3, description="target λD·nD/(λU·nU), in [1, 4/3]")
+    desirable_weight: float | None = Field(None, gt=0, description="λD; None = set from lambda_ratio")
+    undesirable_weight: float | None = Field(None, gt=0, description="λU; None = set from lambda_ratio")
+
+
+class DPOMethod(_Method):
+    type: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+
+
+class IPOMethod(_Method):
+    type: Literal["ipo"] = "ipo"
+    beta: float = Field(0.1, gt=0)
+    length_normalize: bool = True
+
+
+class RDPOMethod(_Method):
+    type: Literal["rdpo"] = "rdpo"
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=0.5)
+
+
+class SimPOMethod(_Method):
+    type: Literal["simpo"] = "simpo"
+    beta: float = Field(2.0, gt=0)
+    gamma_beta_ratio: float = Field(0.5, ge=0)
+
+
+class SLiCMethod(_Method):
+    type: Literal["slic"] = "slic"
+    beta: float = Field(0.1, gt=0)
+    delta: float = Field(1.0, gt=0)
+
+
+class SFTMethod(_Method):
+    type: Literal["sft"] = "sft"
+
+
+Method = Annotated[
+    Union[KTOMethod, DPOMethod, IPOMethod, RDPOMethod, SimPOMethod, SLiCMethod, SFTMethod],  # noqa: UP007
+    Field(discriminator="type"),
+]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class BudgetSpec(Strict):
+    """How much training each run gets; the same rule for every method of an experiment."""
+
+    rule: Literal["epochs", "steps", "tokens"] = "epochs"
+    value: float = Field(1.0, gt=0)
+
+
+class TrainingSpec(Strict):
+    optimizer: Literal["adamw"] = "adamw"
+    lr: float = Field(5e-7, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    precision: Literal["fp32", "bf16"] = "bf16"
+    batch_size: int = Field(8, gt=0, description="per-step microbatch per process (KTO's z0 is estimated on it)")
+    grad_accum: int = Field(1, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    budget: BudgetSpec = BudgetSpec()
+    checkpoint_every: int = Field(200, gt=0, description="optimizer steps between checkpoints")
+    reference_batch_size: int = Field(64, gt=0)
+    compile: bool = False
+    gradient_checkpointing: bool = False
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class EvalTaskSpec(Strict):
+    name: str
+    variant: Literal["stock", "offline"] = "stock"
+    num_fewshot: int | None = Field(None, ge=0)
+    limit: int | None = Field(None, gt=0)
+    apply_chat_template: bool = False
+    max_new_tokens: int | None = Field(None, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from kto_bench.eval.tasks import TASKS
+
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}{did_you_mean(v, TASKS.names())}; known: {', '.join(TASKS)}")
+        return v
+
+
+class JudgeSpec(Strict):
+    type: Literal["api", "local"] = "local"
+    model: str | None = None
+    annotator_config: str = "weighted_alpaca_eval_gpt4_turbo"
+
+
+class EvaluationSpec(Strict):
+    tasks: list[EvalTaskSpec] = Field(default_factory=list)
+    backend: Literal["engine", "hf", "vllm"] = "engine"
+    batch_size: int = Field(64, gt=0)
+    seed: int = 1234
+    allow_code_execution: bool = False
+    evaluate_base: bool = True
+    judge: JudgeSpec | None = None
+
+
+# ----------------------------------------------------------------------------- experiment and run
+
+
+class RunSpec(Strict):
+    """One fully resolved run: what `run_id` hashes."""
+
+    model: ModelSpec
+    data: DataSpec
+    corruption: CorruptionSpec = CorruptionSpec()
+    method: Method
+    training: TrainingSpec = TrainingSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    seed: int = 1
+
+    @model_validator(mode="after")
+    def _kto_batch(self) -> RunSpec:
+        if self.method.type == "kto" and self.training.batch_size < 2:
+            raise ValueError(
+                "training.batch_size must be at least 2 for KTO: z0 is estimated from mismatched pairs inside "
+                "each per-step microbatch (the paper recommends ≥ 4)"
+            )
+        return self
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.method.name}-{stable_hash(self.model_dump(mode='json'), 10)}"
+
+
+GridBlock = dict[str, list[Any]]
+
+
+class ExperimentSpec(Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    requires: list[Literal["gpu", "hub", "api-key", "mirrors"]] = Field(default_factory=list)
+    model: ModelSpec
+    data: DataSpec
+    corruption: CorruptionSpec = CorruptionSpec()
+    methods: list[Method] = Field(..., min_length=1)
+    training: TrainingSpec = TrainingSpec()
+    seeds: list[int] = Field([1], min_length=1)
+    evaluation: EvaluationSpec = EvaluationSpec()
+    report: ReportSpec = ReportSpec()
+    grid: list[GridBlock] = Field(default_factory=list, description="union of cross products")
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _one_block(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _unique_methods(self) -> ExperimentSpec:
+        names = [m.name for m in self.methods]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"methods named twice: {sorted(dup)}; give ablations a distinct `label`")
+        return self
+
+    @property
+    def spec_hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"), 16)
+
+
+# ----------------------------------------------------------------------------- loading with line numbers
+
+
+def _line_map(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line."""
+    out: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        out.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                out[(*path, k.value)] = k.start_mark.line + 1
+                walk(v, (*path, k.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, (*path, i))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    """The line of the deepest prefix of a pydantic loc found in the YAML (skips union tags)."""
+    path: tuple = ()
+    best = lines.get(())
+    for part in loc:
+        if (*path, part) in lines:
+            path = (*path, part)
+            best = lines[path]
+    return best
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the model a loc points into (best effort, for did-you-mean)."""
+    model: Any = ExperimentSpec
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            if part in model.model_fields:
+                model = _unwrap(model.model_fields[part].annotation)
+            else:  # a discriminator tag such as 'kto'
+                model = next((m for m in typing.get_args(_unwrap_union(Method)) if m.model_fields["type"].default == part), None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _unwrap_union(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _unwrap(tp: Any) -> Any:
+    tp = _unwrap_union(tp)
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        models = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _unwrap(models[0]) if len(models) == 1 else tp
+    return tp
+
+
+def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int]) -> str:
+    msgs = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        field = ".".join(str(p) for p in loc if not (isinstance(p, str) and p in _TAGS)) or "(top level)"
+        line = _line_for(loc, lines)
+        where = f"{source}:{line}" if line else source
+        if e["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            hint = did_you_mean(key, _fields_at(loc)) or ""
+            fix = f"remove it{hint.replace(' (did', '; did').rstrip(')') if hint else ''}"
+            msgs.append(f"{where}: {field}: unknown key {key!r}; {fix}")
+        elif e["type"] == "missing":
+            msgs.append(f"{where}: {field}: required field is missing; add it")
+        else:
+            got = "" if e["type"].startswith("value_error") else f" (got {e.get('input')!r})"
+            msgs.append(f"{where}: {field}: {e['msg'].removeprefix('Value error, ')}{got}")
+    return "\n".join(msgs)
+
+
+_TAGS = {"kto", "dpo", "ipo", "rdpo", "simpo", "slic", "sft", "function-after", "function-before"}
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise SpecError(f"--set {dotted}: {k!r} is not a mapping")
+    d[keys[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`a.b=c` strings from the command line into {dotted: YAML-parsed value}."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.lr=1e-6")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentSpec:
+    """Read and validate an experiment YAML; errors name file, line, field path and fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file; list shipped specs with `ls experiments/`")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    return parse_spec(text, str(path), overrides)
+
+
+def parse_spec(text: str, source: str = "<spec>", overrides: dict[str, Any] | None = None) -> ExperimentSpec:
+    try:
+        raw = yaml.safe_load(text)
+        lines = _line_map(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise SpecError(f"{where}: malformed YAML: {getattr(e, 'problem', e)}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a spec is a YAML mapping with keys name, model, data, methods, …")
+    raw = copy.deepcopy(raw)
+    for k, v in (overrides or {}).items():
+        _set_dotted(raw, k, v)
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_format_errors(e, source, lines)) from None
+    _check_grid(spec, source, lines)
+    expand(spec, source=source)  # every grid point must validate as a run
+    return spec
+
+
+# ----------------------------------------------------------------------------- grid expansion
+
+
+def _grid_paths() -> set[str]:
+    """Every dotted path a grid may vary (leaves of RunSpec, plus 'method' and 'seed')."""
+    paths = {"method", "seed"}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            tp = _unwrap(f.annotation)
+            dotted = f"{prefix}{name}"
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                walk(tp, dotted + ".")
+            elif name == "method":
+                for m in typing.get_args(_unwrap_union(Method)):
+                    walk(m, "method.")
+            else:
+                paths.add(dotted)
+
+    walk(RunSpec, "")
+    return paths
+
+
+def _check_grid(spec: ExperimentSpec, source: str, lines: dict[tuple, int]) -> None:
+    known = _grid_paths()
+    names = [m.name for m in spec.methods]
+    for i, block in enumerate(spec.grid):
+        for key, values in block.items():
+            where = f"{source}:{lines.get(('grid', i, key)) or lines.get(('grid', key)) or lines.get(('grid',), '?')}"
+            if key not in known:
+                raise SpecError(
+                    f"{where}: grid.{key}: not a field of a run{did_you_mean(key, known)}; "
+                    "grid keys are dotted paths such as corruption.flip_rate, training.lr, method.beta, seed, method"
+                )
+            if not values:
+                raise SpecError(f"{where}: grid.{key}: give a non-empty list of values")
+            if key == "method":
+                bad = [v for v in values if v not in names]
+                if bad:
+                    raise SpecError(f"{where}: grid.method: {bad} not among the spec's methods {names}")
+
+
+def expand(spec: ExperimentSpec, source: str = "<spec>") -> list[RunSpec]:
+    """The runs of an experiment: methods × seeds × each grid block's cross product (deduplicated)."""
+    base = spec.model_dump(mode="json", exclude={"name", "description", "requires", "methods", "seeds", "report", "grid"})
+    methods = {m.name: m.model_dump(mode="json") for m in spec.methods}
+    runs: dict[str, RunSpec] = {}
+    for block in spec.grid or [{}]:
+        keys = [k for k in block if k not in ("method", "seed")]
+        for values in itertools.product(*(block[k] for k in keys)):
+            for mname in block.get("method", list(methods)):
+                for seed in block.get("seed", spec.seeds):
+                    raw = copy.deepcopy(base) | {"method": copy.deepcopy(methods[mname]), "seed": seed}
+                    for k, v in zip(keys, values, strict=True):
+                        if k.startswith("method.") and k.split(".", 1)[1] not in raw["method"]:
+                            continue  # a knob of another method (e.g. method.label_smoothing for kto)
+                        _set_dotted(raw, k, v)
+                    try:
+                        run = RunSpec.model_validate(raw)
+                    except ValidationError as e:
+                        point = ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+                        raise SpecError(
+                            f"{source}: grid point ({point}, method={mname}, seed={seed}) is invalid:\n"
+                            + _format_errors(e, source, {})
+                        ) from None
+                    runs.setdefault(run.run_id, run)
+    return list(runs.values())
+
+
+def grid_fields(spec: ExperimentSpec) -> list[str]:
+    return sorted({k for block in spec.grid for k in block if k not in ("method", "seed")})
+
+
+def grid_values(spec: ExperimentSpec, run: RunSpec) -> dict[str, Any]:
+    """The run's value of every field any grid block varies (for tables and plots)."""
+    dumped = run.model_dump(mode="json")
+    out = {}
+    for dotted in grid_fields(spec):
+        node: Any = dumped
+        for k in dotted.split("."):
+            node = node.get(k) if isinstance(node, dict) else None
+        out[dotted] = node
+    return out
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")

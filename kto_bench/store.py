@@ -1,0 +1,194 @@
+"""The results store: one folder per run, atomic writes, a lock per run, stage status, provenance.
+
+    results/<experiment>/<run_id>/{run.json, status.json, provenance.json, data_report.json,
+                                   metrics.jsonl, train_summary.json, eval/, checkpoints/}
+
+A stage is complete only when status.json says so; status.json is written (atomically) after the
+stage's own outputs, so a killed process never leaves a stage that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from kto_bench.errors import StoreError
+from kto_bench.io import atomic_write_json, read_json
+
+STAGES = ("data", "reference", "train", "eval", "done")
+PACKAGES = ("kto-bench", "torch", "transformers", "datasets", "accelerate", "lm-eval", "peft", "pandas", "trl")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunStore:
+    """The folder of one run."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    # -- status
+    def status(self) -> dict[str, Any]:
+        return read_json(self.file("status.json"), {"stages": {}})
+
+    def is_done(self, stage: str) -> bool:
+        return bool(self.status()["stages"].get(stage, {}).get("done"))
+
+    def stages_done(self) -> list[str]:
+        return [s for s in STAGES if self.is_done(s)]
+
+    def mark_done(self, stage: str, **info: Any) -> None:
+        assert stage in STAGES, stage
+        status = self.status()
+        status["stages"][stage] = {"done": True, "at": now(), **info}
+        write_json(self.file("status.json"), status)
+
+    def reset(self, stages: tuple[str, ...] = STAGES) -> None:
+        """Forget completed stages (for --force); outputs are overwritten as stages rerun."""
+        status = self.status()
+        for s in stages:
+            status["stages"].pop(s, None)
+        write_json(self.file("status.json"), status)
+
+    # -- provenance
+    def update_provenance(self, **fields: Any) -> dict[str, Any]:
+        prov = read_json(self.file("provenance.json"), {})
+        prov.update(fields)
+        write_json(self.file("provenance.json"), prov)
+        return prov
+
+    def lock(self) -> FileLock:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.path / "run.lock"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """atomic_write_json with a clear StoreError for a full disk or a read-only results folder."""
+    try:
+        atomic_write_json(path, obj)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+            raise StoreError(
+                f"cannot write {path}: {os.strerror(e.errno)}. Nothing already written was changed; "
+                "free space or fix permissions on the results folder (or pass --results DIR) and rerun: "
+                "completed stages are kept"
+            ) from None
+        raise
+
+
+def append_jsonl(path: Path, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def try_lock(lock: FileLock) -> bool:
+    try:
+        lock.acquire(timeout=0)
+        return True
+    except Timeout:
+        return False
+
+
+def experiment_dir(results_root: Path, experiment: str) -> Path:
+    return Path(results_root) / experiment
+
+
+def run_store(results_root: Path, experiment: str, run_id: str) -> RunStore:
+    return RunStore(experiment_dir(results_root, experiment) / run_id)
+
+
+def check_writable(root: Path) -> None:
+    """Fail early, before any work, when the results folder cannot be written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise StoreError(f"results folder {root} is not writable ({os.strerror(e.errno or 0)}); "
+                         "fix its permissions or pass --results DIR") from None
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the checkout the suite runs from (None outside git)."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
+    if not shutil.which("git"):
+        return {"commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+    }
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def base_provenance(spec_hash: str, run_id: str) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "spec_hash": spec_hash,
+        "packages": package_versions(),
+        "git": git_state(),
+        "hardware": hardware(),
+        "started_at": now(),
+    }

@@ -1,0 +1,156 @@
+"""Task registry and offline variants: generated YAMLs load in lm-eval and change only the data source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kto_bench.errors import DataError, EvalError, KtoBenchError
+from kto_bench.eval.tasks import (
+    TASKS,
+    cot_exemplars_as_gsm8k,
+    lm_eval_tasks_dir,
+    mmlu_rows,
+    prepare_task,
+    read_jsonl,
+)
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "eval"
+
+
+def load_generated(prepared) -> dict:
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(prepared.include_dir / f"{prepared.lm_eval_task}.yaml", resolve_func=True)
+
+
+def test_registry_names_and_did_you_mean():
+    assert set(TASKS.names()) >= {"gsm8k_cot", "gsm8k", "mmlu", "humaneval", "humaneval_instruct"}
+    assert TASKS.get("gsm8k_cot").default_fewshot == 8 and TASKS.get("mmlu").default_fewshot == 0
+    with pytest.raises(KtoBenchError, match="did you mean 'gsm8k_cot'"):
+        TASKS.get("gsm8k_cott")
+
+
+def test_stock_variant_is_lm_evals_task(tmp_path):
+    task = prepare_task("mmlu", "stock", tmp_path, num_fewshot=5)
+    assert (task.lm_eval_task, task.variant, task.num_fewshot, task.include_dir) == ("mmlu", "stock", 5, None)
+    with pytest.raises(EvalError, match="unknown variant"):
+        prepare_task("mmlu", "mirror", tmp_path)
+
+
+def test_mmlu_rows_drop_header_rows_and_map_fields():
+    rows = mmlu_rows(FIXTURES / "mmlu.jsonl")
+    assert len(read_jsonl(FIXTURES / "mmlu.jsonl")) == 5 and len(rows) == 4
+    assert rows[0] == {
+        "question": "What is 2+2?",
+        "subject": "elementary mathematics",
+        "choices": ["3", "4", "5", "6"],
+        "answer": 1,
+    }
+    assert [r["answer"] for r in rows] == [1, 0, 2, 3]
+
+
+def test_mmlu_rejects_bad_answers(tmp_path):
+    bad = tmp_path / "mmlu.jsonl"
+    row = json.loads((FIXTURES / "mmlu.jsonl").read_text().splitlines()[0])
+    bad.write_text(json.dumps({**row, "correct_answer": "E"}) + "\n")
+    with pytest.raises(DataError, match="row 1 has correct_answer='E'"):
+        mmlu_rows(bad)
+
+
+def test_offline_mmlu_keeps_lm_evals_prompt(tmp_path):
+    task = prepare_task("mmlu", "offline", tmp_path, data_file=FIXTURES / "mmlu.jsonl")
+    cfg = load_generated(task)
+    stock = yaml.safe_load((lm_eval_tasks_dir() / "mmlu/default/_default_template_yaml").read_text())
+    assert cfg["doc_to_text"] == stock["doc_to_text"] and cfg["doc_to_choice"] == ["A", "B", "C", "D"]
+    assert cfg["dataset_path"] == "json" and cfg["num_fewshot"] == 0
+    data = Path(cfg["dataset_kwargs"]["data_files"]["test"])
+    assert len(read_jsonl(data)) == 4 == task.notes["rows"]
+    assert task.notes["subjects"] == 3 and len(task.notes["data_sha256"]) == 64
+
+
+def test_offline_gsm8k_cot_includes_the_stock_task(tmp_path):
+    task = prepare_task("gsm8k_cot", "offline", tmp_path, data_file=FIXTURES / "gsm8k_test.jsonl")
+    cfg = load_generated(task)
+    assert cfg["task"] == "kto_gsm8k_cot_offline" and cfg["num_fewshot"] == 8
+    assert [f["name"] for f in cfg["filter_list"]] == ["strict-match", "flexible-extract"]
+    assert len(cfg["fewshot_config"]["samples"]) == 8
+    assert cfg["dataset_kwargs"]["data_files"]["test"] == str((FIXTURES / "gsm8k_test.jsonl").resolve())
+
+
+def test_offline_gsm8k_uses_fixed_train_exemplars(tmp_path):
+    shots = cot_exemplars_as_gsm8k()
+    assert len(shots) == 8 and shots[0]["answer"].endswith("\n#### 6")
+    assert "The answer is" not in shots[0]["answer"]
+    task = prepare_task("gsm8k", "offline", tmp_path, data_file=FIXTURES / "gsm8k_test.jsonl")
+    cfg = load_generated(task)
+    assert cfg["fewshot_split"] is None and cfg["fewshot_config"]["samples"] == shots
+    assert cfg["num_fewshot"] == 5 and "fewshot_source" in task.notes
+
+
+def test_offline_humaneval_scores_with_our_functions(tmp_path):
+    from kto_bench.eval import tasks
+
+    task = prepare_task("humaneval", "offline", tmp_path, data_file=FIXTURES / "HumanEval.jsonl.gz")
+    cfg = load_generated(task)  # resolves !function tags without touching lm-eval's hub-loading utils
+    assert cfg["metric_list"][0]["metric"] is tasks.pass_at_1
+    assert cfg["filter_list"][0]["filter"][0]["filter_fn"] is tasks.build_predictions
+    assert cfg["doc_to_target"] == "{{test}}\ncheck({{entry_point}})" and cfg["unsafe_code"] is True
+    assert len(read_jsonl(Path(cfg["dataset_kwargs"]["data_files"]["test"]))) == 2
+    instruct = load_generated(
+        prepare_task("humaneval_instruct", "offline", tmp_path, data_file=FIXTURES / "HumanEval.jsonl.gz")
+    )
+    assert instruct["filter_list"][0]["filter"][0]["filter_fn"] is tasks.build_predictions_instruct
+    assert "gen_prefix" in instruct
+
+
+def test_humaneval_pass_at_1_runs_in_the_sandbox():
+    pytest.importorskip("kto_bench.eval.sandbox")
+    from kto_bench.eval.tasks import build_predictions, pass_at_1
+
+    doc = read_jsonl(FIXTURES / "HumanEval.jsonl.gz")[0]
+    reference = doc["test"] + f"\ncheck({doc['entry_point']})"
+    right = build_predictions([[doc["canonical_solution"]]], [doc])[0]
+    wrong = build_predictions([["    return a - b\n"]], [doc])[0]
+    assert pass_at_1([reference], [right]) == 1.0
+    assert pass_at_1([reference], [wrong]) == 0.0
+
+
+def test_demo_tasks_need_data_and_follow_the_chat_setting(tmp_path):
+    with pytest.raises(EvalError, match="write_eval_files"):
+        prepare_task("demo_arith_mc", "stock", tmp_path)
+    raw = prepare_task("demo_arith_mc", "stock", tmp_path / "a", data_file=FIXTURES / "demo_arith_mc.jsonl")
+    chat = prepare_task(
+        "demo_arith_mc",
+        "stock",
+        tmp_path / "b",
+        apply_chat_template=True,
+        data_file=FIXTURES / "demo_arith_mc.jsonl",
+    )
+    assert raw.variant == "demo"
+    assert load_generated(raw)["target_delimiter"] == " " and load_generated(chat)["target_delimiter"] == ""
+    gen = load_generated(
+        prepare_task("demo_arith_gen", "x", tmp_path / "c", data_file=FIXTURES / "demo_arith_gen.jsonl")
+    )
+    assert gen["generation_kwargs"]["until"] == ["<|end|>"] and gen["generation_kwargs"]["max_gen_toks"] == 64
+
+
+def test_missing_fields_name_the_file(tmp_path):
+    bad = tmp_path / "gsm.jsonl"
+    bad.write_text(json.dumps({"question": "q"}) + "\n")
+    with pytest.raises(DataError, match=r"gsm.jsonl: row 1 lacks field\(s\) \['answer'\]"):
+        prepare_task("gsm8k_cot", "offline", tmp_path / "inc", data_file=bad)
+
+
+@pytest.mark.parametrize(("name", "rows"), [("gsm8k_test", 1319), ("mmlu_test", 14042)])
+def test_real_mirror_builds_with_checked_rows(tmp_path, name, rows):
+    assets = pytest.importorskip("kto_bench.assets")
+    cached = getattr(assets, "cached_path", lambda _: None)(name)
+    if cached is None:
+        pytest.skip(f"mirror {name!r} is not in the local cache (kto-bench assets fetch {name})")
+    task_name = {"gsm8k_test": "gsm8k_cot", "mmlu_test": "mmlu"}[name]
+    task = prepare_task(task_name, "offline", tmp_path)  # fetch() verifies the sha256; rows checked here
+    assert task.notes["rows"] == rows and task.notes["asset"] == name

@@ -1,0 +1,249 @@
+import json
+import math
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from kto_bench.errors import KtoBenchError, StoreError
+from kto_bench.report.aggregate import load_experiment, training_summary
+from kto_bench.report.claims import CLAIMS, ClaimContext, evaluate_claim, evaluate_claims
+from kto_bench.report.config import ReportSpec
+from kto_bench.report.render import build_tables
+from kto_bench.report.stats import wilson
+from kto_bench.report.tables import (
+    audit_table,
+    format_cell,
+    headline_table,
+    paired_table,
+    summarize_cell,
+    to_latex,
+    to_markdown,
+    training_table,
+)
+from tests.report.conftest import SEEDS, ResultsBuilder, build
+
+CLEAN = [{"corruption.flip_rate": 0.0}]
+
+
+def planted(tmp_path, delta: float, name: str = "exp"):
+    """DPO at 50 points, KTO at 50 + 100*delta, on the same 200 items, 3 seeds each."""
+    return load_experiment(build(tmp_path / name, lambda m, g: 0.5 + (delta if m == "kto" else 0.0), CLEAN))
+
+
+def t975_df2() -> float:
+    p = 0.975
+    return (2 * p - 1) / math.sqrt(2 * p * (1 - p))  # closed form of the t quantile at df = 2
+
+
+# ---------------------------------------------------------------------------------------------- aggregate
+
+
+def test_tidy_frame_has_every_run_metric_and_base_rows(tmp_path):
+    exp = planted(tmp_path, 0.1)
+    df = exp.tidy
+    for col in ("run_id", "method", "seed", "corruption.flip_rate", "task", "metric", "value", "stderr", "n"):
+        assert col in df.columns
+    # 6 trained runs + base, 3 metrics each (gsm8k strict + flexible, demo exact_match)
+    assert len(df) == 7 * 3
+    assert set(df["method"]) == {"base", "dpo", "kto"}
+    assert df.loc[df["method"] == "base", "run_id"].unique().tolist() == ["base-tiny"]
+    assert (df.loc[df["method"] == "kto", "n"] == 200).all()
+
+
+def test_missing_results_dir_is_a_store_error(tmp_path):
+    with pytest.raises(StoreError, match="kto-bench run"):
+        load_experiment(tmp_path / "nope")
+
+
+def test_training_summary_final_and_best(tmp_path):
+    exp = planted(tmp_path, 0.1)
+    run = next(r for r in exp.trained if r.method == "dpo" and r.seed == 1)
+    s = training_summary(exp.metrics(run.run_id), run.train_summary)
+    assert s["steps"] == 20 and s["tokens"] == 20000 and s["wall_s"] == 10.0
+    assert s["final_loss"] == pytest.approx(0.7 - 0.2 + 0.001)
+    assert s["best_loss"] == pytest.approx(0.501) and s["best_loss_step"] == 20
+    assert s["final_margin"] == pytest.approx(0.8)  # DPO's chosen/rejected read as desirable/undesirable
+    # without train_summary.json the metrics stand in
+    s2 = training_summary(exp.metrics(run.run_id), None)
+    assert s2["steps"] == 20 and s2["tokens"] == 20000 and s2["wall_s"] == pytest.approx(10.0)
+
+
+# ---------------------------------------------------------------------------------------------- headline
+
+
+def test_headline_means_and_cis_match_hand_computation(tmp_path):
+    exp = planted(tmp_path, 0.1)
+    table = headline_table(exp, 0.05)
+    values = []
+    for r in exp.trained:
+        if r.method == "kto":
+            res = json.loads((r.path / "eval" / "demo_arith_gen.json").read_text())
+            values.append(res["metrics"][0]["value"])
+    mean = sum(values) / 3
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+    half = t975_df2() * sd / math.sqrt(3)
+    row = next(i for i, r in enumerate(table.rows) if r[0] == "+KTO")
+    col = table.columns.index("Demo arith (gen) EM")
+    assert table.rows[row][col] == f"{100 * mean:.1f} ± {100 * half:.1f} (n=3)"
+    data = table.data.set_index(["model", "task", "metric"]).loc[("+KTO", "demo_arith_gen", "exact_match")]
+    assert data["mean"] == pytest.approx(mean) and data["ci_half"] == pytest.approx(half)
+    assert data["n_seeds"] == 3
+    assert [r[0] for r in table.rows] == ["base", "+DPO", "+KTO"]  # the paper's row order
+    assert table.columns[1:3] == ["GSM8K CoT EM strict-match", "GSM8K CoT EM flexible-extract"]
+    base = table.rows[0][col]
+    assert "n=1, no CI" in base and "item s.e." in base
+
+
+def test_bold_only_where_the_interval_separates(tmp_path):
+    clear = headline_table(planted(tmp_path, 0.1, "clear"), 0.05)
+    kto_row = next(i for i, r in enumerate(clear.rows) if r[0] == "+KTO")
+    assert {(kto_row, j) for j in range(1, 4)} <= clear.bold
+    assert "**" in to_markdown(clear) and "\\textbf{" in to_latex(clear)
+    null = headline_table(planted(tmp_path, 0.0, "null"), 0.05)
+    assert null.bold == set() and "**" not in to_markdown(null)
+
+
+def test_paired_table_holm_and_significance(tmp_path):
+    table = paired_table(planted(tmp_path, 0.1), ("kto", "dpo"), 0.05, 500, 0)
+    kd = [r for r in table.rows if r[0] == "kto − dpo"]
+    assert len(kd) == 3 and all(r[-1] == "yes" for r in kd)
+    assert all(float(r[3]) == pytest.approx(10, abs=4) for r in kd)  # planted +10 points
+    df = table.data[table.data["contrast"] == "kto − dpo"]
+    # Holm over 3 benchmarks with equal p: each adjusted p is 3x the raw one
+    assert df["p_holm"].tolist() == pytest.approx([min(1.0, 3 * p) for p in df["p"]])
+    assert {r[0] for r in table.rows} == {"kto − dpo", "kto − base", "dpo − base"}
+
+
+# ---------------------------------------------------------------------------------------------- claims
+
+
+@pytest.mark.parametrize(
+    ("delta", "expected"), [(0.1, "reproduced"), (0.0, "inconclusive"), (-0.1, "contradicted")]
+)
+def test_planted_effects_give_the_right_verdict(tmp_path, delta, expected):
+    exp = planted(tmp_path, delta)
+    ctx = ClaimContext(exp, alpha=0.05, n_boot=1000, seed=0)
+    for name in ("demo_kto_vs_dpo", "table2_gsm8k"):
+        result = evaluate_claim(CLAIMS.get(name), ctx)
+        assert result.verdict == expected, (name, result.measurement)
+        m = result.measurement
+        assert m.estimate == pytest.approx(delta, abs=0.04) and m.lo <= m.estimate <= m.hi
+        assert "200 items" in m.n
+
+
+def test_claims_without_results_are_missing(tmp_path):
+    exp = planted(tmp_path, 0.1)
+    results = {r.claim.id: r for r in evaluate_claims([], ClaimContext(exp, n_boot=200))}
+    assert set(results) == set(CLAIMS.names())  # [] means every registered claim
+    assert results["table2_mmlu"].verdict == "missing" and "no matching task" in results["table2_mmlu"].reason
+    assert results["demo_noise_robustness"].verdict == "missing"
+    assert "does not vary" in results["demo_noise_robustness"].reason
+    assert results["table2_one_y_per_x"].verdict == "missing"
+
+
+@pytest.mark.parametrize(("kto_drop", "expected"), [(0.05, "reproduced"), (0.4, "contradicted")])
+def test_noise_robustness_claim(tmp_path, kto_drop, expected):
+    drops = {"dpo": 0.2, "kto": kto_drop}
+    root = build(
+        tmp_path / "noise",
+        lambda m, g: 0.6 - drops[m] * g["corruption.flip_rate"] / 0.2,
+        [{"corruption.flip_rate": f} for f in (0.0, 0.1, 0.2)],
+    )
+    exp = load_experiment(root)
+    assert exp.varying == ["corruption.flip_rate"] and exp.reference_point() == "flip_rate=0.0"
+    r = evaluate_claim(CLAIMS.get("demo_noise_robustness"), ClaimContext(exp, n_boot=1000))
+    assert r.verdict == expected
+    assert r.measurement.estimate == pytest.approx(0.2 - kto_drop, abs=0.05)
+
+
+def test_imbalance_claim_compares_kto_at_10pct_with_dpo_on_full_data(tmp_path):
+    b = ResultsBuilder(tmp_path / "imb")
+    b.base()
+    for s in SEEDS:
+        b.run("dpo", s, {"corruption.desirable_fraction": 1.0}, 0.5)
+        for frac, ability in ((1.0, 0.65), (0.5, 0.62), (0.1, 0.6)):
+            b.run("kto", s, {"corruption.desirable_fraction": frac}, ability)
+    exp = load_experiment(tmp_path / "imb")
+    r = evaluate_claim(CLAIMS.get("imbalance_90pct"), ClaimContext(exp, n_boot=1000))
+    assert r.verdict == "reproduced"
+    assert r.measurement.estimate == pytest.approx(0.1, abs=0.04) and "KTO keeps 0.1" in r.measurement.detail
+
+
+# ---------------------------------------------------------------------------------------------- audit/training
+
+
+def test_audit_says_only_method_differs_and_warns_otherwise(tmp_path):
+    exp = planted(tmp_path, 0.1)
+    table = audit_table(exp)
+    assert any("differ only in: method." in n for n in table.notes)
+    assert len(table.rows) == 7 and table.rows[0][1] == "base"
+    row = dict(zip(table.columns, table.rows[1], strict=True))
+    assert (
+        row["eff. batch"] == "16" and row["λD/λU"] == "1.000/1.000" and row["class counts"] == "D=100, U=100"
+    )
+    assert row["stages"] == "done"
+    b = ResultsBuilder(tmp_path / "bad")
+    b.run("dpo", 0, CLEAN[0], 0.5)
+    b.run("kto", 0, CLEAN[0], 0.6, model_hash="x" * 64)
+    bad = audit_table(load_experiment(tmp_path / "bad"))
+    assert any(n.startswith("WARNING") and "model hash" in n for n in bad.notes)
+
+
+def test_training_table_marks_missing_metrics(tmp_path):
+    exp = planted(tmp_path, 0.1)
+    run = exp.trained[0]
+    (run.path / "metrics.jsonl").unlink()
+    (run.path / "train_summary.json").unlink()
+    table = training_table(load_experiment(tmp_path / "exp"))
+    row = next(r for r in table.rows if r[0] == run.run_id)
+    assert row[4:] == ["missing"] * 10
+    assert isinstance(table.data, pd.DataFrame) and len(table.data) == 6
+
+
+# ---------------------------------------------------------------------------------------------- spec
+
+
+def test_report_spec_defaults_and_validation():
+    spec = ReportSpec()
+    assert spec.tables == ["headline", "claims", "paired", "audit", "training"]
+    assert spec.plots == ["bars", "noise", "imbalance", "training", "rewards"]
+    assert (
+        spec.claims == [] and spec.alpha == 0.05 and spec.bootstrap == 2000 and spec.compare == ("kto", "dpo")
+    )
+    assert ReportSpec(claims=["table2_gsm8k"]).claims == ["table2_gsm8k"]
+    with pytest.raises(ValidationError, match="did you mean 'noise'"):
+        ReportSpec(plots=["nois"])
+    with pytest.raises(ValidationError, match="unknown claim"):
+        ReportSpec(claims=["table9"])
+    with pytest.raises(ValidationError, match="extra"):
+        ReportSpec(colour="red")
+    with pytest.raises(ValidationError, match="two different methods"):
+        ReportSpec(compare=["kto", "kto"])
+    assert ReportSpec.model_validate(ReportSpec(compare=["ipo", "dpo"]).model_dump(mode="json")).compare == (
+        "ipo",
+        "dpo",
+    )
+    with pytest.raises(KtoBenchError, match="did you mean"):
+        CLAIMS.get("table2_gsm8")
+
+
+def test_single_seed_win_rate_gets_a_wilson_interval():
+    cell = summarize_cell([0.3], [0.04], [100], "length_controlled_winrate", 0.05)
+    _, lo, hi = wilson(30, 100)
+    assert cell.kind == "wilson" and (cell.lo, cell.hi) == pytest.approx((lo, hi))
+    assert format_cell(cell, 100.0) == f"30.0 [{100 * lo:.1f}, {100 * hi:.1f}] (n=1, Wilson)"
+    percent = summarize_cell([30.0], [4.0], [100], "win_rate", 0.05)  # alpaca_eval reports percent
+    assert (percent.lo, percent.hi) == pytest.approx((100 * lo, 100 * hi))
+    assert summarize_cell([0.3], [0.04], [100], "acc,none", 0.05).kind == "none"
+
+
+def test_named_tables_and_plots_match_their_builders(tmp_path):
+    from kto_bench.report.config import PLOTS as PLOT_NAMES
+    from kto_bench.report.config import TABLES
+    from kto_bench.report.plots import PLOTS
+
+    assert set(PLOTS.names()) == set(PLOT_NAMES)
+    (tmp_path / "empty").mkdir()
+    tables = build_tables(load_experiment(tmp_path / "empty"), ReportSpec(bootstrap=100))
+    assert [t.name for t in tables] == list(TABLES)
