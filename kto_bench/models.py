@@ -23,9 +23,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 def resolve(spec: ModelSpec) -> str:
     """A local directory or a hub id that `from_pretrained` accepts."""
     if spec.source == "demo":
-        from kto_bench.data.synthetic import ensure_world
+        from kto_bench.data.synthetic import ensure_world, world_config
 
-        return str(ensure_world() / "model")
+        return str(ensure_world(world_config(spec.name)) / "model")
     if spec.source == "mirror":
         from kto_bench import assets
 

