@@ -1,10 +1,10 @@
 """nox sessions: tests, lint, report, bench, and one `experiment(<name>)` session per experiments/*.yaml.
 
-    nox                          # the default sessions: tests, lint
-    nox -l                       # list every session, experiments included
-    nox -s "experiment(demo)"    # run an experiment (extra arguments go to `kto-bench run`)
-    nox -s "experiment(smollm2_offline)" -- --allow-code-execution
-    nox -s report -- experiments/demo.yaml
+nox                          # the default sessions: tests, lint
+nox -l                       # list every session, experiments included
+nox -s "experiment(demo)"    # run an experiment (extra arguments go to `kto-bench run`)
+nox -s "experiment(smollm2_offline)" -- --allow-code-execution
+nox -s report -- experiments/demo.yaml
 """
 
 from __future__ import annotations

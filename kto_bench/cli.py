@@ -86,12 +86,18 @@ def run(
     allow_code_execution: bool = typer.Option(False, "--allow-code-execution",
                                               help="let HumanEval execute generated code in the sandbox"),
     report_after: bool = typer.Option(True, "--report/--no-report", help="render the report when all runs are done"),
+    executor: str = typer.Option("here", "--executor",
+                                 help="here (this process), or submit one job per run: slurm, local, debug"),
+    partition: str = typer.Option(None, "--partition", help="SLURM partition (with --executor slurm)"),
+    gpus: int = typer.Option(1, "--gpus", help="GPUs per job (with --executor)"),
+    timeout_min: int = typer.Option(24 * 60, "--timeout-min", help="job time limit in minutes (with --executor)"),
     results: Path = RESULTS,
     reports: Path = typer.Option(Path("reports"), "--reports", help="reports root"),
     set_: list[str] = SET,
 ) -> None:
     """Run (or resume) an experiment: every run's stages, then the report."""
-    from kto_bench.pipeline import run_experiment
+    from kto_bench.pipeline import run_experiment, select
+    from kto_bench.spec import expand, parse_overrides
     from kto_bench.store import STAGES
 
     if stage not in STAGES:
@@ -99,6 +105,16 @@ def run(
     t0 = time.time()
     try:
         spec = _load(spec_path, set_)
+        if executor != "here":
+            from kto_bench.scaleout import submit
+
+            ids = [r.run_id for r in select(expand(spec), only)]
+            jobs = submit(spec_path, ids, results, executor=executor, partition=partition, gpus_per_node=gpus,
+                          timeout_min=timeout_min, overrides=parse_overrides(set_ or []), stop_after=stage,
+                          allow_code_execution=allow_code_execution)
+            out.print(f"[green]submitted[/] {len(ids)} runs as {executor} jobs: {', '.join(map(str, jobs))}; "
+                      f"`kto-bench plan {spec_path}` shows progress, `kto-bench report {spec_path}` renders")
+            return
         ran = run_experiment(spec, results, only=only, stop_after=stage, force=force,
                              allow_code_execution=allow_code_execution)
         wall = time.time() - t0
@@ -195,3 +211,7 @@ def assets_verify(names: list[str] = typer.Argument(None)) -> None:
 
 def main() -> None:  # pragma: no cover
     app(sys.argv[1:])
+
+
+if __name__ == "__main__":  # `python -m kto_bench.cli` (e.g. under `accelerate launch -m`)
+    main()

@@ -25,15 +25,26 @@ Executor = Literal["slurm", "local", "debug"]
 EXECUTORS: tuple[str, ...] = ("slurm", "local", "debug")
 
 
-def run_task(spec_path: str, results_root: str, run_id: str, overrides: dict[str, Any] | None = None,
-             stop_after: str = "done", allow_code_execution: bool = False) -> dict[str, list[str]]:
+def run_task(
+    spec_path: str,
+    results_root: str,
+    run_id: str,
+    overrides: dict[str, Any] | None = None,
+    stop_after: str = "done",
+    allow_code_execution: bool = False,
+) -> dict[str, list[str]]:
     """One array task: run (or resume) exactly one run of the experiment; returns {run_id: stages run}."""
     from kto_bench.pipeline import run_experiment
     from kto_bench.spec import load_spec
 
     spec = load_spec(spec_path, overrides)
-    return run_experiment(spec, Path(results_root), only=run_id, stop_after=stop_after,
-                          allow_code_execution=allow_code_execution)
+    return run_experiment(
+        spec,
+        Path(results_root),
+        only=run_id,
+        stop_after=stop_after,
+        allow_code_execution=allow_code_execution,
+    )
 
 
 def _submitit():
@@ -46,19 +57,30 @@ def _submitit():
     return submitit
 
 
-def make_executor(executor: str, folder: Path, *, partition: str | None, gpus_per_node: int, timeout_min: int,
-                  extra: dict[str, Any] | None = None):
+def make_executor(
+    executor: str,
+    folder: Path,
+    *,
+    partition: str | None,
+    gpus_per_node: int,
+    timeout_min: int,
+    extra: dict[str, Any] | None = None,
+):
     """A submitit AutoExecutor for `executor` with the shared settings applied."""
     if executor not in EXECUTORS:
         raise KtoBenchError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     if gpus_per_node < 0 or timeout_min <= 0:
-        raise KtoBenchError(f"gpus_per_node must be ≥ 0 and timeout_min > 0 (got {gpus_per_node}, {timeout_min})")
+        raise KtoBenchError(
+            f"gpus_per_node must be ≥ 0 and timeout_min > 0 (got {gpus_per_node}, {timeout_min})"
+        )
     submitit = _submitit()
     try:
         ex = submitit.AutoExecutor(folder=str(folder), cluster=executor)
     except RuntimeError as e:  # e.g. no `srun` on PATH
-        raise KtoBenchError(f"executor {executor!r} is not available here ({e}); submit from a SLURM login "
-                            "node, or use --executor local") from None
+        raise KtoBenchError(
+            f"executor {executor!r} is not available here ({e}); submit from a SLURM login "
+            "node, or use --executor local"
+        ) from None
     params: dict[str, Any] = {"timeout_min": timeout_min, "name": "kto-bench"}
     if executor != "debug":
         params |= {"gpus_per_node": gpus_per_node, "tasks_per_node": 1, "nodes": 1}
@@ -72,11 +94,22 @@ def make_executor(executor: str, folder: Path, *, partition: str | None, gpus_pe
     return ex
 
 
-def submit(spec_path: Path, run_ids: list[str], results_root: Path, *, executor: str = "slurm",
-           partition: str | None = None, gpus_per_node: int = 1, timeout_min: int = 24 * 60,
-           folder: Path = Path("results/_submitit"), extra: dict[str, Any] | None = None,
-           overrides: dict[str, Any] | None = None, stop_after: str = "done",
-           allow_code_execution: bool = False, return_jobs: bool = False) -> list:
+def submit(
+    spec_path: Path,
+    run_ids: list[str],
+    results_root: Path,
+    *,
+    executor: str = "slurm",
+    partition: str | None = None,
+    gpus_per_node: int = 1,
+    timeout_min: int = 24 * 60,
+    folder: Path = Path("results/_submitit"),
+    extra: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    stop_after: str = "done",
+    allow_code_execution: bool = False,
+    return_jobs: bool = False,
+) -> list:
     """Submit one array task per run id (exact ids, as `kto-bench plan` lists them); returns job ids.
 
     `overrides` are the `--set` values, applied by every task exactly as on the command line, so the
@@ -89,12 +122,30 @@ def submit(spec_path: Path, run_ids: list[str], results_root: Path, *, executor:
     known = {r.run_id for r in expand(load_spec(spec_path, overrides))}
     unknown = [r for r in run_ids if r not in known]
     if unknown:
-        raise KtoBenchError(f"run ids {unknown} are not runs of {spec_path}; see `kto-bench plan {spec_path}`")
+        raise KtoBenchError(
+            f"run ids {unknown} are not runs of {spec_path}; see `kto-bench plan {spec_path}`"
+        )
     if not run_ids:
         raise KtoBenchError("no runs to submit")
-    ex = make_executor(executor, Path(folder), partition=partition, gpus_per_node=gpus_per_node,
-                       timeout_min=timeout_min, extra=extra)
+    ex = make_executor(
+        executor,
+        Path(folder),
+        partition=partition,
+        gpus_per_node=gpus_per_node,
+        timeout_min=timeout_min,
+        extra=extra,
+    )
     with ex.batch():  # one array job on SLURM
-        jobs = [ex.submit(run_task, str(spec_path), str(results_root), run_id, overrides, stop_after,
-                          allow_code_execution) for run_id in run_ids]
+        jobs = [
+            ex.submit(
+                run_task,
+                str(spec_path),
+                str(results_root),
+                run_id,
+                overrides,
+                stop_after,
+                allow_code_execution,
+            )
+            for run_id in run_ids
+        ]
     return jobs if return_jobs else [job.job_id for job in jobs]

@@ -100,7 +100,9 @@ class _Method(Strict):
         return self.label or self.type  # type: ignore[attr-defined]
 
     def loss_kwargs(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"type", "label", "lambda_ratio"})
+        """Loss hyperparameters; unset ones (None) are left to the loss's defaults or the data stage (λ)."""
+        dumped = self.model_dump(exclude={"type", "label", "lambda_ratio"})
+        return {k: v for k, v in dumped.items() if v is not None}
 
 
 class KTOMethod(_Method):
@@ -214,6 +216,14 @@ class EvaluationSpec(Strict):
     allow_code_execution: bool = False
     evaluate_base: bool = True
     judge: JudgeSpec | None = None
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> EvaluationSpec:
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tasks listed twice: {dup}; each task's results are stored under its name")
+        return self
 
 
 # ----------------------------------------------------------------------------- experiment and run

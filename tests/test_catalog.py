@@ -181,8 +181,13 @@ def test_nox_has_one_session_per_experiment() -> None:
 
     pytest.importorskip("nox")
     root = EXPERIMENTS.parent
-    listing = subprocess.run([sys.executable, "-m", "nox", "-l", "-f", str(root / "noxfile.py")],
-                             capture_output=True, text=True, check=True, cwd=root).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "nox", "-l", "-f", str(root / "noxfile.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    ).stdout
     for path in SPECS:
         assert f"experiment({path.stem})" in listing
     assert "* tests" in listing and "* lint" in listing  # the default sessions

@@ -25,12 +25,31 @@ def _status(results: Path, run_id: str) -> dict:
     return json.loads((results / "tiny" / run_id / "status.json").read_text())["stages"]
 
 
+def _arith_pairs(path: Path, n: int = 24) -> Path:
+    rows = [{"prompt": f"Compute {a}+{a + 3}.", "chosen": f"The answer is {2 * a + 3}.",
+             "rejected": f"The answer is {2 * a + 4}."} for a in range(1, n + 1)]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.mark.slow
 def test_local_executor_runs_two_runs_into_the_store(tmp_path: Path) -> None:
-    run_ids = _run_ids(FAST)[:2]
+    # The tiny demo world's model, with fixed pairs as data (independent of how many pairs sampling yields).
+    pairs = _arith_pairs(tmp_path / "pairs.jsonl")
+    overrides = {**FAST, "data.source": "local_pairs", "data.path": str(pairs)}
+    run_ids = _run_ids(overrides)[:2]
     results = tmp_path / "results"
-    jobs = scaleout.submit(TINY, run_ids, results, executor="local", gpus_per_node=0, timeout_min=10,
-                           folder=tmp_path / "submitit", overrides=FAST, return_jobs=True)
+    jobs = scaleout.submit(
+        TINY,
+        run_ids,
+        results,
+        executor="local",
+        gpus_per_node=0,
+        timeout_min=10,
+        folder=tmp_path / "submitit",
+        overrides=overrides,
+        return_jobs=True,
+    )
     assert len(jobs) == 2
     outputs = [job.result() for job in jobs]  # raises with the task's traceback if a task failed
     assert outputs == [{rid: ["data", "reference", "train", "eval", "done"]} for rid in run_ids]
@@ -42,13 +61,24 @@ def test_debug_executor_submits_one_task_per_run(tmp_path: Path, monkeypatch: py
     calls = []
 
     def fake_run_task(spec_path, results_root, run_id, overrides, stop_after, allow_code_execution):
-        calls.append((Path(spec_path), Path(results_root), run_id, overrides, stop_after, allow_code_execution))
+        calls.append(
+            (Path(spec_path), Path(results_root), run_id, overrides, stop_after, allow_code_execution)
+        )
         return {run_id: ["done"]}
 
     monkeypatch.setattr(scaleout, "run_task", fake_run_task)
     run_ids = _run_ids()
-    jobs = scaleout.submit(TINY, run_ids, tmp_path / "r", executor="debug", folder=tmp_path / "s",
-                           overrides=None, stop_after="train", allow_code_execution=True, return_jobs=True)
+    jobs = scaleout.submit(
+        TINY,
+        run_ids,
+        tmp_path / "r",
+        executor="debug",
+        folder=tmp_path / "s",
+        overrides=None,
+        stop_after="train",
+        allow_code_execution=True,
+        return_jobs=True,
+    )
     assert [job.result() for job in jobs] == [{rid: ["done"]} for rid in run_ids]
     assert [c[2] for c in calls] == run_ids
     assert {(c[0], c[1], c[4], c[5]) for c in calls} == {(TINY, (tmp_path / "r").resolve(), "train", True)}
@@ -61,7 +91,9 @@ def test_submit_rejects_unknown_run_ids_and_executors(tmp_path: Path) -> None:
         scaleout.submit(TINY, _run_ids()[:1], tmp_path, executor="kubernetes", folder=tmp_path)
 
 
-def test_slurm_executor_settings_reach_the_sbatch_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_slurm_executor_settings_reach_the_sbatch_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     monkeypatch.setenv("PATH", str(bin_dir))  # only this folder: no srun, then a fake one
@@ -69,14 +101,26 @@ def test_slurm_executor_settings_reach_the_sbatch_script(tmp_path: Path, monkeyp
         scaleout.make_executor("slurm", tmp_path, partition=None, gpus_per_node=1, timeout_min=5)
     (bin_dir / "srun").write_text("#!/bin/sh\n")
     (bin_dir / "srun").chmod(0o755)  # submitit looks for srun to decide it is on a cluster
-    ex = scaleout.make_executor("slurm", tmp_path, partition="gpu", gpus_per_node=8, timeout_min=90,
-                                extra={"slurm_account": "lab", "slurm_array_parallelism": 4})
+    ex = scaleout.make_executor(
+        "slurm",
+        tmp_path,
+        partition="gpu",
+        gpus_per_node=8,
+        timeout_min=90,
+        extra={"slurm_account": "lab", "slurm_array_parallelism": 4},
+    )
     sbatch = ex._executor._make_submission_file_text("python -m task", "uid")
     for line in ("--partition=gpu", "--gpus-per-node=8", "--time=90", "--account=lab", "--ntasks-per-node=1"):
         assert f"#SBATCH {line}" in sbatch
     with pytest.raises(KtoBenchError, match="rejects"):
-        scaleout.make_executor("slurm", tmp_path, partition=None, gpus_per_node=1, timeout_min=5,
-                               extra={"slurm_not_a_setting": 1})
+        scaleout.make_executor(
+            "slurm",
+            tmp_path,
+            partition=None,
+            gpus_per_node=1,
+            timeout_min=5,
+            extra={"slurm_not_a_setting": 1},
+        )
 
 
 def test_run_task_runs_exactly_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,3 +136,19 @@ def test_run_task_runs_exactly_one_run(tmp_path: Path, monkeypatch: pytest.Monke
     rid = _run_ids()[1]
     assert scaleout.run_task(str(TINY), str(tmp_path), rid) == {rid: []}
     assert seen == {"name": "tiny", "root": tmp_path, "only": rid, "stop_after": "done"}
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+
+
+def test_accelerate_configs_load_with_accelerate() -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    ddp = load_config_from_file(str(CONFIGS / "ddp.yaml"))
+    assert (ddp.distributed_type.value, ddp.mixed_precision) == ("MULTI_GPU", "bf16")
+    fsdp = load_config_from_file(str(CONFIGS / "fsdp.yaml"))
+    assert (fsdp.distributed_type.value, fsdp.mixed_precision) == ("FSDP", "bf16")
+    assert fsdp.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert fsdp.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    cpu = load_config_from_file(str(CONFIGS / "cpu_2proc.yaml"))
+    assert cpu.num_processes == 2 and cpu.mixed_precision == "no"

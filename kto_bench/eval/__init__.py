@@ -86,6 +86,15 @@ def run_evaluation(
             atomic_write_text(path, json.dumps(result, indent=2) + "\n")
             results.append(result)
             continue
+        if entry.runner is not None:  # a task outside lm-eval (AlpacaEval): it writes its own result files
+            import importlib
+
+            module, fn = entry.runner.split(":")
+            console.print(f"[bold][{i}/{total}] {key}[/bold] ({spec.variant}, {evaluation.backend})")
+            result = getattr(importlib.import_module(module), fn)(model, tokenizer, spec, evaluation, out_dir,
+                                                                  model_label=model_label)
+            results.append(result)
+            continue
         if entry.demo and spec.name not in data_files:
             from kto_bench.data.synthetic import write_eval_files
 

@@ -49,6 +49,7 @@ class TaskEntry:
     build: Callable[[Path, Path, bool], tuple[dict[str, Any], int, dict]] | None = None
     needs_code_execution: bool = False
     demo: bool = False
+    runner: str | None = None  # "module:function" for tasks that do not run through lm-eval (AlpacaEval)
 
 
 @dataclass(frozen=True)
@@ -320,6 +321,14 @@ for _entry in (
         "demo: arithmetic multiple choice A-D (acc)",
         build=_build_demo("demo_arith_mc"),
         demo=True,
+    ),
+    TaskEntry(
+        "alpaca_eval",
+        "alpaca_eval",
+        0,
+        "AlpacaEval: win rate vs reference outputs (API judge or local judge model); offline: a stand-in set",
+        "alpaca_instructions",
+        runner="kto_bench.eval.alpaca:run_alpaca_eval",
     ),
 ):
     TASKS.add(_entry.name, _entry, _entry.doc)

@@ -28,7 +28,7 @@ CLEAN_VALUES: dict[str, Any] = {
     "corruption.desirable_fraction": 1.0,
     "corruption.undesirable_fraction": 1.0,
     "corruption.one_output_per_prompt": False,
-    "corruption.dpo_unpaired": False,
+    "corruption.dpo_unpaired": "drop",
 }
 METHOD_ORDER = ("base", "sft", "dpo", "kto")
 STAGES = ("data", "reference", "train", "eval", "done")

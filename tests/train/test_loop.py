@@ -1,0 +1,163 @@
+"""The training loop: loss falls, bit-for-bit reproducible, resume continues the same curve, shared reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from transformers import AutoModelForCausalLM
+
+from kto_bench.data.canonical import Pair, messages
+from kto_bench.data.synthetic import build_tokenizer, tiny_config
+from kto_bench.data.tokenize import tokenize_views
+from kto_bench.data.transforms import corrupt
+from kto_bench.errors import StoreError, TrainingError
+from kto_bench.spec import parse_spec, expand
+from kto_bench.train.logps import collate, naive_sequence_logps, sequence_logps
+from kto_bench.train.loop import Context, plan, train
+from kto_bench.train.refcache import ReferenceCache, fill
+
+TOK = build_tokenizer()
+SPEC = """\
+name: t
+model: {source: hub, name: x, dtype: float32}
+data: {source: local_pairs, max_length: 48, max_prompt_length: 16}
+methods: [{type: kto, beta: 0.5}, {type: dpo, beta: 0.5}]
+training: {lr: 3.0e-3, precision: fp32, batch_size: 4, budget: {rule: steps, value: 12}, checkpoint_every: 4,
+           warmup_ratio: 0.0, schedule: constant}
+"""
+
+
+def fixture_pairs(n: int = 24) -> list[Pair]:
+    # the preferred answer is always "yes"-shaped, the rejected one "no"-shaped: a learnable preference
+    return [Pair(messages(("user", f"Q{i}?")), f"yes {i}", f"no no {i}", f"p{i}") for i in range(n)]
+
+
+def build(tmp: Path, method: str, seed: int = 0):
+    spec = parse_spec(SPEC)
+    run = next(r for r in expand(spec) if r.method.type == method)
+    views = corrupt(fixture_pairs(), flip_rate=0, desirable_fraction=1, undesirable_fraction=1,
+                    one_output_per_prompt=False, dpo_unpaired="drop", seed=0)
+    data = tokenize_views(TOK, views.pairs, views.binary, max_length=48, max_prompt_length=16, chat_template=None,
+                          batch_size=4, partition_seed=0)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(len(TOK), hidden=32, layers=1))
+    cache = ReferenceCache(tmp / "cache", "fixture-model", "float32")
+    fill(cache, model, data.sequences, pad_id=TOK.pad_token_id, batch_size=16, device="cpu")
+    return run, data, model, cache
+
+
+def run_training(tmp: Path, method: str, *, stop_at: int | None = None, ckpt: Path | None = None):
+    run, data, model, cache = build(tmp, method)
+    losses: list[float] = []
+
+    def log(step, metrics):
+        losses.append(metrics["train/loss"])
+        if stop_at is not None and step == stop_at:
+            raise KeyboardInterrupt  # a crash right after this step's log line
+
+    ctx = Context(run=run, data=data, ref=cache.lookup, hyper=run.method.loss_kwargs(), pad_id=TOK.pad_token_id,
+                  checkpoint_dir=ckpt or tmp / f"ckpt-{method}", log=log, accelerator=Accelerator(cpu=True))
+    try:
+        summary = train(model, ctx)
+    except KeyboardInterrupt:
+        summary = None
+    return losses, summary, cache
+
+
+@pytest.mark.parametrize("method", ["kto", "dpo"])
+def test_loss_falls_and_is_bit_for_bit_reproducible(tmp_path, method):
+    a, summary, _ = run_training(tmp_path / "a", method)
+    b, _, _ = run_training(tmp_path / "b", method)
+    assert summary["steps"] == 12 and len(a) == 12
+    assert sum(a[-3:]) / 3 < sum(a[:3]) / 3  # learns the preference
+    assert a == b  # same seed, same curve, bit for bit on CPU
+
+
+def test_resume_continues_the_same_curve(tmp_path):
+    full, _, _ = run_training(tmp_path / "full", "kto")
+    ckpt = tmp_path / "resumed" / "ckpt"
+    first, _, _ = run_training(tmp_path / "resumed", "kto", stop_at=6, ckpt=ckpt)  # checkpoints at 4
+    rest, _, _ = run_training(tmp_path / "resumed", "kto", ckpt=ckpt)  # resumes from step 4
+    assert first == full[:6]
+    assert rest == full[4:]
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    run_training(tmp_path / "a", "kto", stop_at=5, ckpt=ckpt)
+    with pytest.raises(StoreError, match="belongs to run"):
+        run_training(tmp_path / "b", "dpo", ckpt=ckpt)
+
+
+def test_one_reference_pass_serves_kto_and_dpo(tmp_path):
+    run, data, model, cache = build(tmp_path, "kto")
+    assert cache.forward_sequences == len(data.sequences)  # pairs, binary and KL sequences, once
+    again = ReferenceCache(tmp_path / "cache", "fixture-model", "float32")
+    n = fill(again, model, data.sequences, pad_id=TOK.pad_token_id, batch_size=16, device="cpu")
+    assert n == 0 and again.forward_sequences == 0  # the second run does no reference forward
+    seqs = [data.sequences[c] for c, _ in data.pairs]  # DPO's chosen sequences are the KTO desirable ones
+    assert torch.equal(again.lookup(seqs), cache.lookup(seqs))
+
+
+def test_corrupted_cache_shard_is_an_error(tmp_path):
+    build(tmp_path, "kto")
+    shard = next((tmp_path / "cache").rglob("shard-*.pt"))
+    shard.write_bytes(b"not a torch file")
+    with pytest.raises(StoreError, match="corrupted"):
+        ReferenceCache(tmp_path / "cache", "fixture-model", "float32")
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+    run, data, model, cache = build(tmp_path, "dpo")
+    with torch.no_grad():
+        model.get_output_embeddings().weight.fill_(float("nan"))
+    ctx = Context(run=run, data=data, ref=cache.lookup, hyper=run.method.loss_kwargs(), pad_id=TOK.pad_token_id,
+                  checkpoint_dir=tmp_path / "ckpt", log=lambda s, m: None, accelerator=Accelerator(cpu=True))
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        train(model, ctx)
+
+
+def test_chunked_logps_match_the_plain_path_with_gradients():
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(len(TOK), hidden=32, layers=1))
+    seqs = [((5, 6, 7), (8, 9, 1)), ((5, 6), (10, 11, 12, 13, 1)), ((7,), (8, 1))]
+    batch = collate(seqs, TOK.pad_token_id)
+    chunked, lengths = sequence_logps(model, batch, chunk_tokens=3)
+    chunked.sum().backward()
+    g1 = model.get_output_embeddings().weight.grad.clone()
+    model.zero_grad()
+    plain = naive_sequence_logps(model, batch)
+    plain.sum().backward()
+    g2 = model.get_output_embeddings().weight.grad.clone()
+    assert lengths.tolist() == [3, 5, 2]
+    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule,value,expected", [("epochs", 1, 6), ("epochs", 2, 12), ("steps", 5, 5)])
+def test_budget_rules(rule, value, expected):
+    spec = parse_spec(SPEC.replace("budget: {rule: steps, value: 12}", f"budget: {{rule: {rule}, value: {value}}}"))
+    run = next(r for r in expand(spec) if r.method.type == "dpo")
+    assert plan(run, [100] * 6).steps == expected
+
+
+def test_token_budget_stops_once_reached():
+    spec = parse_spec(SPEC.replace("budget: {rule: steps, value: 12}", "budget: {rule: tokens, value: 250}"))
+    run = next(r for r in expand(spec) if r.method.type == "dpo")
+    assert plan(run, [100] * 6).steps == 3  # 300 >= 250 after three microbatches
+
+
+def test_metrics_are_namespaced(tmp_path):
+    run, data, model, cache = build(tmp_path, "kto")
+    seen: list[dict] = []
+    ctx = Context(run=run, data=data, ref=cache.lookup, hyper=run.method.loss_kwargs(), pad_id=TOK.pad_token_id,
+                  checkpoint_dir=tmp_path / "c", log=lambda s, m: seen.append(m), accelerator=Accelerator(cpu=True))
+    train(model, ctx)
+    keys = set(seen[0])
+    assert {"train/loss", "train/kl", "train/lr", "train/grad_norm", "tokens/seen", "time/step_s"} <= keys
+    assert all("/" in k for k in keys)
+    json.dumps(seen)
