@@ -76,6 +76,8 @@ class BenchSettings:
     eval_batch_size: int = 64  # our Engine's batch (lm-eval hf runs at its own default)
     reference_batch_size: int = 64
     device: str = "auto"
+    methods: tuple[str, ...] = ("kto", "dpo")
+    threads: int | None = None  # torch CPU threads (None = torch's default); 1 avoids spin-wait stalls on shared CPUs
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -258,7 +260,7 @@ def summarize(log: StepLog, warmup: int, n: int, peak: float | None) -> dict[str
     real, processed, nonpad = sum(log.trained_real[s]), sum(log.processed[s]), sum(log.nonpad[s])
     flops = 6 * n * real + 2 * n * (sum(log.kl_real[s]) + sum(log.reference_real[s]))
     return {
-        "steps": len(log.times), "warmup_steps": warmup, "warmup_s": sum(log.times[:warmup]), "measured_s": secs,
+        "steps": len(log.times), "warmup_steps": warmup, "tokens_real_total": sum(log.trained_real), "warmup_s": sum(log.times[:warmup]), "measured_s": secs,
         "steps_per_s": (len(log.times) - warmup) / secs,
         "tokens_per_s_real": real / secs, "tokens_per_s_processed": processed / secs,
         "padding_fraction": 1 - nonpad / processed if processed else 0.0,
@@ -328,6 +330,7 @@ def _count_ours(log: StepLog, data, method: str, b: int) -> None:
 
 def fill_reference(model, data, root: Path, s: BenchSettings, device: torch.device):
     """The one-time reference pass: the pair/matched sequences first, then KTO's KL sequences, timed apart."""
+    from kto_bench.train.logps import collate, sequence_logps
     from kto_bench.train.refcache import ReferenceCache, fill
 
     cache = ReferenceCache(root, "bench", str(dtype_for(device)))
@@ -335,7 +338,11 @@ def fill_reference(model, data, root: Path, s: BenchSettings, device: torch.devi
     matched += list(dict.fromkeys(data.sequences[i] for i, _ in data.binary))
     kl = [data.sequences[k] for batch in data.kl_seqs for k in batch]
     model.eval()
-    out = {}
+    t0 = time.perf_counter()
+    with torch.inference_mode():  # warm-up forward, excluded
+        sequence_logps(model, collate(matched[:2], model.config.vocab_size - 1, device))
+    sync(device)
+    out: dict[str, Any] = {"warmup_s": time.perf_counter() - t0}
     for name, seqs in (("matched", matched), ("kl", kl)):
         todo = cache.missing(seqs)
         sync(device)
@@ -466,7 +473,7 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
         one_time = {"dpo": ref_pass["matched"]["seconds"],
                     "kto": ref_pass["matched"]["seconds"] + ref_pass["kl"]["seconds"]}
         contenders: list[tuple[str, str, str, Callable[[Any], tuple[StepLog, dict]]]] = []
-        for method in ("kto", "dpo"):
+        for method in s.methods:
             contenders.append(("ours", method, "cached reference",
                                lambda m, method=method: run_ours(method, m, data, cache, s, device)))
             contenders.append(("trl", method, "defaults", lambda m, method=method: run_trl(
@@ -490,7 +497,7 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     ratios = [ratio(rows, f"ours-{m}-cached reference", f"trl-{m}-{v}", k)
-              for m in ("kto", "dpo") for v in ("defaults", "precompute_ref_log_probs")
+              for m in s.methods for v in ("defaults", "precompute_ref_log_probs")
               for k in ("tokens_per_s_real", "tokens_per_s_real_with_one_time", "peak_memory_gib")]
     return {"reference_pass": ref_pass, "rows": rows, "ratios": ratios,
             "model": {"preset": s.model_config, "config": preset["config"], "params": counts},
@@ -659,6 +666,8 @@ def run_bench(s: BenchSettings) -> dict[str, Any]:
     if s.kind not in ("train", "eval"):
         raise KtoBenchError(f"bench kind {s.kind!r}: choose 'train' or 'eval'")
     device = s.resolved_device()
+    if s.threads:
+        torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
     body = bench_train(s) if s.kind == "train" else bench_eval(s)
     command = GPU_COMMAND.format(kind=s.kind, against=s.against)
@@ -688,13 +697,13 @@ def write_results(record: dict[str, Any], out_dir: Path, name: str) -> tuple[Pat
 
 def main(kind: str, against: str | None = None, model_config: str = "qwen2.5-0.5b", steps: int | None = None,
          warmup: int | None = None, limit: int | None = None, batch_size: int = 8, seed: int = 0,
-         device: str = "auto", out_dir: Path = Path("results/bench"), name: str | None = None) -> Path:
+         device: str = "auto", threads: int | None = None, out_dir: Path = Path("results/bench"), name: str | None = None) -> Path:
     """The `kto-bench bench` command: run, write <name>.json and <name>.md, return the JSON path."""
     tiny = model_config == "tiny"
     s = BenchSettings(kind=kind, against=against or ("trl" if kind == "train" else "lm-eval-hf"),
                       model_config=model_config, steps=steps or (6 if tiny else 20),
                       warmup=warmup if warmup is not None else (1 if tiny else 2), limit=limit,
-                      batch_size=batch_size, seed=seed, device=device,
+                      batch_size=batch_size, seed=seed, device=device, threads=threads,
                       reference_batch_size=16 if tiny else 64)
     record = run_bench(s)
     json_path, _ = write_results(record, out_dir, name or bench_name(s, s.resolved_device()))

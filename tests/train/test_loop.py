@@ -15,7 +15,7 @@ from kto_bench.data.synthetic import build_tokenizer, tiny_config
 from kto_bench.data.tokenize import tokenize_views
 from kto_bench.data.transforms import corrupt
 from kto_bench.errors import StoreError, TrainingError
-from kto_bench.spec import parse_spec, expand
+from kto_bench.spec import expand, parse_spec
 from kto_bench.train.logps import collate, naive_sequence_logps, sequence_logps
 from kto_bench.train.loop import Context, plan, train
 from kto_bench.train.refcache import ReferenceCache, fill
@@ -161,3 +161,23 @@ def test_metrics_are_namespaced(tmp_path):
     assert {"train/loss", "train/kl", "train/lr", "train/grad_norm", "tokens/seen", "time/step_s"} <= keys
     assert all("/" in k for k in keys)
     json.dumps(seen)
+
+
+def test_lora_trains_only_the_adapter_and_checkpoints_it(tmp_path):
+    pytest.importorskip("peft")
+    from kto_bench.models import apply_lora
+    from kto_bench.spec import LoraSpec
+
+    run, data, model, cache = build(tmp_path, "dpo")
+    run = run.model_copy(update={"model": run.model.model_copy(update={"lora": LoraSpec(r=4, alpha=8)})})
+    base_weight = model.get_output_embeddings().weight.detach().clone()
+    model = apply_lora(model, run.model)
+    losses: list[float] = []
+    ctx = Context(run=run, data=data, ref=cache.lookup, hyper=run.method.loss_kwargs(), pad_id=TOK.pad_token_id,
+                  checkpoint_dir=tmp_path / "ckpt", log=lambda s, m: losses.append(m["train/loss"]),
+                  accelerator=Accelerator(cpu=True))
+    train(model, ctx)
+    state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["model"]
+    assert state and all("lora_" in k for k in state)
+    assert torch.equal(model.get_output_embeddings().weight, base_weight)  # frozen base
+    assert losses[-1] < losses[0]
