@@ -41,22 +41,47 @@ from kto_bench.store import git_state, hardware, now, write_json
 SCHEMA = "kto-bench/bench/v1"
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
 GPU_COMMAND = "kto-bench bench {kind} --against {against} --model-config qwen2.5-0.5b"
-GPU_NOTE = ("The issue's targets are GPU figures (one H100, bf16, Qwen2.5-0.5B shape); a CPU table only shows that "
-            "the harness works. Take the GPU figures with: `{command}`.")
+GPU_NOTE = (
+    "The issue's targets are GPU figures (one H100, bf16, Qwen2.5-0.5B shape); a CPU table only shows that "
+    "the harness works. Take the GPU figures with: `{command}`."
+)
 
 # Model presets: (Qwen2Config fields, prompt length range, completion length range, eval prompt scale)
 PRESETS: dict[str, dict[str, Any]] = {
     "qwen2.5-0.5b": {
-        "config": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                       intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768,
-                       tie_word_embeddings=True, rope_theta=1_000_000.0),
-        "prompt": (64, 512), "completion": (32, 512), "max_length": 1024, "eval_scale": 1.0, "max_new_tokens": 256,
+        "config": dict(
+            hidden_size=896,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            intermediate_size=4864,
+            vocab_size=151936,
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+            rope_theta=1_000_000.0,
+        ),
+        "prompt": (64, 512),
+        "completion": (32, 512),
+        "max_length": 1024,
+        "eval_scale": 1.0,
+        "max_new_tokens": 256,
     },
     "tiny": {
-        "config": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       intermediate_size=128, vocab_size=512, max_position_embeddings=2048,
-                       tie_word_embeddings=True),
-        "prompt": (8, 64), "completion": (4, 64), "max_length": 128, "eval_scale": 1 / 16, "max_new_tokens": 16,
+        "config": dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=512,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+        ),
+        "prompt": (8, 64),
+        "completion": (4, 64),
+        "max_length": 128,
+        "eval_scale": 1 / 16,
+        "max_new_tokens": 16,
     },
 }
 
@@ -72,12 +97,16 @@ class BenchSettings:
     lr: float = 1e-6  # TRL's default for both trainers
     beta: float = 0.1
     seed: int = 0
-    limit: int | None = None  # eval: generation requests (log-likelihood requests are 16x); None = preset default
+    limit: int | None = (
+        None  # eval: generation requests (log-likelihood requests are 16x); None = preset default
+    )
     eval_batch_size: int = 64  # our Engine's batch (lm-eval hf runs at its own default)
     reference_batch_size: int = 64
     device: str = "auto"
     methods: tuple[str, ...] = ("kto", "dpo")
-    threads: int | None = None  # torch CPU threads (None = torch's default); 1 avoids spin-wait stalls on shared CPUs
+    threads: int | None = (
+        None  # torch CPU threads (None = torch's default); 1 avoids spin-wait stalls on shared CPUs
+    )
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -117,7 +146,10 @@ def synthetic_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {f"t{i}": i for i in range(vocab_size - 2)} | {"<|end|>": vocab_size - 2, "<|pad|>": vocab_size - 1}
+    vocab = {f"t{i}": i for i in range(vocab_size - 2)} | {
+        "<|end|>": vocab_size - 2,
+        "<|pad|>": vocab_size - 1,
+    }
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|end|>", pad_token="<|pad|>")
@@ -168,13 +200,16 @@ def tokenized_data(inp: TrainInputs, batch_size: int, max_length: int):
     for p, c, r in zip(inp.prompts, inp.chosen, inp.rejected, strict=True):
         data.pairs.append((data.add((p, c)), data.add((p, r))))
     for i, desirable in inp.kto_items:
-        data.binary.append((data.add((inp.prompts[i], inp.chosen[i] if desirable else inp.rejected[i])), desirable))
+        data.binary.append(
+            (data.add((inp.prompts[i], inp.chosen[i] if desirable else inp.rejected[i])), desirable)
+        )
     data.pair_batches = _chunks(len(data.pairs), batch_size)
     data.binary_batches = _chunks(len(data.binary), batch_size)
     for batch in data.binary_batches:
         seqs = [data.sequences[data.binary[i][0]] for i in batch]
-        data.kl_seqs.append([data.add(mismatched(seqs[j], seqs[k], max_length))
-                             for j, k in enumerate(kl_partners(len(seqs)))])
+        data.kl_seqs.append(
+            [data.add(mismatched(seqs[j], seqs[k], max_length)) for j, k in enumerate(kl_partners(len(seqs)))]
+        )
     return data
 
 
@@ -226,10 +261,16 @@ class PeakMemory:
 
     def record(self) -> dict[str, Any]:
         if self.device.type == "cuda":
-            return {"peak_memory_gib": self.peak / 2**30, "peak_memory_kind": "torch.cuda.max_memory_allocated"}
+            return {
+                "peak_memory_gib": self.peak / 2**30,
+                "peak_memory_kind": "torch.cuda.max_memory_allocated",
+            }
         high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-        return {"peak_memory_gib": self.peak / 2**30, "peak_memory_kind": "sampled process RSS during the run",
-                "process_high_water_rss_gib": high_water / 2**30}
+        return {
+            "peak_memory_gib": self.peak / 2**30,
+            "peak_memory_kind": "sampled process RSS during the run",
+            "process_high_water_rss_gib": high_water / 2**30,
+        }
 
 
 @dataclass
@@ -238,10 +279,16 @@ class StepLog:
 
     times: list[float] = field(default_factory=list)
     trained_real: list[int] = field(default_factory=list)  # non-pad tokens of the trained (matched) rows
-    processed: list[int] = field(default_factory=list)  # padded positions of every policy forward (incl. KL rows)
-    nonpad: list[int] = field(default_factory=list)  # non-pad positions of every policy forward (incl. KL rows)
+    processed: list[int] = field(
+        default_factory=list
+    )  # padded positions of every policy forward (incl. KL rows)
+    nonpad: list[int] = field(
+        default_factory=list
+    )  # non-pad positions of every policy forward (incl. KL rows)
     kl_real: list[int] = field(default_factory=list)  # non-pad tokens of KTO's no-grad KL rows
-    reference_real: list[int] = field(default_factory=list)  # non-pad tokens through an online reference model
+    reference_real: list[int] = field(
+        default_factory=list
+    )  # non-pad tokens through an online reference model
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -260,11 +307,17 @@ def summarize(log: StepLog, warmup: int, n: int, peak: float | None) -> dict[str
     real, processed, nonpad = sum(log.trained_real[s]), sum(log.processed[s]), sum(log.nonpad[s])
     flops = 6 * n * real + 2 * n * (sum(log.kl_real[s]) + sum(log.reference_real[s]))
     return {
-        "steps": len(log.times), "warmup_steps": warmup, "tokens_real_total": sum(log.trained_real), "warmup_s": sum(log.times[:warmup]), "measured_s": secs,
+        "steps": len(log.times),
+        "warmup_steps": warmup,
+        "tokens_real_total": sum(log.trained_real),
+        "warmup_s": sum(log.times[:warmup]),
+        "measured_s": secs,
         "steps_per_s": (len(log.times) - warmup) / secs,
-        "tokens_per_s_real": real / secs, "tokens_per_s_processed": processed / secs,
+        "tokens_per_s_real": real / secs,
+        "tokens_per_s_processed": processed / secs,
         "padding_fraction": 1 - nonpad / processed if processed else 0.0,
-        "model_flops_per_s": flops / secs, "mfu": flops / secs / peak if peak else None,
+        "model_flops_per_s": flops / secs,
+        "mfu": flops / secs / peak if peak else None,
     }
 
 
@@ -281,33 +334,55 @@ def run_ours(method: str, model, data, cache, s: BenchSettings, device: torch.de
     from accelerate import Accelerator
 
     from kto_bench.spec import DataSpec, DPOMethod, KTOMethod, ModelSpec, RunSpec, TrainingSpec
+    from kto_bench.train.logps import LogProbs
     from kto_bench.train.loop import Context, disable_dropout, lr_lambda, train_step
 
     precision = "bf16" if device.type == "cuda" else "fp32"
-    run = RunSpec(model=ModelSpec(source="local", name="bench"), data=DataSpec(source="local_pairs"),
-                  method=KTOMethod(beta=s.beta) if method == "kto" else DPOMethod(beta=s.beta),
-                  training=TrainingSpec(lr=s.lr, batch_size=s.batch_size, precision=precision,
-                                        schedule="constant", warmup_ratio=0.0))
-    hyper = run.method.loss_kwargs() | ({"desirable_weight": 1.0, "undesirable_weight": 1.0} if method == "kto" else {})
+    run = RunSpec(
+        model=ModelSpec(source="local", name="bench"),
+        data=DataSpec(source="local_pairs"),
+        method=KTOMethod(beta=s.beta) if method == "kto" else DPOMethod(beta=s.beta),
+        training=TrainingSpec(
+            lr=s.lr, batch_size=s.batch_size, precision=precision, schedule="constant", warmup_ratio=0.0
+        ),
+    )
+    hyper = run.method.loss_kwargs() | (
+        {"desirable_weight": 1.0, "undesirable_weight": 1.0} if method == "kto" else {}
+    )
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=device.type != "cuda")
     disable_dropout(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=run.training.adam_betas, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=s.lr, betas=run.training.adam_betas, weight_decay=0.0
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("constant", 0, s.steps))
-    model, optimizer = acc.prepare(model, optimizer)
-    model.train()
     pad = model.config.vocab_size - 1
-    ctx = Context(run=run, data=data, ref=cache.lookup, hyper=hyper, pad_id=pad, checkpoint_dir=Path("."),
-                  log=lambda step, m: None, accelerator=acc)
+    module, optimizer = acc.prepare(LogProbs(model), optimizer)  # as train() does: wrap the log-prob forward
+    module.train()
+    ctx = Context(
+        run=run,
+        data=data,
+        ref=cache.lookup,
+        hyper=hyper,
+        pad_id=pad,
+        checkpoint_dir=Path("."),
+        log=lambda step, m: None,
+        accelerator=acc,
+        module=module,
+    )
     log = StepLog()
     for b in range(s.steps):
         sync(device)
         t0 = time.perf_counter()
-        train_step(model, ctx, [b], optimizer, scheduler)
+        train_step(module, ctx, [b], optimizer, scheduler)
         sync(device)
         log.times.append(time.perf_counter() - t0)
         _count_ours(log, data, method, b)
-    return log, {"gradient_checkpointing": False, "reference": "cached (precomputed once, shared by methods)",
-                 "lr_schedule": "constant", "autocast": precision}
+    return log, {
+        "gradient_checkpointing": False,
+        "reference": "cached (precomputed once, shared by methods)",
+        "lr_schedule": "constant",
+        "autocast": precision,
+    }
 
 
 def _count_ours(log: StepLog, data, method: str, b: int) -> None:
@@ -347,10 +422,20 @@ def fill_reference(model, data, root: Path, s: BenchSettings, device: torch.devi
         todo = cache.missing(seqs)
         sync(device)
         t0 = time.perf_counter()
-        fill(cache, model, todo, pad_id=model.config.vocab_size - 1, batch_size=s.reference_batch_size, device=device)
+        fill(
+            cache,
+            model,
+            todo,
+            pad_id=model.config.vocab_size - 1,
+            batch_size=s.reference_batch_size,
+            device=device,
+        )
         sync(device)
-        out[name] = {"seconds": time.perf_counter() - t0, "sequences": len(todo),
-                     "tokens": sum(len(p) + len(c) for p, c in todo)}
+        out[name] = {
+            "seconds": time.perf_counter() - t0,
+            "sequences": len(todo),
+            "tokens": sum(len(p) + len(c) for p, c in todo),
+        }
     model.train()
     return cache, out
 
@@ -362,30 +447,56 @@ def trl_dataset(method: str, inp: TrainInputs, tok):
     from datasets import Dataset
 
     if method == "dpo":
-        return Dataset.from_dict({
-            "prompt": [ids_text(p, tok) for p in inp.prompts],
-            "chosen": [completion_text(c, tok) for c in inp.chosen],
-            "rejected": [completion_text(r, tok) for r in inp.rejected],
-        })
-    return Dataset.from_dict({
-        "prompt": [ids_text(inp.prompts[i], tok) for i, _ in inp.kto_items],
-        "completion": [completion_text(inp.chosen[i] if d else inp.rejected[i], tok) for i, d in inp.kto_items],
-        "label": [d for _, d in inp.kto_items],
-    })
+        return Dataset.from_dict(
+            {
+                "prompt": [ids_text(p, tok) for p in inp.prompts],
+                "chosen": [completion_text(c, tok) for c in inp.chosen],
+                "rejected": [completion_text(r, tok) for r in inp.rejected],
+            }
+        )
+    return Dataset.from_dict(
+        {
+            "prompt": [ids_text(inp.prompts[i], tok) for i, _ in inp.kto_items],
+            "completion": [
+                completion_text(inp.chosen[i] if d else inp.rejected[i], tok) for i, d in inp.kto_items
+            ],
+            "label": [d for _, d in inp.kto_items],
+        }
+    )
 
 
-def run_trl(method: str, model, tok, inp: TrainInputs, s: BenchSettings, device: torch.device, *,
-            precompute: bool, out_dir: Path) -> tuple[StepLog, dict]:
+def run_trl(
+    method: str,
+    model,
+    tok,
+    inp: TrainInputs,
+    s: BenchSettings,
+    device: torch.device,
+    *,
+    precompute: bool,
+    out_dir: Path,
+) -> tuple[StepLog, dict]:
     """TRL's trainer at its defaults (plus max_steps, lr, batch, no logging/saving/eval); timed per step."""
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
     config_cls, trainer_cls = (DPOConfig, DPOTrainer) if method == "dpo" else (KTOConfig, KTOTrainer)
     args = config_cls(
-        output_dir=str(out_dir), per_device_train_batch_size=s.batch_size, max_steps=s.steps, learning_rate=s.lr,
-        beta=s.beta, logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
-        bf16=device.type == "cuda", use_cpu=device.type != "cuda", seed=s.seed, disable_tqdm=True,
-        max_length=PRESETS[s.model_config]["max_length"], precompute_ref_log_probs=precompute,
+        output_dir=str(out_dir),
+        per_device_train_batch_size=s.batch_size,
+        max_steps=s.steps,
+        learning_rate=s.lr,
+        beta=s.beta,
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        bf16=device.type == "cuda",
+        use_cpu=device.type != "cuda",
+        seed=s.seed,
+        disable_tqdm=True,
+        max_length=PRESETS[s.model_config]["max_length"],
+        precompute_ref_log_probs=precompute,
     )
     # TRL builds its own reference by reloading the policy from its hub id; a model built from a config has
     # none, so the default online reference is passed as the same copy TRL would make.
@@ -393,8 +504,13 @@ def run_trl(method: str, model, tok, inp: TrainInputs, s: BenchSettings, device:
     log = StepLog()
     sync(device)
     t0 = time.perf_counter()
-    trainer = trainer_cls(model=model, ref_model=ref, args=args, train_dataset=trl_dataset(method, inp, tok),
-                          processing_class=tok)
+    trainer = trainer_cls(
+        model=model,
+        ref_model=ref,
+        args=args,
+        train_dataset=trl_dataset(method, inp, tok),
+        processing_class=tok,
+    )
     sync(device)
     init_s = time.perf_counter() - t0
 
@@ -418,11 +534,17 @@ def run_trl(method: str, model, tok, inp: TrainInputs, s: BenchSettings, device:
     trainer.training_step = counted_step
     trainer.add_callback(Timer())
     trainer.train()
-    settings = {"gradient_checkpointing": bool(args.gradient_checkpointing), "lr_schedule": args.lr_scheduler_type.value
-                if hasattr(args.lr_scheduler_type, "value") else str(args.lr_scheduler_type),
-                "reference": "precomputed in __init__ (precompute_ref_log_probs=True)" if precompute
-                else "online reference model (copy of the policy)",
-                "autocast": "bf16" if args.bf16 else "fp32", "init_s": init_s}
+    settings = {
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "lr_schedule": args.lr_scheduler_type.value
+        if hasattr(args.lr_scheduler_type, "value")
+        else str(args.lr_scheduler_type),
+        "reference": "precomputed in __init__ (precompute_ref_log_probs=True)"
+        if precompute
+        else "online reference model (copy of the policy)",
+        "autocast": "bf16" if args.bf16 else "fp32",
+        "init_s": init_s,
+    }
     del trainer, ref
     return log, settings
 
@@ -448,13 +570,17 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
         raise KtoBenchError(f"bench train --against {s.against!r}: the training peer is 'trl'")
     if s.batch_size < 2 or s.batch_size % 2:
         raise KtoBenchError("--batch-size must be even and at least 2 (KTO's KL pairs, DPO's pairs)")
+    if not s.methods or set(s.methods) - {"kto", "dpo"}:
+        raise KtoBenchError(f"bench train methods {s.methods!r}: choose from 'kto' and 'dpo'")
     import datasets
 
     datasets.disable_caching()  # TRL's precomputed log-probs must not come from an earlier process's cache file
     device = s.resolved_device()
     preset = PRESETS[s.model_config]
     tok = synthetic_tokenizer(preset["config"]["vocab_size"])
-    inp = train_inputs(s.model_config, n_pairs=s.steps * s.batch_size, n_binary=s.steps * s.batch_size, seed=s.seed)
+    inp = train_inputs(
+        s.model_config, n_pairs=s.steps * s.batch_size, n_binary=s.steps * s.batch_size, seed=s.seed
+    )
     data = tokenized_data(inp, s.batch_size, preset["max_length"])
     base = build_model(s.model_config, device, s.seed)
     counts = param_counts(base)
@@ -470,24 +596,57 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
         with PeakMemory(device) as mem:
             cache, ref_pass = fill_reference(base, data, Path(tmp), s, device)
         ref_pass["peak"] = mem.record()
-        one_time = {"dpo": ref_pass["matched"]["seconds"],
-                    "kto": ref_pass["matched"]["seconds"] + ref_pass["kl"]["seconds"]}
+        one_time = {
+            "dpo": ref_pass["matched"]["seconds"],
+            "kto": ref_pass["matched"]["seconds"] + ref_pass["kl"]["seconds"],
+        }
         contenders: list[tuple[str, str, str, Callable[[Any], tuple[StepLog, dict]]]] = []
         for method in s.methods:
-            contenders.append(("ours", method, "cached reference",
-                               lambda m, method=method: run_ours(method, m, data, cache, s, device)))
-            contenders.append(("trl", method, "defaults", lambda m, method=method: run_trl(
-                method, m, tok, inp, s, device, precompute=False, out_dir=Path(tmp) / "trl")))
-            contenders.append(("trl", method, "precompute_ref_log_probs", lambda m, method=method: run_trl(
-                method, m, tok, inp, s, device, precompute=True, out_dir=Path(tmp) / "trl")))
+            contenders.append(
+                (
+                    "ours",
+                    method,
+                    "cached reference",
+                    lambda m, method=method: run_ours(method, m, data, cache, s, device),
+                )
+            )
+            contenders.append(
+                (
+                    "trl",
+                    method,
+                    "defaults",
+                    lambda m, method=method: run_trl(
+                        method, m, tok, inp, s, device, precompute=False, out_dir=Path(tmp) / "trl"
+                    ),
+                )
+            )
+            contenders.append(
+                (
+                    "trl",
+                    method,
+                    "precompute_ref_log_probs",
+                    lambda m, method=method: run_trl(
+                        method, m, tok, inp, s, device, precompute=True, out_dir=Path(tmp) / "trl"
+                    ),
+                )
+            )
         for side, method, variant, fn in contenders:
             model = fresh()
             with PeakMemory(device) as mem:
                 log, extra = fn(model)
-            row = {"side": side, "method": method, "variant": variant, "name": f"{side}-{method}-{variant}",
-                   **summarize(log, s.warmup, counts["flops_n"], peak), **mem.record(), "settings": extra}
+            row = {
+                "side": side,
+                "method": method,
+                "variant": variant,
+                "name": f"{side}-{method}-{variant}",
+                **summarize(log, s.warmup, counts["flops_n"], peak),
+                **mem.record(),
+                "settings": extra,
+            }
             # one-time reference cost: ours = its share of the shared cache; TRL precompute = its __init__
-            once = one_time[method] if side == "ours" else (extra["init_s"] if "precompute" in variant else 0.0)
+            once = (
+                one_time[method] if side == "ours" else (extra["init_s"] if "precompute" in variant else 0.0)
+            )
             row["one_time_s"] = once
             measured_real = row["tokens_per_s_real"] * row["measured_s"]
             row["tokens_per_s_real_with_one_time"] = measured_real / (row["measured_s"] + once)
@@ -496,22 +655,40 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    ratios = [ratio(rows, f"ours-{m}-cached reference", f"trl-{m}-{v}", k)
-              for m in s.methods for v in ("defaults", "precompute_ref_log_probs")
-              for k in ("tokens_per_s_real", "tokens_per_s_real_with_one_time", "peak_memory_gib")]
-    return {"reference_pass": ref_pass, "rows": rows, "ratios": ratios,
-            "model": {"preset": s.model_config, "config": preset["config"], "params": counts},
-            "inputs": {"pairs": len(inp.prompts), "kto_examples": len(inp.kto_items),
-                       "prompt_tokens": preset["prompt"], "completion_tokens": preset["completion"],
-                       "max_length": preset["max_length"], "data_fingerprint": data.fingerprint()}}
+    ratios = [
+        ratio(rows, f"ours-{m}-cached reference", f"trl-{m}-{v}", k)
+        for m in s.methods
+        for v in ("defaults", "precompute_ref_log_probs")
+        for k in ("tokens_per_s_real", "tokens_per_s_real_with_one_time", "peak_memory_gib")
+    ]
+    return {
+        "reference_pass": ref_pass,
+        "rows": rows,
+        "ratios": ratios,
+        "model": {"preset": s.model_config, "config": preset["config"], "params": counts},
+        "inputs": {
+            "pairs": len(inp.prompts),
+            "kto_examples": len(inp.kto_items),
+            "prompt_tokens": preset["prompt"],
+            "completion_tokens": preset["completion"],
+            "max_length": preset["max_length"],
+            "data_fingerprint": data.fingerprint(),
+        },
+    }
 
 
 def ratio(rows: list[dict], ours: str, peer: str, metric: str) -> dict[str, Any]:
     """ours/peer for one metric, from the measured rows (pure)."""
     a = next(r for r in rows if r["name"] == ours)[metric]
     b = next(r for r in rows if r["name"] == peer)[metric]
-    return {"ours": ours, "peer": peer, "metric": metric, "ours_value": a, "peer_value": b,
-            "ratio": a / b if b else None}
+    return {
+        "ours": ours,
+        "peer": peer,
+        "metric": metric,
+        "ours_value": a,
+        "peer_value": b,
+        "ratio": a / b if b else None,
+    }
 
 
 # ----------------------------------------------------------------------------- eval
@@ -532,8 +709,14 @@ def eval_lengths(preset: str, n_gen: int, n_mc: int, seed: int) -> tuple[list[in
         shots = "".join(f"Q: {r['question']}\nA: {r['answer']}\n\n" for r in g[:8])
         gen = [len(shots + f"Q: {r['question']}\nA:") // 4 for r in g[8:]]
         m = [json.loads(x) for x in mmlu.read_text().splitlines()[:n_mc]]
-        mc = [len(f"{r['question']}\nA. {r['answer_a']}\nB. {r['answer_b']}\nC. {r['answer_c']}\n"
-                  f"D. {r['answer_d']}\nAnswer:") // 4 for r in m]
+        mc = [
+            len(
+                f"{r['question']}\nA. {r['answer_a']}\nB. {r['answer_b']}\nC. {r['answer_c']}\n"
+                f"D. {r['answer_d']}\nAnswer:"
+            )
+            // 4
+            for r in m
+        ]
         source = "lengths of the offline GSM8K/MMLU mirrors (chars/4)"
     else:
         gen = [rng.randint(800, 1100) for _ in range(n_gen)]
@@ -554,8 +737,13 @@ def eval_requests(preset: str, limit: int, seed: int, tok) -> dict[str, Any]:
 
     prompts = [text(n) for n in gen_len]
     ll = [(c, " " + text(1)) for c in (text(n) for n in mc_len) for _ in range(4)]  # 4 one-token choices
-    return {"prompts": prompts, "loglikelihood": ll, "source": source,
-            "prompt_tokens": sum(gen_len), "ll_tokens": sum(mc_len) * 4 + len(ll)}
+    return {
+        "prompts": prompts,
+        "loglikelihood": ll,
+        "source": source,
+        "prompt_tokens": sum(gen_len),
+        "ll_tokens": sum(mc_len) * 4 + len(ll),
+    }
 
 
 STOP = ["Q:", "</s>", "<|im_end|>"]  # lm-eval gsm8k_cot's `until`
@@ -582,14 +770,25 @@ def bench_eval(s: BenchSettings) -> dict[str, Any]:
     engine = Engine(model, tok, batch_size=s.eval_batch_size)
     hflm = HFLM(pretrained=model, tokenizer=tok)  # lm-eval's default batch size
     sides: dict[str, dict[str, Callable]] = {
-        "ours": {"generate": lambda ps, n: engine.generate(ps, max_new_tokens=n, stop=STOP, progress=False),
-                 "loglikelihood": lambda rs: engine.loglikelihood(rs, progress=False)},
+        "ours": {
+            "generate": lambda ps, n: engine.generate(ps, max_new_tokens=n, stop=STOP, progress=False),
+            "loglikelihood": lambda rs: engine.loglikelihood(rs, progress=False),
+        },
         "lm-eval-hf": {
             "generate": lambda ps, n: hflm.generate_until(
-                [Instance("generate_until", {}, (p, gen_kwargs | {"max_gen_toks": n}), i) for i, p in enumerate(ps)],
-                disable_tqdm=True),
-            "loglikelihood": lambda rs: [tuple(x) for x in hflm.loglikelihood(
-                [Instance("loglikelihood", {}, r, i) for i, r in enumerate(rs)], disable_tqdm=True)]},
+                [
+                    Instance("generate_until", {}, (p, gen_kwargs | {"max_gen_toks": n}), i)
+                    for i, p in enumerate(ps)
+                ],
+                disable_tqdm=True,
+            ),
+            "loglikelihood": lambda rs: [
+                tuple(x)
+                for x in hflm.loglikelihood(
+                    [Instance("loglikelihood", {}, r, i) for i, r in enumerate(rs)], disable_tqdm=True
+                )
+            ],
+        },
     }
     batch = {"ours": s.eval_batch_size, "lm-eval-hf": hflm.batch_size}
     rows, outputs = [], {}
@@ -606,7 +805,11 @@ def bench_eval(s: BenchSettings) -> dict[str, Any]:
             with PeakMemory(device) as mem:
                 sync(device)
                 t0 = time.perf_counter()
-                out = fns[task](req["prompts"], max_new) if task == "generate" else fns[task](req["loglikelihood"])
+                out = (
+                    fns[task](req["prompts"], max_new)
+                    if task == "generate"
+                    else fns[task](req["loglikelihood"])
+                )
                 sync(device)
                 secs = time.perf_counter() - t0
             outputs[(side, task)] = out
@@ -615,25 +818,55 @@ def bench_eval(s: BenchSettings) -> dict[str, Any]:
                 fwd, n_req = req["prompt_tokens"] + new, len(req["prompts"])
             else:
                 new, fwd, n_req = 0, req["ll_tokens"], len(req["loglikelihood"])
-            rows.append({"side": side, "task": task, "name": f"{side}-{task}", "batch_size": batch[side],
-                         "requests": n_req, "warmup_s": warm, "measured_s": secs, "requests_per_s": n_req / secs,
-                         "generated_tokens": new, "generated_tokens_per_s": new / secs,
-                         "tokens_per_s_processed": fwd / secs, "mfu": 2 * counts["flops_n"] * fwd / secs / peak
-                         if peak else None, **mem.record()})
+            rows.append(
+                {
+                    "side": side,
+                    "task": task,
+                    "name": f"{side}-{task}",
+                    "batch_size": batch[side],
+                    "requests": n_req,
+                    "warmup_s": warm,
+                    "measured_s": secs,
+                    "requests_per_s": n_req / secs,
+                    "generated_tokens": new,
+                    "generated_tokens_per_s": new / secs,
+                    "tokens_per_s_processed": fwd / secs,
+                    "mfu": 2 * counts["flops_n"] * fwd / secs / peak if peak else None,
+                    **mem.record(),
+                }
+            )
     agreement = {
-        "generate_identical": sum(a == b for a, b in zip(outputs[("ours", "generate")],
-                                                         outputs[("lm-eval-hf", "generate")], strict=True))
+        "generate_identical": sum(
+            a == b
+            for a, b in zip(outputs[("ours", "generate")], outputs[("lm-eval-hf", "generate")], strict=True)
+        )
         / len(req["prompts"]),
-        "loglikelihood_max_abs_diff": max(abs(a[0] - b[0]) for a, b in zip(
-            outputs[("ours", "loglikelihood")], outputs[("lm-eval-hf", "loglikelihood")], strict=True)),
+        "loglikelihood_max_abs_diff": max(
+            abs(a[0] - b[0])
+            for a, b in zip(
+                outputs[("ours", "loglikelihood")], outputs[("lm-eval-hf", "loglikelihood")], strict=True
+            )
+        ),
     }
-    ratios = [ratio(rows, f"ours-{t}", f"lm-eval-hf-{t}", k) for t in ("generate", "loglikelihood")
-              for k in ("requests_per_s", "tokens_per_s_processed")]
-    return {"rows": rows, "ratios": ratios, "agreement": agreement,
-            "model": {"preset": s.model_config, "config": preset["config"], "params": counts},
-            "inputs": {"generation_requests": len(req["prompts"]), "loglikelihood_requests": len(req["loglikelihood"]),
-                       "max_new_tokens": max_new, "stop": STOP, "lengths_from": req["source"],
-                       "prompt_tokens": req["prompt_tokens"]}}
+    ratios = [
+        ratio(rows, f"ours-{t}", f"lm-eval-hf-{t}", k)
+        for t in ("generate", "loglikelihood")
+        for k in ("requests_per_s", "tokens_per_s_processed")
+    ]
+    return {
+        "rows": rows,
+        "ratios": ratios,
+        "agreement": agreement,
+        "model": {"preset": s.model_config, "config": preset["config"], "params": counts},
+        "inputs": {
+            "generation_requests": len(req["prompts"]),
+            "loglikelihood_requests": len(req["loglikelihood"]),
+            "max_new_tokens": max_new,
+            "stop": STOP,
+            "lengths_from": req["source"],
+            "prompt_tokens": req["prompt_tokens"],
+        },
+    }
 
 
 # ----------------------------------------------------------------------------- provenance, output
@@ -652,8 +885,11 @@ def provenance(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "peak_bf16_flops": peak_flops(device),
-        "torch": torch.__version__, "cuda": torch.version.cuda,
-        "packages": {n: _version(n) for n in ("transformers", "trl", "lm_eval", "accelerate", "datasets", "kto-bench")},
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "packages": {
+            n: _version(n) for n in ("transformers", "trl", "lm_eval", "accelerate", "datasets", "kto-bench")
+        },
         "git": git_state(),
         "hardware": hardware(),
     }
@@ -671,18 +907,30 @@ def run_bench(s: BenchSettings) -> dict[str, Any]:
     torch.manual_seed(s.seed)
     body = bench_train(s) if s.kind == "train" else bench_eval(s)
     command = GPU_COMMAND.format(kind=s.kind, against=s.against)
-    return {"schema": SCHEMA, "kind": s.kind, "against": s.against, "settings": asdict(s),
-            "note": GPU_NOTE.format(command=command) if device.type != "cuda" else None,
-            "gpu_command": command,
-            "flops_n_definition": "N = all parameters except the input embedding table (LM head counted once); "
-                                  "6N per trained non-pad token, 2N per forward-only non-pad token; attention's "
-                                  "quadratic term and recompute excluded",
-            "provenance": provenance(device), **body}
+    return {
+        "schema": SCHEMA,
+        "kind": s.kind,
+        "against": s.against,
+        "settings": asdict(s),
+        "note": GPU_NOTE.format(command=command) if device.type != "cuda" else None,
+        "gpu_command": command,
+        "flops_n_definition": "N = all parameters except the input embedding table (LM head counted once); "
+        "6N per trained non-pad token, 2N per forward-only non-pad token; attention's "
+        "quadratic term and recompute excluded",
+        "provenance": provenance(device),
+        **body,
+    }
 
 
 def bench_name(s: BenchSettings, device: torch.device) -> str:
     where = "cpu" if device.type != "cuda" else torch.cuda.get_device_name(device).split()[-1].lower()
     return f"{s.kind}-{s.against}-{s.model_config}-{where}"
+
+
+def read_json_file(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(Path(path).read_text())
 
 
 def write_results(record: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, Path]:
@@ -695,16 +943,35 @@ def write_results(record: dict[str, Any], out_dir: Path, name: str) -> tuple[Pat
     return json_path, md_path
 
 
-def main(kind: str, against: str | None = None, model_config: str = "qwen2.5-0.5b", steps: int | None = None,
-         warmup: int | None = None, limit: int | None = None, batch_size: int = 8, seed: int = 0,
-         device: str = "auto", threads: int | None = None, out_dir: Path = Path("results/bench"), name: str | None = None) -> Path:
+def main(
+    kind: str,
+    against: str | None = None,
+    model_config: str = "qwen2.5-0.5b",
+    steps: int | None = None,
+    warmup: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str = "auto",
+    threads: int | None = None,
+    out_dir: Path = Path("results/bench"),
+    name: str | None = None,
+) -> Path:
     """The `kto-bench bench` command: run, write <name>.json and <name>.md, return the JSON path."""
     tiny = model_config == "tiny"
-    s = BenchSettings(kind=kind, against=against or ("trl" if kind == "train" else "lm-eval-hf"),
-                      model_config=model_config, steps=steps or (6 if tiny else 20),
-                      warmup=warmup if warmup is not None else (1 if tiny else 2), limit=limit,
-                      batch_size=batch_size, seed=seed, device=device, threads=threads,
-                      reference_batch_size=16 if tiny else 64)
+    s = BenchSettings(
+        kind=kind,
+        against=against or ("trl" if kind == "train" else "lm-eval-hf"),
+        model_config=model_config,
+        steps=steps or 20,
+        warmup=2 if warmup is None else warmup,
+        limit=limit,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        threads=threads,
+        reference_batch_size=16 if tiny else 64,
+    )
     record = run_bench(s)
     json_path, _ = write_results(record, out_dir, name or bench_name(s, s.resolved_device()))
     return json_path
@@ -717,7 +984,7 @@ def _f(x: Any, digits: int = 3) -> str:
     if x is None:
         return "n/a"
     if isinstance(x, float):
-        return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:,.0f}"
+        return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{digits}g}"
     return str(x)
 
 
@@ -727,37 +994,65 @@ def to_markdown(rec: dict[str, Any]) -> str:
     if rec.get("note"):
         lines += [f"> **{rec['note']}**", ""]
     if rec["kind"] == "train":
-        lines += ["| contender | steps/s | real tok/s | processed tok/s | padding | MFU | peak GiB | warm-up s "
-                  "| one-time s | real tok/s incl. one-time |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| contender | steps/s | real tok/s | processed tok/s | padding | MFU | peak GiB | warm-up s "
+            "| one-time s | real tok/s incl. one-time |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rec["rows"]:
-            lines.append(f"| {r['name']} | {_f(r['steps_per_s'])} | {_f(r['tokens_per_s_real'])} | "
-                         f"{_f(r['tokens_per_s_processed'])} | {_f(r['padding_fraction'], 2)} | {_f(r['mfu'], 2)} | "
-                         f"{_f(r['peak_memory_gib'])} | {_f(r['warmup_s'])} | {_f(r['one_time_s'])} | "
-                         f"{_f(r['tokens_per_s_real_with_one_time'])} |")
+            lines.append(
+                f"| {r['name']} | {_f(r['steps_per_s'])} | {_f(r['tokens_per_s_real'])} | "
+                f"{_f(r['tokens_per_s_processed'])} | {_f(r['padding_fraction'], 2)} | {_f(r['mfu'], 2)} | "
+                f"{_f(r['peak_memory_gib'])} | {_f(r['warmup_s'])} | {_f(r['one_time_s'])} | "
+                f"{_f(r['tokens_per_s_real_with_one_time'])} |"
+            )
         rp = rec["reference_pass"]
-        lines += ["", f"Reference pass (once, shared by KTO and DPO and every seed/β): matched sequences "
-                  f"{_f(rp['matched']['seconds'])} s ({rp['matched']['sequences']} seqs), KTO's KL sequences "
-                  f"{_f(rp['kl']['seconds'])} s ({rp['kl']['sequences']} seqs)."]
+        lines += [
+            "",
+            f"Reference pass (once, shared by KTO and DPO and every seed/β): matched sequences "
+            f"{_f(rp['matched']['seconds'])} s ({rp['matched']['sequences']} seqs), KTO's KL sequences "
+            f"{_f(rp['kl']['seconds'])} s ({rp['kl']['sequences']} seqs).",
+        ]
     else:
-        lines += ["| contender | batch | requests/s | generated tok/s | processed tok/s | MFU | peak GiB | warm-up s |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| contender | batch | requests/s | generated tok/s | processed tok/s | MFU | peak GiB | warm-up s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rec["rows"]:
-            lines.append(f"| {r['name']} | {r['batch_size']} | {_f(r['requests_per_s'])} | "
-                         f"{_f(r['generated_tokens_per_s'])} | {_f(r['tokens_per_s_processed'])} | {_f(r['mfu'], 2)} "
-                         f"| {_f(r['peak_memory_gib'])} | {_f(r['warmup_s'])} |")
+            lines.append(
+                f"| {r['name']} | {r['batch_size']} | {_f(r['requests_per_s'])} | "
+                f"{_f(r['generated_tokens_per_s'])} | {_f(r['tokens_per_s_processed'])} | {_f(r['mfu'], 2)} "
+                f"| {_f(r['peak_memory_gib'])} | {_f(r['warmup_s'])} |"
+            )
         a = rec["agreement"]
-        lines += ["", f"Agreement: identical generations {_f(a['generate_identical'], 2)}; log-likelihood max |diff| "
-                  f"{_f(a['loglikelihood_max_abs_diff'])}."]
+        lines += [
+            "",
+            f"Agreement: identical generations {_f(a['generate_identical'], 2)}; log-likelihood max |diff| "
+            f"{_f(a['loglikelihood_max_abs_diff'])}.",
+        ]
     lines += ["", "| ours | peer | metric | ratio ours/peer |", "|---|---|---|---|"]
     lines += [f"| {r['ours']} | {r['peer']} | {r['metric']} | {_f(r['ratio'])} |" for r in rec["ratios"]]
     pk = p["packages"]
-    lines += ["", f"FLOPs: {rec['flops_n_definition']}; N = {rec['model']['params']['flops_n']:,} "
-              f"(total {rec['model']['params']['total']:,}, non-embedding {rec['model']['params']['non_embedding']:,}).",
-              "", "Provenance: " + ", ".join([
-                  f"GPU {p['gpu'] or 'none'}", f"torch {p['torch']}", f"CUDA {p['cuda']}",
-                  *(f"{k} {v}" for k, v in pk.items() if v),
-                  f"git {(p['git']['commit'] or 'unknown')[:12]}{' (dirty)' if p['git']['dirty'] else ''}",
-                  f"{p['hardware'].get('cpu')} × {p['hardware'].get('cpu_count')} CPUs"]),
-              "", "Settings: " + ", ".join(f"{k}={v}" for k, v in s.items()),
-              "", f"GPU command: `{rec['gpu_command']}`", ""]
+    lines += [
+        "",
+        f"FLOPs: {rec['flops_n_definition']}; N = {rec['model']['params']['flops_n']:,} "
+        f"(total {rec['model']['params']['total']:,}, non-embedding {rec['model']['params']['non_embedding']:,}).",
+        "",
+        "Provenance: "
+        + ", ".join(
+            [
+                f"GPU {p['gpu'] or 'none'}",
+                f"torch {p['torch']}",
+                f"CUDA {p['cuda']}",
+                *(f"{k} {v}" for k, v in pk.items() if v),
+                f"git {(p['git']['commit'] or 'unknown')[:12]}{' (dirty)' if p['git']['dirty'] else ''}",
+                f"{p['hardware'].get('cpu')} × {p['hardware'].get('cpu_count')} CPUs",
+            ]
+        ),
+        "",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in s.items()),
+        "",
+        f"GPU command: `{rec['gpu_command']}`",
+        "",
+    ]
     return "\n".join(lines)

@@ -165,6 +165,32 @@ def ls(kind: str = typer.Argument("all", help="sources, methods, tasks, claims, 
             out.print(table)
 
 
+@app.command()
+def bench(
+    kind: str = typer.Argument(..., help="train or eval"),
+    against: str = typer.Option(None, "--against", help="trl (train) or lm-eval-hf (eval); default by kind"),
+    model_config: str = typer.Option("qwen2.5-0.5b", "--model-config", help="qwen2.5-0.5b, or tiny for CPU"),
+    steps: int = typer.Option(20, "--steps", help="optimizer steps per contender, warm-up included"),
+    warmup: int = typer.Option(2, "--warmup", help="first steps timed apart and excluded from throughput"),
+    limit: int = typer.Option(None, "--limit", help="eval: generation requests (log-likelihood gets 16x)"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (1 on shared CPUs)"),
+    out_dir: Path = typer.Option(Path("results/bench"), "--out"),
+    name: str = typer.Option(None, "--name"),
+) -> None:
+    """Time our train step / eval engine against TRL / lm-eval hf on identical inputs."""
+    from kto_bench import bench as bench_mod
+
+    try:
+        path = bench_mod.main(kind, against, model_config, steps, warmup, limit, batch_size, seed, device,
+                              threads, out_dir, name)
+    except KtoBenchError as e:
+        _fail(e)
+    out.print(f"[green]bench[/] {path} and {path.with_suffix('.md')}")
+
+
 @assets_app.command("list")
 def assets_list() -> None:
     """Offline mirrors, their packages and whether they are cached and verified."""

@@ -4,6 +4,10 @@ Each stage writes its outputs first and marks itself done in status.json last, s
 from its last completed stage (training resumes from its last checkpoint). A run folder is locked while a
 process works on it; a second process skips locked runs and comes back to them at the end, so two
 `kto-bench run` processes on one experiment do each run exactly once.
+
+Under a multi-process launch (`accelerate launch`, torchrun) the processes work on one run together:
+the main process takes the lock and runs every stage but train, all processes train, and they meet at
+a barrier before each stage (the others then re-read status.json).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from kto_bench import models
 from kto_bench.data import sources
 from kto_bench.data.tokenize import TokenizedData, tokenize_views
 from kto_bench.data.transforms import corrupt, kto_weights
-from kto_bench.errors import KtoBenchError
+from kto_bench.errors import KtoBenchError, StoreError, TrainingError
 from kto_bench.io import read_json, stable_hash
 from kto_bench.spec import ExperimentSpec, RunSpec, expand, grid_values
 from kto_bench.store import (
@@ -31,7 +35,9 @@ from kto_bench.store import (
     append_jsonl,
     base_provenance,
     check_writable,
+    disk_errors,
     experiment_dir,
+    fault_point,
     now,
     run_store,
     try_lock,
@@ -43,8 +49,22 @@ from kto_bench.train.refcache import ReferenceCache, fill
 console = Console(stderr=True)
 
 
+def processes():
+    """accelerate's view of this launch: one process, or those of `accelerate launch` / torchrun.
+
+    The other processes wait at a barrier while the main one runs the data, reference and eval stages,
+    which can take hours on a 7B model: the process group's timeout is long enough for that."""
+    import datetime
+
+    from accelerate import PartialState
+
+    # cpu as stage_train's Accelerator (gloo on a machine without GPUs); the first call sets the group up
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(hours=24))
+
+
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device (the local rank's GPU under a multi-process launch)."""
+    return processes().device
 
 
 @functools.lru_cache(maxsize=8)
@@ -99,8 +119,12 @@ def stage_data(run: RunSpec, store: RunStore) -> None:
         "lengths": {k: histogram(v) for k, v in lengths.items()},
     }
     tmp = store.file(f".data.pt.tmp{os.getpid()}")
-    torch.save(data.to_state(), tmp)
-    os.replace(tmp, store.file("data.pt"))
+    try:
+        torch.save(data.to_state(), tmp)
+        os.replace(tmp, store.file("data.pt"))
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk must not stay full of a partial temp file
+    fault_point("data")
     write_json(store.file("data_report.json"), report)
     store.update_provenance(data_fingerprint=report["fingerprint"])
     store.mark_done("data", fingerprint=report["fingerprint"])
@@ -139,13 +163,14 @@ def stage_reference(run: RunSpec, store: RunStore, results_root: Path) -> None:
             fill(cache, model, todo, pad_id=tok.pad_token_id, batch_size=run.training.reference_batch_size,
                  device=device(), progress=advance)
         del model
+    fault_point("reference")
     store.mark_done("reference", computed=len(todo), cached=len(data.sequences) - len(todo))
 
 
 def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
     from accelerate import Accelerator
 
-    from kto_bench.train.loop import Context, train
+    from kto_bench.train.loop import Context, model_state, train
 
     data = load_data(store)
     report = read_json(store.file("data_report.json"))
@@ -158,8 +183,15 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
     hyper = run.method.loss_kwargs()
     if run.method.type == "kto":
         hyper |= {"desirable_weight": report["lambda"]["desirable"], "undesirable_weight": report["lambda"]["undesirable"]}
+    if cache is not None and (lost := cache.missing(data.sequences)):
+        raise StoreError(f"the reference cache {cache.dir} is missing {len(lost)} of the {len(data.sequences)} "
+                         f"reference log-probs run {run.run_id} needs (a shard was deleted or moved); restore it, or "
+                         f"recompute them with `kto-bench run SPEC --only {run.run_id} --force`")
     metrics_path = store.file("metrics.jsonl")
-    _truncate_metrics(metrics_path, store.checkpoint_dir / "last.pt")
+    if acc.is_main_process:
+        _truncate_metrics(metrics_path, store.checkpoint_dir / "last.pt", run.run_id)
+        for stale in store.checkpoint_dir.glob(".*.tmp*"):  # left by a killed process (no other holds the lock)
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
     def log(step: int, metrics: dict) -> None:
         if acc.is_main_process:
@@ -169,32 +201,55 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
                   pad_id=tok.pad_token_id, checkpoint_dir=store.checkpoint_dir, log=log, accelerator=acc)
     with _progress(f"train {store.run_id}", None) as advance:
         ctx.progress = lambda step, total: advance(1, total)
-        summary = train(model, ctx)
-    policy = acc.unwrap_model(model)
-    if run.model.lora is not None:
-        policy = policy.merge_and_unload()
+        try:
+            summary = train(model, ctx)
+        except TrainingError as e:  # diverged: say so in the store (the report shows it), keep the checkpoint
+            if acc.is_main_process:
+                last = store.checkpoint_dir / "last.pt"
+                write_json(store.file("train_summary.json"), {"stopped": str(e), "model_hash": mhash,
+                                                              "last_checkpoint": str(last) if last.exists() else None})
+            raise
+    if cache is not None:  # every process takes part in the forwards (FSDP); the main process writes
+        _write_rewards(ctx.module, data, cache, run, store, tok.pad_token_id, acc)
+    state = model_state(acc, ctx.module)  # every process: FSDP gathers the shards here
     final = store.checkpoint_dir / "final"
     if acc.is_main_process:
         tmp = store.checkpoint_dir / f".final.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        policy.save_pretrained(tmp)
+        if run.model.lora is not None:  # the LoRA model itself is whole on every process (DDP)
+            model.merge_and_unload().save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp, state_dict=state)
         tok.save_pretrained(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        if cache is not None:
-            _write_rewards(policy, data, cache, run, store, tok.pad_token_id)
         write_json(store.file("train_summary.json"), {**summary, "model_hash": mhash})
-    store.mark_done("train", steps=summary["steps"], tokens=summary["tokens"])
+        store.mark_done("train", steps=summary["steps"], tokens=summary["tokens"])
 
 
-def _truncate_metrics(path: Path, checkpoint: Path) -> None:
-    """Keep only the metric lines a resumed run will not repeat (those up to the checkpoint's step)."""
+def _truncate_metrics(path: Path, checkpoint: Path, run_id: str) -> None:
+    """Keep only the metric lines a resumed run will not repeat (those up to the checkpoint's step), and drop
+    a line a killed process left half-written. An unreadable or foreign checkpoint is left for train() to
+    report."""
     if not path.exists():
         return
-    last = torch.load(checkpoint, map_location="cpu", weights_only=False)["step"] if checkpoint.exists() else 0
     import json
 
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last]
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True) if checkpoint.exists() else {}
+    except Exception:
+        return
+    if state and state.get("run_id") != run_id:
+        return
+    last = state.get("step", 0)
+
+    def step(line: str) -> float:
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            return float("inf")  # a half-written line
+
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and step(ln) <= last]
     from kto_bench.io import atomic_write_text
 
     atomic_write_text(path, "".join(ln + "\n" for ln in lines))
@@ -206,12 +261,14 @@ def _json_line(obj: dict) -> str:
     return json.dumps(obj, sort_keys=True, allow_nan=True)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def _write_rewards(policy, data: TokenizedData, cache: ReferenceCache, run: RunSpec, store: RunStore,
-                   pad_id: int, limit: int = 2000) -> None:
-    """β·r of the final policy on (up to `limit`) training examples, for the reward-distribution plot."""
+                   pad_id: int, acc, limit: int = 2000) -> None:
+    """β·r of the final policy on (up to `limit`) training examples, for the reward-distribution plot.
+
+    `policy` is the prepared LogProbs module of the loop: every process calls this, the main one writes."""
     from kto_bench.io import atomic_write_text
-    from kto_bench.train.logps import collate, sequence_logps
+    from kto_bench.train.logps import collate
 
     beta = getattr(run.method, "beta", 1.0)
     items = data.binary[:limit]
@@ -220,11 +277,12 @@ def _write_rewards(policy, data: TokenizedData, cache: ReferenceCache, run: RunS
     for start in range(0, len(items), 64):
         chunk = items[start : start + 64]
         seqs = [data.sequences[s] for s, _ in chunk]
-        logps, _ = sequence_logps(policy, collate(seqs, pad_id, policy.device))
-        rewards = beta * (logps.cpu() - cache.lookup(seqs))
+        logps, _ = policy(**collate(seqs, pad_id, acc.device))
+        rewards = beta * (logps.float().cpu() - cache.lookup(seqs))
         for (s, desirable), r in zip(chunk, rewards.tolist(), strict=True):
             lines.append(_json_line({"seq": s, "desirable": bool(desirable), "reward": r}))
-    atomic_write_text(store.file("rewards.jsonl"), "".join(ln + "\n" for ln in lines))
+    if acc.is_main_process:
+        atomic_write_text(store.file("rewards.jsonl"), "".join(ln + "\n" for ln in lines))
 
 
 def demo_data_files(run: RunSpec) -> dict[str, Path] | None:
@@ -246,6 +304,7 @@ def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> Non
     evaluation = run.evaluation.model_copy(update={"allow_code_execution": run.evaluation.allow_code_execution
                                                    or allow_code_execution})
     run_evaluation(model, tok, evaluation, store.eval_dir, model_label=store.run_id, data_files=demo_data_files(run))
+    fault_point("eval")
     store.mark_done("eval")
 
 
@@ -279,15 +338,21 @@ def evaluate_base(spec: ExperimentSpec, run: RunSpec, results_root: Path, allow_
 
 def run_one(spec: ExperimentSpec, run: RunSpec, results_root: Path, *, stop_after: str = "done",
             allow_code_execution: bool = False) -> list[str]:
-    """Run the stages of one run that are not done yet (the caller holds its lock); returns stages run."""
+    """Run the stages of one run that are not done yet (the caller holds its lock); returns stages run.
+
+    Under a multi-process launch every process calls this: the main one runs the stages, all train."""
+    state = processes()
+    main = state.is_main_process
     store = run_store(results_root, spec.name, run.run_id)
-    write_json(store.file("run.json"), {"run_id": run.run_id, "experiment": spec.name, "spec_hash": spec.spec_hash,
-                                        "method": run.method.name, "seed": run.seed,
-                                        "grid": grid_values(spec, run), "spec": run.model_dump(mode="json")})
-    if not store.file("provenance.json").exists():
-        store.update_provenance(**base_provenance(spec.spec_hash, run.run_id))
-    _, mhash = resolved(run)
-    store.update_provenance(model_hash=mhash)
+    with state.main_process_first():  # resolving may build or download the weights: once
+        _, mhash = resolved(run)
+    if main:
+        write_json(store.file("run.json"), {"run_id": run.run_id, "experiment": spec.name,
+                                            "spec_hash": spec.spec_hash, "method": run.method.name, "seed": run.seed,
+                                            "grid": grid_values(spec, run), "spec": run.model_dump(mode="json")})
+        if not store.file("provenance.json").exists():
+            store.update_provenance(**base_provenance(spec.spec_hash, run.run_id))
+        store.update_provenance(model_hash=mhash)
     actions: dict[str, Callable[[], None]] = {
         "data": lambda: stage_data(run, store),
         "reference": lambda: stage_reference(run, store, results_root),
@@ -297,12 +362,16 @@ def run_one(spec: ExperimentSpec, run: RunSpec, results_root: Path, *, stop_afte
     }
     ran = []
     for stage in STAGES:
+        state.wait_for_everyone()  # then every process reads the status the main process wrote
         if not store.is_done(stage):
-            console.print(f"[bold]{stage}[/] {run.run_id}")
-            actions[stage]()
+            if main:
+                console.print(f"[bold]{stage}[/] {run.run_id}")
+            if main or stage == "train":
+                actions[stage]()
             ran.append(stage)
         if stage == stop_after:
             break
+    state.wait_for_everyone()
     return ran
 
 
@@ -317,38 +386,65 @@ def select(runs: list[RunSpec], only: str | None) -> list[RunSpec]:
     return chosen
 
 
+@disk_errors()
 def run_experiment(spec: ExperimentSpec, results_root: Path, *, only: str | None = None, stop_after: str = "done",
                    force: bool = False, allow_code_execution: bool = False) -> dict[str, list[str]]:
-    """Run (or resume) every selected run; returns {run_id: stages run by this process}."""
+    """Run (or resume) every selected run; returns {run_id: stages run by this process}.
+
+    A run whose training diverges (TrainingError) does not stop the others: it is recorded as stopped in its
+    train_summary.json, and one TrainingError listing every stopped run is raised at the end."""
     check_writable(results_root)
     runs = select(expand(spec), only)
+    state = processes()
+    main, multi = state.is_main_process, state.num_processes > 1
     done: dict[str, list[str]] = {}
     deferred = []
+    stopped: list[str] = []
+
+    def attempt(run: RunSpec) -> None:
+        try:
+            done[run.run_id] = run_one(spec, run, results_root, stop_after=stop_after,
+                                       allow_code_execution=allow_code_execution)
+        except TrainingError as e:
+            console.print(f"[red]stopped[/] {run.run_id}: {e}")
+            stopped.append(f"{run.run_id}: {e}")
     for i, run in enumerate(runs, 1):
         store = run_store(results_root, spec.name, run.run_id)
         lock = store.lock()
-        if not try_lock(lock):
+        got = try_lock(lock) if main else True  # one lock per launch: the main process holds it
+        if multi:
+            from accelerate.utils import broadcast_object_list
+
+            got = broadcast_object_list([got])[0]
+        if not got and multi:
+            console.print(f"[yellow]busy[/] {run.run_id}: another launch holds it; skipped (a multi-process "
+                          "launch does not wait for locked runs)")
+            continue
+        if not got:
             console.print(f"[yellow]busy[/] {run.run_id}: another process holds it; coming back later")
             deferred.append(run)
             continue
         try:
-            if force:
+            if force and main:
                 store.reset()
                 shutil.rmtree(store.checkpoint_dir, ignore_errors=True)
                 store.file("metrics.jsonl").unlink(missing_ok=True)
                 shutil.rmtree(store.eval_dir, ignore_errors=True)
             console.rule(f"run {i}/{len(runs)}: {run.run_id}")
-            done[run.run_id] = run_one(spec, run, results_root, stop_after=stop_after,
-                                       allow_code_execution=allow_code_execution)
+            attempt(run)
         finally:
-            lock.release()
+            if main:
+                lock.release()
     for run in deferred:
         store = run_store(results_root, spec.name, run.run_id)
         with store.lock():  # wait for the other process, then finish whatever it left
-            done[run.run_id] = run_one(spec, run, results_root, stop_after=stop_after,
-                                       allow_code_execution=allow_code_execution)
-    if runs and spec.evaluation.evaluate_base and spec.evaluation.tasks and stop_after in ("eval", "done"):
+            attempt(run)
+    if runs and spec.evaluation.evaluate_base and spec.evaluation.tasks and stop_after in ("eval", "done") and main:
         evaluate_base(spec, runs[0], results_root, allow_code_execution)
+    state.wait_for_everyone()
+    if stopped:
+        raise TrainingError(f"{len(stopped)} of {len(runs)} runs stopped (the others finished; see each run's "
+                            "train_summary.json or `kto-bench report SPEC`):\n" + "\n".join(stopped))
     return done
 
 

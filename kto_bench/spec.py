@@ -101,7 +101,7 @@ class _Method(Strict):
 
     def loss_kwargs(self) -> dict[str, Any]:
         """Loss hyperparameters; unset ones (None) are left to the loss's defaults or the data stage (λ)."""
-        dumped = self.model_dump(exclude={"type", "label", "lambda_ratio"})
+        dumped = self.model_dump(exclude={"type", "label", "lambda_ratio", "z0_scope"})
         return {k: v for k, v in dumped.items() if v is not None}
 
 
@@ -111,6 +111,9 @@ class KTOMethod(_Method):
     lambda_ratio: float = Field(1.0, ge=1.0, le=4 / 3, description="target λD·nD/(λU·nU), in [1, 4/3]")
     desirable_weight: float | None = Field(None, gt=0, description="λD; None = set from lambda_ratio")
     undesirable_weight: float | None = Field(None, gt=0, description="λU; None = set from lambda_ratio")
+    z0_scope: Literal["microbatch", "step"] = Field(
+        "microbatch", description="z0 from each per-step microbatch (the paper) or from the whole optimizer "
+        "step's microbatches (an ablation; makes the curve independent of the process/accumulation layout)")
 
 
 class DPOMethod(_Method):

@@ -15,7 +15,9 @@ import importlib.metadata
 import os
 import platform
 import shutil
+import signal
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,20 @@ from kto_bench.io import atomic_write_json, read_json
 
 STAGES = ("data", "reference", "train", "eval", "done")
 PACKAGES = ("kto-bench", "torch", "transformers", "datasets", "accelerate", "lm-eval", "peft", "pandas", "trl")
+
+
+FAULT_ENV = "KTO_BENCH_FAULT"
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook, off unless $KTO_BENCH_FAULT is set: SIGKILL this process at point `name`.
+
+    Points (docs/RELIABILITY.md): "data" (data.pt written, stage not marked), "reference" (cache filled,
+    stage not marked), "train:step:N" (step N logged), "train:checkpoint:N" (checkpoint N in its temp
+    file, not renamed), "eval" (every task written, stage not marked).
+    """
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def now() -> str:
@@ -89,18 +105,30 @@ class RunStore:
         return FileLock(str(self.path / "run.lock"))
 
 
+# a full disk, a read-only folder, or a file standing where the store needs a folder
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST)
+
+
+@contextmanager
+def disk_errors(path: Path | None = None):
+    """Turn the OSError of an unwritable store into a StoreError that names the file and the fix (also a
+    decorator). Files are written to a temp name and renamed, so nothing already written is changed."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        raise StoreError(
+            f"cannot write {path or e.filename2 or e.filename}: {os.strerror(e.errno)}. Nothing already written was changed; "
+            "free space, fix permissions, or move away a file standing where a folder should be (or pass "
+            "--results DIR), then rerun: completed stages are kept"
+        ) from None
+
+
 def write_json(path: Path, obj: Any) -> None:
     """atomic_write_json with a clear StoreError for a full disk or a read-only results folder."""
-    try:
+    with disk_errors(path):
         atomic_write_json(path, obj)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
-            raise StoreError(
-                f"cannot write {path}: {os.strerror(e.errno)}. Nothing already written was changed; "
-                "free space or fix permissions on the results folder (or pass --results DIR) and rerun: "
-                "completed stages are kept"
-            ) from None
-        raise
 
 
 def append_jsonl(path: Path, line: str) -> None:

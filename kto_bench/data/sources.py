@@ -504,8 +504,14 @@ def read_rows(path: Path, source: str = "local") -> Iterator[tuple[str, Any]]:
     """Rows of a .jsonl/.json/.parquet file exactly as written; unparsable JSONL lines come back as BadRow."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield f"line {n}", BadRow("row", "encoding", f"is not UTF-8 text ({e.reason} at byte {e.start}); "
+                                              "save the file as UTF-8")
+                    continue
                 if line.strip():
                     try:
                         yield f"line {n}", json.loads(line)
@@ -514,6 +520,9 @@ def read_rows(path: Path, source: str = "local") -> Iterator[tuple[str, Any]]:
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"source {source!r}: {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                            "save it as UTF-8") from None
         except json.JSONDecodeError as e:
             raise DataError(
                 f"source {source!r}: {path} is not valid JSON ({e}); JSON Lines files need .jsonl"

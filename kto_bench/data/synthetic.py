@@ -211,7 +211,9 @@ def world_dir(cfg: WorldConfig = WorldConfig()) -> Path:
 def eval_problems(cfg: WorldConfig) -> tuple[list[Problem], list[Problem]]:
     """Held-out problems for the generative task and the multiple-choice task (disjoint from training)."""
     gen = problems(cfg.seed + 101, cfg.n_eval)
-    mc = problems(cfg.seed + 202, cfg.n_eval, exclude={p.question for p in gen})
+    # multiple choice asks for the answer without a chain of thought: one operation, so a small model can
+    # learn it (the 2-term space is small, so the MC set is at most a third of it)
+    mc = problems(cfg.seed + 202, min(cfg.n_eval, 96), exclude={p.question for p in gen}, n_terms=2)
     return gen, mc
 
 
@@ -247,11 +249,19 @@ def sft_texts(cfg: WorldConfig) -> list[tuple[str, str]]:
     held_out = {p.question for p in gen} | {p.question for p in mc}
     rng = random.Random(cfg.seed + 404)
     out = []
+    mc_pool = _two_term_pool(held_out)
     for p in problems(cfg.seed + 1, cfg.n_sft, exclude=held_out):
         out.append((p.question, p.solution))
-        choices, label = mc_item(p, rng)
-        out.append((mc_prompt(p.question, choices), "ABCD"[label]))
+        q = rng.choice(mc_pool)
+        choices, label = mc_item(q, rng)
+        out.append((mc_prompt(q.question, choices), "ABCD"[label]))
     return out
+
+
+def _two_term_pool(exclude: set[str], max_term: int = 12) -> list[Problem]:
+    """Every 2-term problem not held out (the MC training pool)."""
+    return [Problem((a, b), (op,)) for a in range(1, max_term + 1) for b in range(1, max_term + 1) for op in "+-"
+            if Problem((a, b), (op,)).question not in exclude]
 
 
 def encode_chat(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:

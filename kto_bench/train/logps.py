@@ -60,3 +60,19 @@ def naive_sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
     logps = logits[:, :-1].log_softmax(-1).gather(2, batch["input_ids"][:, 1:, None]).squeeze(2)
     return (logps * batch["predicts"][:, :-1]).sum(1)
+
+
+class LogProbs(torch.nn.Module):
+    """`sequence_logps` as a module: the training loop prepares (DDP/FSDP-wraps) this, not the causal LM,
+    so the wrapper sees the forward and its gradient sync and parameter all-gathers run. `.model` is
+    the causal LM (its state-dict keys gain a `model.` prefix here)."""
+
+    def __init__(self, model: torch.nn.Module, chunk_tokens: int = 4096) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                predicts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "predicts": predicts}
+        return sequence_logps(self.model, batch, self.chunk_tokens)

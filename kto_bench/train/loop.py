@@ -3,9 +3,12 @@
     train()       build optimizer/schedule, resume from the last checkpoint, step until the budget is spent
     train_step()  one optimizer step over `grad_accum` microbatches of this process
 
-The data order is a pure function of (seed, epoch): each epoch shuffles the fixed microbatches, and
-process r of w takes every w-th one. A checkpoint is one dict of stateful parts (weights, optimizer,
-scheduler, RNG, step), so a resumed run continues the same curve.
+The data order is a pure function of (seed, epoch): each epoch shuffles the fixed microbatches, an
+optimizer step takes the next grad_accum × w of them, and process r of w takes every w-th one. So
+w processes with grad_accum g see the same microbatches per step as one process with grad_accum g·w;
+KTO's z0 is the mean over the whole step (all its microbatches, averaged across processes) and the
+logged metrics are global means, so both layouts give the same curve. A checkpoint is one dict of
+stateful parts (weights, optimizer, scheduler, RNG, step), so a resumed run continues the same curve.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import torch
 from kto_bench.data.tokenize import TokenizedData
 from kto_bench.errors import StoreError, TrainingError
 from kto_bench.spec import RunSpec
-from kto_bench.train.logps import collate, sequence_logps
+from kto_bench.store import fault_point
+from kto_bench.train.logps import LogProbs, collate
 from kto_bench.train.losses import LOSSES, call_loss
 
 
@@ -97,12 +101,14 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 def batch_tensors(model, data: TokenizedData, method: str, batch_idx: int, ref: Callable, pad_id: int, device,
                   ) -> tuple[dict[str, torch.Tensor], int]:
-    """The loss inputs of one microbatch and the number of trained (non-pad) tokens."""
+    """The loss inputs of one microbatch (but KTO's KL pairs, see `kl_tensors`) and its trained tokens.
+
+    `model` is the prepared `LogProbs` module (DDP/FSDP-wrapped when there are several processes)."""
     info = LOSSES.get(method)
     if info.data == "pairs":
         pairs = [data.pairs[i] for i in data.pair_batches[batch_idx]]
         seqs = [data.sequences[c] for c, _ in pairs] + [data.sequences[r] for _, r in pairs]
-        logps, lengths = sequence_logps(model, collate(seqs, pad_id, device))  # chosen and rejected in one forward
+        logps, lengths = model(**collate(seqs, pad_id, device))  # chosen and rejected in one forward
         b = len(pairs)
         t = {"chosen_policy_logps": logps[:b], "rejected_policy_logps": logps[b:],
              "chosen_lengths": lengths[:b], "rejected_lengths": lengths[b:]}
@@ -112,17 +118,30 @@ def batch_tensors(model, data: TokenizedData, method: str, batch_idx: int, ref: 
     else:
         items = [data.binary[i] for i in data.binary_batches[batch_idx]]
         seqs = [data.sequences[s] for s, _ in items]
-        logps, lengths = sequence_logps(model, collate(seqs, pad_id, device))
+        logps, lengths = model(**collate(seqs, pad_id, device))
         t = {"policy_logps": logps, "lengths": lengths,
              "desirable": torch.tensor([d for _, d in items], device=device)}
         if info.needs_reference:
             t["reference_logps"] = ref(seqs).to(device)
-        if info.needs_kl:
-            kl = [data.sequences[k] for k in data.kl_seqs[batch_idx]]
-            with torch.no_grad():  # z0 is detached: no graph for the KL pass
-                t["kl_policy_logps"], _ = sequence_logps(model, collate(kl, pad_id, device))
-            t["kl_reference_logps"] = ref(kl).to(device)
     return t, sum(len(p) + len(c) for p, c in seqs)
+
+
+def kl_tensors(model, data: TokenizedData, batch_ids: list[int], ref: Callable, pad_id: int, device,
+               ) -> dict[str, torch.Tensor]:
+    """KTO's KL inputs: the mismatched pairs of the given microbatches (one, by default: the paper's z0
+    per per-step microbatch; all of the step's with `method.z0_scope: step`).
+
+    One forward per microbatch, without a graph (z0 is detached), through the prepared module (under
+    FSDP only it holds the gathered weights; DDP does no gradient bookkeeping without grad). The loss
+    averages them and then across processes (`_kl_reduce`, processes weighted equally).
+    """
+    policy, reference = [], []
+    with torch.no_grad():
+        for b in batch_ids:
+            kl = [data.sequences[k] for k in data.kl_seqs[b]]
+            policy.append(model(**collate(kl, pad_id, device))[0])
+            reference.append(ref(kl).to(device))
+    return {"kl_policy_logps": torch.cat(policy), "kl_reference_logps": torch.cat(reference)}
 
 
 def n_batches(data: TokenizedData, method: str) -> int:
@@ -153,23 +172,34 @@ class Context:
     log: Callable[[int, dict], None]
     accelerator: object
     progress: Callable[[int, int], None] = lambda step, total: None
+    module: torch.nn.Module | None = None  # set by train(): the prepared LogProbs module (see model_state)
 
 
 def train_step(model, ctx: Context, batch_ids: list[int], optimizer, scheduler) -> dict[str, float]:
+    """One optimizer step; `model` is the prepared LogProbs module. Returns the step's global metrics."""
     acc = ctx.accelerator
     device = acc.device
+    method = ctx.run.method.type
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     tokens = 0
+    kl: dict[str, torch.Tensor] = {}
+    needs_kl = LOSSES.get(method).needs_kl
+    step_scope = getattr(ctx.run.method, "z0_scope", "microbatch") == "step"
+    if needs_kl and step_scope:  # z0 over the whole optimizer step (an ablation; layout-independent)
+        with acc.autocast():
+            kl = kl_tensors(model, ctx.data, batch_ids, ctx.ref, ctx.pad_id, device)
     for i, b in enumerate(batch_ids):
         sync = i == len(batch_ids) - 1
         with acc.no_sync(model) if not sync and acc.num_processes > 1 else _null():
             with acc.autocast():
-                tensors, n_tok = batch_tensors(model, ctx.data, ctx.run.method.type, b, ctx.ref, ctx.pad_id, device)
-                result = call_loss(ctx.run.method.type, tensors, **ctx.hyper, **_kl_reduce(acc))
+                if needs_kl and not step_scope:  # the paper's z0: this per-step microbatch's mismatched pairs
+                    kl = kl_tensors(model, ctx.data, [b], ctx.ref, ctx.pad_id, device)
+                tensors, n_tok = batch_tensors(model, ctx.data, method, b, ctx.ref, ctx.pad_id, device)
+                result = call_loss(method, tensors | kl, **ctx.hyper, **_kl_reduce(acc))
             if not torch.isfinite(result.loss):
-                raise TrainingError(f"non-finite loss ({result.loss.item()}) at microbatch {b}; the last good "
-                                    f"checkpoint is in {ctx.checkpoint_dir}. Lower training.lr or method.beta")
+                raise TrainingError(f"non-finite loss ({result.loss.item()}) at microbatch {b}: lower training.lr "
+                                    "or method.beta")
             acc.backward(result.loss / len(batch_ids))
         tokens += n_tok
         sums["train/loss"] += result.loss.item()
@@ -180,14 +210,33 @@ def train_step(model, ctx: Context, batch_ids: list[int], optimizer, scheduler) 
     grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.run.training.max_grad_norm)
     grad_norm = float(grad_norm)
     if not math.isfinite(grad_norm):
-        raise TrainingError(f"non-finite gradient norm ({grad_norm}); the last good checkpoint is in "
-                            f"{ctx.checkpoint_dir}. Lower training.lr, or use precision fp32")
+        raise TrainingError(f"non-finite gradient norm ({grad_norm}): lower training.lr, or use precision fp32")
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    out = {k: sums[k] / counts[k] for k in sums}
+    out, tokens = global_means(acc, sums, counts, tokens)
     out |= {"train/grad_norm": grad_norm, "tokens/step": tokens}
     return out
+
+
+def global_means(acc, sums: dict[str, float], counts: dict[str, int], tokens: int,
+                 ) -> tuple[dict[str, float], int]:
+    """(each metric's mean over every microbatch of the step on every process, the step's tokens).
+
+    A metric a microbatch lacks (a class-conditional reward) is averaged over those that have it, so the
+    logged curve is the same for w processes as for one process accumulating w times as many microbatches.
+    """
+    parts = [(dict(sums), dict(counts), tokens)]
+    if acc.num_processes > 1:
+        parts = [None] * acc.num_processes
+        torch.distributed.all_gather_object(parts, (dict(sums), dict(counts), tokens))
+    total: dict[str, float] = defaultdict(float)
+    n: dict[str, int] = defaultdict(int)
+    for s, c, _ in parts:
+        for k in s:
+            total[k] += s[k]
+            n[k] += c[k]
+    return {k: total[k] / n[k] for k in total}, sum(t for _, _, t in parts)
 
 
 class _null:
@@ -199,7 +248,7 @@ class _null:
 
 
 def _kl_reduce(acc) -> dict:
-    """KTO's z0 is averaged across processes (each estimates it on its own per-step microbatch)."""
+    """KTO's z0 is averaged across processes (each estimates it on its own microbatches of the step)."""
     if acc.num_processes == 1:
         return {}
 
@@ -217,32 +266,41 @@ def train(model, ctx: Context) -> dict:
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     p = plan(ctx.run, batch_token_counts(ctx.data, ctx.run.method.type), acc.num_processes)
+    checkpoint = read_checkpoint(ctx)
+    if checkpoint is not None:  # weights go in before wrapping: DDP broadcasts them, FSDP shards them
+        model.load_state_dict(checkpoint["model"], strict=not any("lora_" in k for k in checkpoint["model"]))
     optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=t.lr,
                                   betas=t.adam_betas, weight_decay=t.weight_decay)
     warmup = int(t.warmup_ratio * p.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.schedule, warmup, p.steps))
-    model, optimizer = acc.prepare(model, optimizer)
-    model.train()
-    step, tokens, wall = load_checkpoint(ctx, model, optimizer, scheduler)
+    module, optimizer = acc.prepare(LogProbs(model), optimizer)  # wrap the log-prob forward, not the LM
+    ctx.module = module
+    module.train()
+    step, tokens, wall = restore(ctx, checkpoint, module, optimizer, scheduler)
     t_start = time.time() - wall
+    world, rank = acc.num_processes, acc.process_index
+    saved = step if checkpoint is not None else None
     while step < p.steps:
         t0 = time.time()
-        first = step * p.microbatches_per_step + acc.process_index * t.grad_accum
-        ids = p.order[first : first + t.grad_accum] if acc.num_processes == 1 else [
-            p.order[step * p.microbatches_per_step + i * acc.num_processes + acc.process_index]
-            for i in range(t.grad_accum)
-        ]
-        metrics = train_step(model, ctx, ids, optimizer, scheduler)
+        ids = [p.order[step * p.microbatches_per_step + i * world + rank] for i in range(t.grad_accum)]
+        try:
+            metrics = train_step(module, ctx, ids, optimizer, scheduler)
+        except TrainingError as e:
+            good = (f"{ctx.checkpoint_dir / 'last.pt'} (step {saved})" if saved is not None
+                    else "none yet (a rerun starts from step 0)")
+            raise TrainingError(f"step {step + 1} of {p.steps}: {e}; last good checkpoint: {good}") from None
         step += 1
-        n_tok = int(metrics.pop("tokens/step")) * acc.num_processes
+        n_tok = int(metrics.pop("tokens/step"))  # already summed over processes
         tokens += n_tok
         dt = time.time() - t0
         metrics |= {"train/lr": scheduler.get_last_lr()[0], "tokens/seen": tokens, "time/step_s": dt,
                     "throughput/tokens_per_s": n_tok / max(dt, 1e-9)}
         ctx.log(step, metrics)
+        fault_point(f"train:step:{step}")
         ctx.progress(step, p.steps)
         if step % t.checkpoint_every == 0 or step == p.steps:
-            save_checkpoint(ctx, acc.unwrap_model(model), optimizer, scheduler, step, tokens, time.time() - t_start)
+            save_checkpoint(ctx, module, optimizer, scheduler, step, tokens, time.time() - t_start)
+            saved = step
     return {"steps": p.steps, "tokens": tokens, "wall_s": round(time.time() - t_start, 3),
             "microbatches_per_step": p.microbatches_per_step, "effective_batch": t.batch_size * p.microbatches_per_step,
             "stopped": None}
@@ -251,13 +309,37 @@ def train(model, ctx: Context) -> dict:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(ctx: Context, model, optimizer, scheduler, step: int, tokens: int, wall: float) -> None:
+def _fsdp(acc) -> bool:
+    return str(getattr(acc, "distributed_type", "")).endswith("FSDP")
+
+
+def model_state(acc, module) -> dict[str, torch.Tensor]:
+    """The causal LM's full state dict (its own keys), complete on the main process (empty elsewhere
+    under FSDP). Every process must call it: under FSDP it gathers the shards."""
+    return {k.removeprefix("model."): v for k, v in acc.get_state_dict(module).items()}
+
+
+def optimizer_state(acc, module, optimizer) -> dict:
+    """The optimizer's state, complete on the main process (every process calls it, as model_state)."""
+    if not _fsdp(acc):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer.optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_checkpoint(ctx: Context, module, optimizer, scheduler, step: int, tokens: int, wall: float) -> None:
+    """Every process calls this (FSDP gathers); the main process writes `last.pt`."""
+    weights = model_state(ctx.accelerator, module)
+    optim = optimizer_state(ctx.accelerator, module, optimizer)
     if not ctx.accelerator.is_main_process:
         return
+    lora = any("lora_" in k for k in weights)  # with LoRA only the adapter is saved; otherwise every weight
     state = {
         "run_id": ctx.run.run_id,
-        "model": {k: v for k, v in model.state_dict().items() if _trainable_key(model, k)},
-        "optimizer": optimizer.state_dict(),
+        "model": {k: v for k, v in weights.items() if "lora_" in k or not lora},
+        "optimizer": optim,
         "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
         "step": step,
@@ -267,19 +349,19 @@ def save_checkpoint(ctx: Context, model, optimizer, scheduler, step: int, tokens
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = ctx.checkpoint_dir / "last.pt"
     tmp = path.with_name(f".last.pt.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        fault_point(f"train:checkpoint:{step}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk must not stay full of a partial temp file
 
 
-def _trainable_key(model, key: str) -> bool:
-    """With LoRA only the adapter is saved; otherwise every weight."""
-    return "lora_" in key if any("lora_" in k for k, _ in model.named_parameters()) else True
-
-
-def load_checkpoint(ctx: Context, model, optimizer, scheduler) -> tuple[int, int, float]:
+def read_checkpoint(ctx: Context) -> dict | None:
+    """This run's `last.pt` (None when there is none); every process reads it."""
     path = ctx.checkpoint_dir / "last.pt"
     if not path.exists():
-        return 0, 0, 0.0
+        return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
@@ -288,9 +370,20 @@ def load_checkpoint(ctx: Context, model, optimizer, scheduler) -> tuple[int, int
     if state.get("run_id") != ctx.run.run_id:
         raise StoreError(f"checkpoint {path} belongs to run {state.get('run_id')!r}, not {ctx.run.run_id!r}; "
                          "it will not be used. Move it away or rerun with --force")
-    ctx.accelerator.unwrap_model(model).load_state_dict(state["model"], strict=not any(
-        "lora_" in k for k in state["model"]))
-    optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+def restore(ctx: Context, state: dict | None, module, optimizer, scheduler) -> tuple[int, int, float]:
+    """Load the optimizer, schedule and RNG of a checkpoint (its weights are already in); (step, tokens, wall)."""
+    if state is None:
+        return 0, 0, 0.0
+    if _fsdp(ctx.accelerator):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(module, optimizer.optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])

@@ -52,8 +52,11 @@ class ReferenceCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"shard-{stable_hash(sorted(values), 16)}.pt"
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(values, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(values, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         self.entries.update(values)
 
 

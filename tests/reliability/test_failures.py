@@ -1,0 +1,208 @@
+"""What a broken environment or a diverging run does to the store: a clear error, nothing corrupted, and a
+rerun that finishes once the cause is fixed. Runs the pipeline in-process on the tiny demo world."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from kto_bench.errors import StoreError, TrainingError
+from kto_bench.pipeline import run_experiment
+from kto_bench.spec import parse_spec
+from tests.reliability.helpers import SPEC, all_json_parses, run_dirs
+
+KTO_ONLY = SPEC.replace("  - {type: dpo, beta: 0.1}\n", "")
+
+
+@pytest.fixture
+def results(world_cache, tmp_path) -> Path:
+    return tmp_path / "results"
+
+
+def run(results: Path, text: str = SPEC, stop_after: str = "train", only: str | None = None, **overrides):
+    spec = parse_spec(text, overrides={k.replace("__", "."): v for k, v in overrides.items()})
+    return run_experiment(spec, results, only=only, stop_after=stop_after)
+
+
+def stages(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())["stages"]
+
+
+def steps(run_dir: Path) -> list[int]:
+    return [json.loads(ln)["step"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- disk full / read-only
+
+
+@pytest.mark.parametrize("target", ["data.pt", "status.json", "last.pt", "metrics.jsonl"])
+def test_disk_full_is_a_store_error_and_a_rerun_after_freeing_space_finishes(results, monkeypatch, target):
+    real_replace, real_open = os.replace, open
+
+    def full_replace(src, dst, *a, **k):
+        if Path(dst).name == target:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real_replace(src, dst, *a, **k)
+
+    def full_open(file, mode="r", *a, **k):
+        if Path(str(file)).name == target and "a" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(os, "replace", full_replace)
+    monkeypatch.setattr("builtins.open", full_open)
+    with pytest.raises(StoreError, match="No space left on device.*rerun"):
+        run(results, KTO_ONLY)
+    monkeypatch.undo()
+    all_json_parses(results)  # nothing half-written
+    (d,) = run_dirs(results).values()
+    assert "train" not in (stages(d) if (d / "status.json").exists() else {})
+    assert not list(d.rglob(f".{target}*tmp*")), "a temp file was left behind"
+    run(results, KTO_ONLY)
+    assert "train" in stages(d) and steps(d) == [1, 2, 3, 4]
+
+
+def test_results_folder_that_cannot_be_created_is_a_store_error(world_cache, tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be")
+    with pytest.raises(StoreError, match="not writable.*--results"):
+        run(blocker, KTO_ONLY)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "rel").write_text("a file where the experiment folder should be")
+    with pytest.raises(StoreError, match="rel"):
+        run(tmp_path / "r", KTO_ONLY)
+    assert (tmp_path / "r" / "rel").read_text().startswith("a file")
+
+
+# ----------------------------------------------------------------------------- reference cache, checkpoints
+
+
+def test_corrupted_reference_shard_names_the_file_and_the_fix(results):
+    run(results, KTO_ONLY, stop_after="reference")
+    shard = next((results / "_cache" / "reference").rglob("shard-*.pt"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(StoreError, match=rf"{shard}.*corrupted.*delete"):
+        run(results, KTO_ONLY)
+
+
+def test_missing_reference_shard_is_an_error_not_a_silent_recompute(results):
+    run(results, KTO_ONLY, stop_after="reference")
+    for shard in (results / "_cache" / "reference").rglob("shard-*.pt"):
+        shard.unlink()
+    with pytest.raises(StoreError, match=r"reference.*missing.*--force") as e:
+        run(results, KTO_ONLY)
+    assert str(results / "_cache" / "reference") in str(e.value)
+    assert not list((results / "_cache" / "reference").rglob("shard-*.pt"))  # nothing recomputed quietly
+    spec = parse_spec(KTO_ONLY)
+    run_experiment(spec, results, stop_after="train", force=True)  # the fix the message names
+    (d,) = run_dirs(results).values()
+    assert stages(d)["reference"]["computed"] > 0 and "train" in stages(d)
+
+
+def test_checkpoint_of_another_run_is_refused(results):
+    run(results, stop_after="train", only="kto")
+    run(results, stop_after="reference", only="dpo")
+    dirs = run_dirs(results)
+    (dirs["dpo"] / "checkpoints").mkdir()
+    shutil.copy(dirs["kto"] / "checkpoints" / "last.pt", dirs["dpo"] / "checkpoints" / "last.pt")
+    with pytest.raises(StoreError, match=r"belongs to run 'kto-.*Move it away or rerun with --force"):
+        run(results, only="dpo")
+    assert "train" not in stages(dirs["dpo"])
+
+
+def test_unreadable_checkpoint_with_metrics_is_a_store_error(results):
+    run(results, KTO_ONLY, training__budget__value=2)  # a finished 2-step run leaves metrics and last.pt
+    (d,) = run_dirs(results).values()
+    (d / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    status = json.loads((d / "status.json").read_text())
+    status["stages"].pop("train")
+    (d / "status.json").write_text(json.dumps(status))
+    with pytest.raises(StoreError, match=r"last.pt is unreadable.*delete it"):
+        run(results, KTO_ONLY, training__budget__value=2)
+
+
+def test_a_half_written_metrics_line_from_a_kill_is_dropped_on_resume(results):
+    run(results, KTO_ONLY)
+    (d,) = run_dirs(results).values()
+    status = json.loads((d / "status.json").read_text())
+    status["stages"].pop("train")
+    (d / "status.json").write_text(json.dumps(status))
+    ckpt = torch.load(d / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["step"] == 4
+    with open(d / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "train/lo')  # what SIGKILL in the middle of an append leaves
+    run(results, KTO_ONLY)
+    assert steps(d) == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- diverging training
+
+
+def test_nan_loss_stops_the_run_visibly_in_store_and_report(results, tmp_path):
+    from kto_bench.report.render import render_report
+    from kto_bench.spec import parse_spec as parse
+
+    with pytest.raises(TrainingError, match=r"(?s)1 of 1 runs stopped.*step 2 of 4: non-finite") as e:
+        run(results, KTO_ONLY, training__lr=1e30, training__checkpoint_every=1)
+    (d,) = run_dirs(results).values()
+    assert "train" not in stages(d)
+    summary = json.loads((d / "train_summary.json").read_text())
+    assert "non-finite" in summary["stopped"]
+    assert summary["last_checkpoint"] == str(d / "checkpoints" / "last.pt")
+    assert f"last good checkpoint: {summary['last_checkpoint']} (step 1)" in str(e.value)
+    spec = parse(KTO_ONLY)
+    index = render_report(results / "rel", tmp_path / "reports" / "rel", spec.report, KTO_ONLY, "rel")
+    report = (index.parent / "report.md").read_text()
+    assert "non-finite" in report and "stages not done: train" in report
+
+
+def test_nan_gradients_stop_the_run_naming_the_checkpoint(results, monkeypatch):
+    import kto_bench.train.loop as loop
+
+    real = loop.call_loss
+
+    def poisoned(method, tensors, **kw):
+        out = real(method, tensors, **kw)
+        if loop_steps["n"] >= 2:  # steps 1-2 train fine and checkpoint; step 3's gradients are NaN
+            out.loss.register_hook(lambda g: g * float("nan"))
+        loop_steps["n"] += 1
+        return out
+
+    loop_steps = {"n": 0}
+    monkeypatch.setattr(loop, "call_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"step 3 of 4: non-finite gradient.*last\.pt \(step 2\)"):
+        run(results, KTO_ONLY)
+    (d,) = run_dirs(results).values()
+    assert json.loads((d / "train_summary.json").read_text())["stopped"]
+    assert steps(d) == [1, 2]
+
+
+def test_one_diverging_run_does_not_stop_the_others(results):
+    with pytest.raises(TrainingError, match=r"1 of 2 runs stopped"):
+        run(results, SPEC, grid=[{"method": ["kto"], "training.lr": [1e30]}, {"method": ["dpo"]}])
+    dirs = run_dirs(results)
+    assert "train" in stages(dirs["dpo"])
+
+
+# ----------------------------------------------------------------------------- one-class batches
+
+
+def test_kto_trains_on_batches_with_one_class_only(results, tmp_path):
+    rows = [{"prompt": f"Compute {i}+1.", "completion": f"The answer is {i + 1}.", "label": True} for i in range(8)]
+    data = tmp_path / "all_desirable.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = KTO_ONLY.replace("{source: demo_arith, path: arith-tiny,", f"{{source: local_binary, path: {data},")
+    run(results, text)
+    (d,) = run_dirs(results).values()
+    assert "train" in stages(d) and steps(d) == [1, 2, 3, 4]
+    report = json.loads((d / "data_report.json").read_text())
+    assert report["counts"]["undesirable"] == 0 and report["lambda"]["ratio"] is None
+    for line in (d / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert all(v == v and abs(v) != float("inf") for v in row.values()), row  # no NaN/inf logged
