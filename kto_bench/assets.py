@@ -30,6 +30,7 @@ from typing import IO, Literal
 from filelock import FileLock
 
 from kto_bench.errors import AssetError, KtoBenchError
+from kto_bench.io import atomic_write_json
 from kto_bench.registry import Registry
 
 RowCount = Literal["lines", "json", "gzip_lines"]
@@ -253,14 +254,8 @@ def _stamp(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _record(asset: Asset, path: Path, sidecar: Path) -> None:
-    _write_json_atomic(sidecar, {"sha256": asset.sha256, "package": asset.requirement, **_stamp(path)})
+    atomic_write_json(sidecar, {"sha256": asset.sha256, "package": asset.requirement, **_stamp(path)})
 
 
 def _cheaply_verified(asset: Asset, path: Path, sidecar: Path) -> bool:
@@ -462,7 +457,7 @@ def convert_smollm2(cache_dir: Path | None = None) -> Path:
                 "transformers": transformers.__version__,
                 "torch": torch.__version__,
             }
-            _write_json_atomic(tmp / "provenance.json", provenance)
+            atomic_write_json(tmp / "provenance.json", provenance)
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
             if out.exists():  # a half-written folder from a killed run (no provenance.json)
                 shutil.rmtree(out)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from kto_bench.assets import sha256_file
 from kto_bench.errors import AssetError, KtoBenchError
 from kto_bench.spec import ModelSpec
 
@@ -74,14 +75,6 @@ def apply_lora(model, spec: ModelSpec):
     return get_peft_model(model, cfg)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_dir(where: str, spec: ModelSpec) -> Path | None:
     if Path(where).is_dir():
         return Path(where)
@@ -112,7 +105,7 @@ def model_hash(where: str, spec: ModelSpec) -> str:
     h = hashlib.sha256()
     for p in files:
         real = p.resolve()
-        digest = real.name if len(real.name) == 64 and "blobs" in real.parts else _file_sha256(real)
+        digest = real.name if len(real.name) == 64 and "blobs" in real.parts else sha256_file(real)
         h.update(f"{p.name}:{digest}\n".encode())
     value = h.hexdigest()[:16]
     try:

@@ -25,6 +25,7 @@ import torch
 from filelock import FileLock
 
 from kto_bench.data.canonical import Pair, messages
+from kto_bench.io import atomic_write_text
 
 SPECIALS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
 CHARS = list("0123456789+-=.,:?!'\"()[]{}/*% \n") + [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
@@ -166,6 +167,7 @@ def tiny_config(vocab_size: int, hidden: int = 96, layers: int = 3):
 class WorldConfig:
     """Everything that decides the demo world; its hash names the cache folder."""
 
+    version: int = 2  # bump when the generator code changes, so stale cached worlds are not reused
     seed: int = 0
     n_sft: int = 3000  # SFT problems (CoT) + as many MC items
     sft_steps: int = 600
@@ -233,14 +235,8 @@ def write_eval_files(out_dir: Path, n: int = 200, seed: int = 0) -> dict[str, Pa
         mc_rows.append({"id": f"mc-{i}", "question": p.question, "choices": choices, "label": label})
     paths = {"gen": out_dir / "demo_arith_gen.jsonl", "mc": out_dir / "demo_arith_mc.jsonl"}
     for key, rows in (("gen", gen_rows), ("mc", mc_rows)):
-        _atomic_write_text(paths[key], "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(paths[key], "".join(json.dumps(r) + "\n" for r in rows))
     return paths
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def sft_texts(cfg: WorldConfig) -> list[tuple[str, str]]:

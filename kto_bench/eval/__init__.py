@@ -6,7 +6,6 @@ Heavy imports (lm-eval, torch) happen inside `run_evaluation`, so importing this
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,21 +13,9 @@ from typing import Any
 from rich.console import Console
 
 from kto_bench.errors import EvalError
+from kto_bench.io import atomic_write_text
 
 console = Console(stderr=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory + os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _completed(path: Path, allow_code_execution: bool) -> dict | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kto_bench.errors import EvalError
+from kto_bench.io import atomic_write_json, atomic_write_text
 
 TASK = "alpaca_eval"
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -343,7 +344,7 @@ def run_alpaca_eval(
         progress=False,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(
+    atomic_write_json(
         out_dir / f"{TASK}.outputs.json",
         [
             {"instruction": it.instruction, "output": o, "generator": model_label}
@@ -425,16 +426,8 @@ def run_alpaca_eval(
         "notes": notes,
         "samples_file": f"{TASK}.samples.jsonl",
     }
-    _write_text(out_dir / f"{TASK}.samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
-    _write_json(out_dir / f"{TASK}.json", result)
+    atomic_write_text(out_dir / f"{TASK}.samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
+    atomic_write_json(out_dir / f"{TASK}.json", result)
     return result
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
