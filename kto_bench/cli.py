@@ -52,7 +52,7 @@ def validate(specs: list[Path] = typer.Argument(..., help="experiment YAML files
             failed += 1
             err.print(f"[red]invalid[/] {e}")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -232,7 +232,7 @@ def assets_verify(names: list[str] = typer.Argument(None)) -> None:
             continue
         out.print(f"{'[green]ok' if ok else '[yellow]not cached'}[/] {name}")
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(2)
 
 
 def main() -> None:  # pragma: no cover

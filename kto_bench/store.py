@@ -119,7 +119,7 @@ def disk_errors(path: Path | None = None):
         if e.errno not in DISK_ERRNOS:
             raise
         raise StoreError(
-            f"cannot write {path or e.filename2 or e.filename}: {os.strerror(e.errno)}. Nothing already written was changed; "
+            f"cannot access {path or e.filename2 or e.filename}: {os.strerror(e.errno)}. Nothing already written was changed; "
             "free space, fix permissions, or move away a file standing where a folder should be (or pass "
             "--results DIR), then rerun: completed stages are kept"
         ) from None

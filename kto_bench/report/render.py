@@ -7,10 +7,10 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
+from kto_bench.io import atomic_write_text
 from kto_bench.report.aggregate import Experiment, load_experiment
 from kto_bench.report.claims import ClaimContext, claims_table, evaluate_claims
 from kto_bench.report.config import ReportSpec
@@ -40,14 +40,6 @@ ul.notes{font-size:.8em;color:#555}figure{margin:1em 0}figcaption{font-size:.85e
 img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:.8em}
 .verdict-reproduced{color:#006d2c;font-weight:bold}.verdict-contradicted{color:#b00020;font-weight:bold}
 """
-
-
-def _write(path: Path, text: str | bytes) -> None:
-    """Atomic write: a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(text if isinstance(text, bytes) else text.encode())
-    os.replace(tmp, path)
 
 
 def build_tables(exp: Experiment, report: ReportSpec) -> list[Table]:
@@ -167,9 +159,9 @@ def render_report(
     tables = build_tables(exp, report)
     for t in tables:
         for ext, writer in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex), ("html", to_html)):
-            _write(out_dir / "tables" / f"{t.name}.{ext}", writer(t))
+            atomic_write_text(out_dir / "tables" / f"{t.name}.{ext}", writer(t))
     plots = [PLOTS.get(name)(exp, report.alpha, out_dir / "plots") for name in report.plots]
-    _write(out_dir / "report.md", _markdown(exp, tables, plots, spec_text))
+    atomic_write_text(out_dir / "report.md", _markdown(exp, tables, plots, spec_text))
     index = out_dir / "index.html"
-    _write(index, _html(exp, tables, plots, spec_text))
+    atomic_write_text(index, _html(exp, tables, plots, spec_text))
     return index

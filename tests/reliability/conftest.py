@@ -54,4 +54,6 @@ def baseline(world_cache, tmp_path_factory) -> Baseline:
         t.join()
     for res in outs:
         assert res.returncode == 0, res.output
-    return Baseline(work / "results", work / "reports", [res.output for res in outs], digest(work / "results"))
+    return Baseline(
+        work / "results", work / "reports", [res.output for res in outs], digest(work / "results")
+    )

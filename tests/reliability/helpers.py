@@ -38,14 +38,28 @@ class Result:
     killed: bool
 
 
-def cli(args: list[str], cwd: Path, *, env: dict | None = None, kill_on: str | None = None,
-        timeout: float = 300) -> Result:
+def cli(
+    args: list[str], cwd: Path, *, env: dict | None = None, kill_on: str | None = None, timeout: float = 300
+) -> Result:
     """Run `kto-bench ARGS` in a subprocess; with `kill_on`, SIGKILL it once a line matches that regex."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-                "COLUMNS": "200", **(env or {})}
+    full_env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "COLUMNS": "200",
+        **(env or {}),
+    }
     cmd = [sys.executable, "-c", "from kto_bench.cli import main; main()", *args]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace")
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
     lines: list[str] = []
     killed = False
     timer = threading.Timer(timeout, proc.kill)
@@ -97,7 +111,8 @@ def eval_digest(run_dir: Path) -> dict:
         out[f.stem] = [(m["metric"], m["value"]) for m in res["metrics"]]
         samples = run_dir / "eval" / f"{f.stem}.samples.jsonl"
         out[f.stem + ".samples"] = [
-            (s.get("item_id"), s.get("output"), s.get("scores")) for s in map(json.loads, samples.read_text().splitlines())
+            (s.get("item_id"), s.get("output"), s.get("scores"))
+            for s in map(json.loads, samples.read_text().splitlines())
         ]
     return out
 
@@ -134,5 +149,3 @@ class Baseline:
     reports: Path
     outputs: list[str]  # the log of each process
     digest: dict
-
-

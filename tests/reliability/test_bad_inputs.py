@@ -20,8 +20,10 @@ data: {source: local_binary, path: DATA, max_length: 64, max_prompt_length: 24}
 methods: [{type: kto}]
 training: {precision: fp32, batch_size: 2, budget: {rule: steps, value: 1}}
 """
-GOOD_ROWS = [{"prompt": f"Compute {i}+1.", "completion": f"The answer is {i + 1}.", "label": i % 2 == 0}
-             for i in range(4)]
+GOOD_ROWS = [
+    {"prompt": f"Compute {i}+1.", "completion": f"The answer is {i + 1}.", "label": i % 2 == 0}
+    for i in range(4)
+]
 
 
 def invoke(args: list[str], cwd: Path):
@@ -48,21 +50,47 @@ def write(tmp: Path, spec: str, rows: list | bytes | None = None) -> Path:
 # (row id, spec text, what the message must say); every row: `kto-bench run` exits 2
 SPEC_ROWS = [
     ("malformed-yaml", BASE + "training: {lr: [1e-3\n", r"spec.yaml:\d+: malformed YAML.*fix the syntax"),
-    ("unknown-key", BASE.replace("precision: fp32", "precison: fp32"),
-     r"spec.yaml:5: training.precison: unknown key 'precison'; remove it; did you mean 'precision'"),
-    ("wrong-type", BASE.replace("batch_size: 2", "batch_size: two"), r"spec.yaml:5: training.batch_size: .*integer"),
-    ("out-of-range", BASE + "corruption: {flip_rate: 0.7}\n",
-     r"spec.yaml:6: corruption.flip_rate: .*less than or equal to 0.5 \(got 0.7\)"),
-    ("grid-unknown-field", BASE + "grid: {training.lrr: [1.0e-3]}\n",
-     r"spec.yaml:6: grid.training.lrr: not a field of a run.*did you mean 'training.lr'"),
-    ("unknown-source", BASE.replace("local_binary", "local_binry"),
-     r"spec.yaml:3: data.source: unknown data source 'local_binry'.*did you mean 'local_binary'"),
+    (
+        "unknown-key",
+        BASE.replace("precision: fp32", "precison: fp32"),
+        r"spec.yaml:5: training.precison: unknown key 'precison'; remove it; did you mean 'precision'",
+    ),
+    (
+        "wrong-type",
+        BASE.replace("batch_size: 2", "batch_size: two"),
+        r"spec.yaml:5: training.batch_size: .*integer",
+    ),
+    (
+        "out-of-range",
+        BASE + "corruption: {flip_rate: 0.7}\n",
+        r"spec.yaml:6: corruption.flip_rate: .*less than or equal to 0.5 \(got 0.7\)",
+    ),
+    (
+        "grid-unknown-field",
+        BASE + "grid: {training.lrr: [1.0e-3]}\n",
+        r"spec.yaml:6: grid.training.lrr: not a field of a run.*did you mean 'training.lr'",
+    ),
+    (
+        "unknown-source",
+        BASE.replace("local_binary", "local_binry"),
+        r"spec.yaml:3: data.source: unknown data source 'local_binry'.*did you mean 'local_binary'",
+    ),
     ("unknown-method", BASE.replace("type: kto", "type: ktoo"), r"spec.yaml:4: methods.0: .*'ktoo'.*'kto'"),
-    ("unknown-task", BASE + "evaluation: {tasks: [{name: gsm9k}]}\n",
-     r"spec.yaml:6: evaluation.tasks.0.name: unknown task 'gsm9k'.*did you mean"),
-    ("grid-point-invalid", BASE + "grid: {corruption.flip_rate: [0.1, 0.9]}\n",
-     r"grid point \(corruption.flip_rate=0.9.*less than or equal to 0.5"),
-    ("kto-batch-of-one", BASE.replace("batch_size: 2", "batch_size: 1"), r"batch_size must be at least 2 for KTO"),
+    (
+        "unknown-task",
+        BASE + "evaluation: {tasks: [{name: gsm9k}]}\n",
+        r"spec.yaml:6: evaluation.tasks.0.name: unknown task 'gsm9k'.*did you mean",
+    ),
+    (
+        "grid-point-invalid",
+        BASE + "grid: {corruption.flip_rate: [0.1, 0.9]}\n",
+        r"grid point \(corruption.flip_rate=0.9.*less than or equal to 0.5",
+    ),
+    (
+        "kto-batch-of-one",
+        BASE.replace("batch_size: 2", "batch_size: 1"),
+        r"batch_size must be at least 2 for KTO",
+    ),
 ]
 
 
@@ -98,16 +126,31 @@ def test_bad_command_line(tmp_path):
 
 # (row id, data file rows, message); the data stage stops with exit 2
 DATA_ROWS = [
-    ("missing-field", [*GOOD_ROWS, {"prompt": "Compute 1+1.", "label": True}],
-     r"source 'local_binary', file \S+data.jsonl, line 5: field 'completion' is missing or null.*on_bad_row: drop"),
-    ("non-boolean-label", [*GOOD_ROWS, {"prompt": "p", "completion": "c", "label": "yes"}],
-     r"line 5: field 'label' must be true/false \(or 0/1\), got 'yes'"),
-    ("empty-string", [*GOOD_ROWS, {"prompt": "p", "completion": "  ", "label": True}],
-     r"line 5: field 'completion' is empty"),
-    ("duplicate-id", [{**GOOD_ROWS[0], "id": 7}, {**GOOD_ROWS[1], "id": 7}],
-     r"line 2: field 'id' '7' is also used by line 1"),
-    ("non-utf8", b"".join(json.dumps(r).encode() + b"\n" for r in GOOD_ROWS) + b'{"prompt": "caf\xe9"}\n',
-     r"data.jsonl, line 5: field 'row' is not UTF-8 text \(invalid continuation byte at byte 15\)"),
+    (
+        "missing-field",
+        [*GOOD_ROWS, {"prompt": "Compute 1+1.", "label": True}],
+        r"source 'local_binary', file \S+data.jsonl, line 5: field 'completion' is missing or null.*on_bad_row: drop",
+    ),
+    (
+        "non-boolean-label",
+        [*GOOD_ROWS, {"prompt": "p", "completion": "c", "label": "yes"}],
+        r"line 5: field 'label' must be true/false \(or 0/1\), got 'yes'",
+    ),
+    (
+        "empty-string",
+        [*GOOD_ROWS, {"prompt": "p", "completion": "  ", "label": True}],
+        r"line 5: field 'completion' is empty",
+    ),
+    (
+        "duplicate-id",
+        [{**GOOD_ROWS[0], "id": 7}, {**GOOD_ROWS[1], "id": 7}],
+        r"line 2: field 'id' '7' is also used by line 1",
+    ),
+    (
+        "non-utf8",
+        b"".join(json.dumps(r).encode() + b"\n" for r in GOOD_ROWS) + b'{"prompt": "caf\xe9"}\n',
+        r"data.jsonl, line 5: field 'row' is not UTF-8 text \(invalid continuation byte at byte 15\)",
+    ),
     ("not-json", b'{"prompt": "p", "completion": \n', r"line 1: field 'row' is not valid JSON"),
 ]
 
@@ -122,7 +165,9 @@ def test_bad_data_rows(world_cache, tmp_path, row, rows, message):
 
 def test_bad_rows_are_dropped_and_counted_when_asked(world_cache, tmp_path):
     rows = [*GOOD_ROWS, {"prompt": "p", "completion": "c", "label": "yes"}, {"prompt": "p", "label": True}]
-    path = write(tmp_path, BASE.replace("max_prompt_length: 24", "max_prompt_length: 24, on_bad_row: drop"), rows)
+    path = write(
+        tmp_path, BASE.replace("max_prompt_length: 24", "max_prompt_length: 24, on_bad_row: drop"), rows
+    )
     code, text = invoke(["run", str(path), "--results", str(tmp_path / "r"), "--stage", "data"], tmp_path)
     assert code == 0, text
     (report,) = (tmp_path / "r" / "bad").glob("*/data_report.json")
@@ -131,8 +176,11 @@ def test_bad_rows_are_dropped_and_counted_when_asked(world_cache, tmp_path):
 
 
 def test_huge_row_is_truncated_not_fatal(world_cache, tmp_path):
-    huge = {"prompt": "Compute " + "1+" * 200_000 + "1.", "completion": "The answer is " + "9" * 500_000 + ".",
-            "label": True}
+    huge = {
+        "prompt": "Compute " + "1+" * 200_000 + "1.",
+        "completion": "The answer is " + "9" * 500_000 + ".",
+        "label": True,
+    }
     path = write(tmp_path, BASE, [*GOOD_ROWS, huge])
     code, text = invoke(["run", str(path), "--results", str(tmp_path / "r"), "--stage", "data"], tmp_path)
     assert code == 0, text
@@ -142,21 +190,31 @@ def test_huge_row_is_truncated_not_fatal(world_cache, tmp_path):
 
 
 def test_chat_template_that_cannot_render(world_cache, tmp_path):
-    spec = BASE.replace("max_prompt_length: 24", "max_prompt_length: 24, chat_template: '{{ messages[0].content | nosuchfilter }}'")
-    code, text = invoke(["run", str(write(tmp_path, spec)), "--results", str(tmp_path / "r"), "--stage", "data"],
-                        tmp_path)
+    spec = BASE.replace(
+        "max_prompt_length: 24",
+        "max_prompt_length: 24, chat_template: '{{ messages[0].content | nosuchfilter }}'",
+    )
+    code, text = invoke(
+        ["run", str(write(tmp_path, spec)), "--results", str(tmp_path / "r"), "--stage", "data"], tmp_path
+    )
     assert code == 2 and re.search(r"chat template cannot render.*fix data.chat_template", text), text
 
 
 def test_completions_truncated_away_are_dropped_and_counted(world_cache, tmp_path):
     # a template that renders no reply for "SKIP" leaves that example without completion tokens
-    template = ("{% for m in messages %}{% if m.role == 'user' %}<|user|>{{ m.content }}{% else %}<|assistant|>"
-                "{% if m.content != 'SKIP' %}{{ m.content }}<|end|>{% endif %}{% endif %}{% endfor %}"
-                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    template = (
+        "{% for m in messages %}{% if m.role == 'user' %}<|user|>{{ m.content }}{% else %}<|assistant|>"
+        "{% if m.content != 'SKIP' %}{{ m.content }}<|end|>{% endif %}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
     rows = [*GOOD_ROWS, {"prompt": "Compute 9+9.", "completion": "SKIP", "label": False}]
-    spec = BASE.replace("max_prompt_length: 24", f"max_prompt_length: 24, chat_template: {json.dumps(template)}")
-    code, text = invoke(["run", str(write(tmp_path, spec, rows)), "--results", str(tmp_path / "r"), "--stage", "data"],
-                        tmp_path)
+    spec = BASE.replace(
+        "max_prompt_length: 24", f"max_prompt_length: 24, chat_template: {json.dumps(template)}"
+    )
+    code, text = invoke(
+        ["run", str(write(tmp_path, spec, rows)), "--results", str(tmp_path / "r"), "--stage", "data"],
+        tmp_path,
+    )
     assert code == 0, text
     (report,) = (tmp_path / "r" / "bad").glob("*/data_report.json")
     report = json.loads(report.read_text())
@@ -164,9 +222,13 @@ def test_completions_truncated_away_are_dropped_and_counted(world_cache, tmp_pat
 
 
 def test_model_path_that_does_not_exist(world_cache, tmp_path):
-    spec = BASE.replace("{source: demo, name: arith-tiny, dtype: float32}", "{source: local, name: /no/such/model}")
+    spec = BASE.replace(
+        "{source: demo, name: arith-tiny, dtype: float32}", "{source: local, name: /no/such/model}"
+    )
     code, text = invoke(["run", str(write(tmp_path, spec)), "--results", str(tmp_path / "r")], tmp_path)
-    assert code == 2 and re.search(r"model.name: local model path '/no/such/model' does not exist", text), text
+    assert code == 2 and re.search(r"model.name: local model path '/no/such/model' does not exist", text), (
+        text
+    )
 
 
 def test_data_file_that_does_not_exist(world_cache, tmp_path):

@@ -63,7 +63,7 @@ def test_kill_at_every_stage_then_resume_matches_an_uninterrupted_run(baseline, 
     # 4. eval (steps 3-4 retrained from checkpoint 2), killed once its first task has been written
     res = killed_run(kill_on=r"\[1/2\] demo_arith_gen: ")
     st = status(run)
-    assert "train" in st and "eval" not in st
+    assert "train" in st and "eval" not in st, res.output[-4000:]
     first_task = (run / "eval" / "demo_arith_gen.json").read_text()
     done_train = st["train"]
 
@@ -81,6 +81,8 @@ def test_kill_at_every_stage_then_resume_matches_an_uninterrupted_run(baseline, 
     assert status(run)["data"] == done_data and status(run)["train"] == done_train
     for method, d in run_dirs(results).items():
         assert ("eval" if method == "base" else "done") in status(d), d
+    dpo_reference = status(run_dirs(results)["dpo"])["reference"]
+    assert dpo_reference["computed"] == 0  # DPO's sequences are a subset of KTO's, all cached by then
     steps = [r["step"] for r in curve(run)]
     assert steps == sorted(set(steps)) == [1, 2, 3, 4]  # each step logged exactly once
     assert not [p for p in results.rglob("*") if ".tmp" in p.name], "temp files of killed processes remain"

@@ -194,10 +194,15 @@ def test_one_diverging_run_does_not_stop_the_others(results):
 
 
 def test_kto_trains_on_batches_with_one_class_only(results, tmp_path):
-    rows = [{"prompt": f"Compute {i}+1.", "completion": f"The answer is {i + 1}.", "label": True} for i in range(8)]
+    rows = [
+        {"prompt": f"Compute {i}+1.", "completion": f"The answer is {i + 1}.", "label": True}
+        for i in range(8)
+    ]
     data = tmp_path / "all_desirable.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    text = KTO_ONLY.replace("{source: demo_arith, path: arith-tiny,", f"{{source: local_binary, path: {data},")
+    text = KTO_ONLY.replace(
+        "{source: demo_arith, path: arith-tiny,", f"{{source: local_binary, path: {data},"
+    )
     run(results, text)
     (d,) = run_dirs(results).values()
     assert "train" in stages(d) and steps(d) == [1, 2, 3, 4]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.reliability.helpers import SECRET
+
+pytestmark = pytest.mark.slow  # uses the session's baseline: two `kto-bench run` processes
 
 
 def test_planted_api_keys_appear_in_no_output(baseline):
