@@ -16,9 +16,14 @@ from rich.table import Table
 
 from kto_bench.errors import KtoBenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="kto-bench: when does KTO beat DPO, and by how much? Specs in, results and reports out.")
-assets_app = typer.Typer(no_args_is_help=True, help="Offline mirrors of models and benchmarks from the package index.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="kto-bench: when does KTO beat DPO, and by how much? Specs in, results and reports out.",
+)
+assets_app = typer.Typer(
+    no_args_is_help=True, help="Offline mirrors of models and benchmarks from the package index."
+)
 app.add_typer(assets_app, name="assets")
 out = Console()
 err = Console(stderr=True)
@@ -47,7 +52,9 @@ def validate(specs: list[Path] = typer.Argument(..., help="experiment YAML files
     for path in specs:
         try:
             spec = _load(path, None)
-            out.print(f"[green]ok[/] {path}: {spec.name}, {len(expand(spec))} runs, spec hash {spec.spec_hash}")
+            out.print(
+                f"[green]ok[/] {path}: {spec.name}, {len(expand(spec))} runs, spec hash {spec.spec_hash}"
+            )
         except KtoBenchError as e:
             failed += 1
             err.print(f"[red]invalid[/] {e}")
@@ -56,8 +63,9 @@ def validate(specs: list[Path] = typer.Argument(..., help="experiment YAML files
 
 
 @app.command()
-def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), results: Path = RESULTS,
-         set_: list[str] = SET) -> None:
+def plan(
+    spec_path: Path = typer.Argument(..., metavar="SPEC"), results: Path = RESULTS, set_: list[str] = SET
+) -> None:
     """A table of the runs a spec expands to: ids, method, seed, grid values, stages done."""
     from kto_bench.spec import expand, grid_values
     from kto_bench.store import run_store
@@ -81,16 +89,24 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), results: Path = 
 def run(
     spec_path: Path = typer.Argument(..., metavar="SPEC"),
     only: str = typer.Option(None, "--only", help="run id, id prefix or glob"),
-    stage: str = typer.Option("done", "--stage", help="stop after this stage: data, reference, train, eval, done"),
+    stage: str = typer.Option(
+        "done", "--stage", help="stop after this stage: data, reference, train, eval, done"
+    ),
     force: bool = typer.Option(False, "--force", help="rerun selected runs from scratch"),
-    allow_code_execution: bool = typer.Option(False, "--allow-code-execution",
-                                              help="let HumanEval execute generated code in the sandbox"),
-    report_after: bool = typer.Option(True, "--report/--no-report", help="render the report when all runs are done"),
-    executor: str = typer.Option("here", "--executor",
-                                 help="here (this process), or submit one job per run: slurm, local, debug"),
+    allow_code_execution: bool = typer.Option(
+        False, "--allow-code-execution", help="let HumanEval execute generated code in the sandbox"
+    ),
+    report_after: bool = typer.Option(
+        True, "--report/--no-report", help="render the report when all runs are done"
+    ),
+    executor: str = typer.Option(
+        "here", "--executor", help="here (this process), or submit one job per run: slurm, local, debug"
+    ),
     partition: str = typer.Option(None, "--partition", help="SLURM partition (with --executor slurm)"),
     gpus: int = typer.Option(1, "--gpus", help="GPUs per job (with --executor)"),
-    timeout_min: int = typer.Option(24 * 60, "--timeout-min", help="job time limit in minutes (with --executor)"),
+    timeout_min: int = typer.Option(
+        24 * 60, "--timeout-min", help="job time limit in minutes (with --executor)"
+    ),
     results: Path = RESULTS,
     reports: Path = typer.Option(Path("reports"), "--reports", help="reports root"),
     set_: list[str] = SET,
@@ -109,14 +125,26 @@ def run(
             from kto_bench.scaleout import submit
 
             ids = [r.run_id for r in select(expand(spec), only)]
-            jobs = submit(spec_path, ids, results, executor=executor, partition=partition, gpus_per_node=gpus,
-                          timeout_min=timeout_min, overrides=parse_overrides(set_ or []), stop_after=stage,
-                          allow_code_execution=allow_code_execution)
-            out.print(f"[green]submitted[/] {len(ids)} runs as {executor} jobs: {', '.join(map(str, jobs))}; "
-                      f"`kto-bench plan {spec_path}` shows progress, `kto-bench report {spec_path}` renders")
+            jobs = submit(
+                spec_path,
+                ids,
+                results,
+                executor=executor,
+                partition=partition,
+                gpus_per_node=gpus,
+                timeout_min=timeout_min,
+                overrides=parse_overrides(set_ or []),
+                stop_after=stage,
+                allow_code_execution=allow_code_execution,
+            )
+            out.print(
+                f"[green]submitted[/] {len(ids)} runs as {executor} jobs: {', '.join(map(str, jobs))}; "
+                f"`kto-bench plan {spec_path}` shows progress, `kto-bench report {spec_path}` renders"
+            )
             return
-        ran = run_experiment(spec, results, only=only, stop_after=stage, force=force,
-                             allow_code_execution=allow_code_execution)
+        ran = run_experiment(
+            spec, results, only=only, stop_after=stage, force=force, allow_code_execution=allow_code_execution
+        )
         wall = time.time() - t0
         out.print(f"[green]done[/] {spec.name}: {len(ran)} runs in {wall:.0f}s")
         if report_after and stage == "done" and not only:
@@ -128,14 +156,20 @@ def run(
 def _report(spec, spec_path: Path, results: Path, reports: Path) -> Path:
     from kto_bench.report.render import render_report
 
-    index = render_report(results / spec.name, reports / spec.name, spec.report, spec_path.read_text(), spec.name)
+    index = render_report(
+        results / spec.name, reports / spec.name, spec.report, spec_path.read_text(), spec.name
+    )
     out.print(f"[green]report[/] {index}")
     return index
 
 
 @app.command()
-def report(spec_path: Path = typer.Argument(..., metavar="SPEC"), results: Path = RESULTS,
-           reports: Path = typer.Option(Path("reports"), "--reports"), set_: list[str] = SET) -> None:
+def report(
+    spec_path: Path = typer.Argument(..., metavar="SPEC"),
+    results: Path = RESULTS,
+    reports: Path = typer.Option(Path("reports"), "--reports"),
+    set_: list[str] = SET,
+) -> None:
     """Render reports/<experiment>/{report.md,index.html} from whatever results exist."""
     try:
         _report(_load(spec_path, set_), spec_path, results, reports)
@@ -184,8 +218,20 @@ def bench(
     from kto_bench import bench as bench_mod
 
     try:
-        path = bench_mod.main(kind, against, model_config, steps, warmup, limit, batch_size, seed, device,
-                              threads, out_dir, name)
+        path = bench_mod.main(
+            kind,
+            against,
+            model_config,
+            steps,
+            warmup,
+            limit,
+            batch_size,
+            seed,
+            device,
+            threads,
+            out_dir,
+            name,
+        )
     except KtoBenchError as e:
         _fail(e)
     out.print(f"[green]bench[/] {path} and {path.with_suffix('.md')}")
@@ -200,8 +246,14 @@ def assets_list() -> None:
     for col in ("name", "package", "rows", "sha256", "cached at", "verified"):
         table.add_column(col, overflow="fold")
     for r in list_assets():
-        table.add_row(r["name"], r["package"], str(r["rows"] or "-"), r["sha256"][:12] + "…",
-                      str(r["path"] or "-"), "yes" if r["verified"] else "no")
+        table.add_row(
+            r["name"],
+            r["package"],
+            str(r["rows"] or "-"),
+            r["sha256"][:12] + "…",
+            str(r["path"] or "-"),
+            "yes" if r["verified"] else "no",
+        )
     out.print(table)
 
 

@@ -36,8 +36,10 @@ def resolve(spec: ModelSpec) -> str:
         return str(converters[spec.name]())
     if spec.source == "local":
         if not Path(spec.name).is_dir():
-            raise KtoBenchError(f"model.name: local model path {spec.name!r} does not exist; give a folder "
-                                "with config.json and weights, or use model.source: hub")
+            raise KtoBenchError(
+                f"model.name: local model path {spec.name!r} does not exist; give a folder "
+                "with config.json and weights, or use model.source: hub"
+            )
         return spec.name
     return spec.name
 
@@ -45,7 +47,9 @@ def resolve(spec: ModelSpec) -> str:
 def load_tokenizer(spec: ModelSpec, where: str | None = None):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(where or resolve(spec), revision=spec.revision if spec.source == "hub" else None)
+    tok = AutoTokenizer.from_pretrained(
+        where or resolve(spec), revision=spec.revision if spec.source == "hub" else None
+    )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -56,7 +60,9 @@ def load_model(spec: ModelSpec, where: str | None = None, device: str | torch.de
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            where or resolve(spec), revision=spec.revision if spec.source == "hub" else None, dtype=DTYPES[spec.dtype]
+            where or resolve(spec),
+            revision=spec.revision if spec.source == "hub" else None,
+            dtype=DTYPES[spec.dtype],
         )
     except OSError as e:
         raise KtoBenchError(f"model.name: cannot load {spec.name!r} ({spec.source}): {e}") from None
@@ -70,8 +76,13 @@ def apply_lora(model, spec: ModelSpec):
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise KtoBenchError("model.lora needs peft: pip install 'kto-bench[lora]'") from None
-    cfg = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
-                     target_modules=spec.lora.target_modules, task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=spec.lora.r,
+        lora_alpha=spec.lora.alpha,
+        lora_dropout=spec.lora.dropout,
+        target_modules=spec.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, cfg)
 
 

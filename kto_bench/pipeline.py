@@ -90,14 +90,27 @@ def resolved(run: RunSpec) -> tuple[str, str]:
 def stage_data(run: RunSpec, store: RunStore) -> None:
     d, c = run.data, run.corruption
     src = _source(d.source, d.path, d.split, d.limit, d.revision, d.on_bad_row)
-    views = corrupt(src.items, flip_rate=c.flip_rate, desirable_fraction=c.desirable_fraction,
-                    undesirable_fraction=c.undesirable_fraction, one_output_per_prompt=c.one_output_per_prompt,
-                    dpo_unpaired=c.dpo_unpaired, seed=run.seed if c.seed is None else c.seed)
+    views = corrupt(
+        src.items,
+        flip_rate=c.flip_rate,
+        desirable_fraction=c.desirable_fraction,
+        undesirable_fraction=c.undesirable_fraction,
+        one_output_per_prompt=c.one_output_per_prompt,
+        dpo_unpaired=c.dpo_unpaired,
+        seed=run.seed if c.seed is None else c.seed,
+    )
     where, _ = resolved(run)
     tokenizer = models.load_tokenizer(run.model, where)
-    data = tokenize_views(tokenizer, views.pairs, views.binary, max_length=d.max_length,
-                          max_prompt_length=d.max_prompt_length, chat_template=d.chat_template,
-                          batch_size=run.training.batch_size, partition_seed=d.partition_seed)
+    data = tokenize_views(
+        tokenizer,
+        views.pairs,
+        views.binary,
+        max_length=d.max_length,
+        max_prompt_length=d.max_prompt_length,
+        chat_template=d.chat_template,
+        batch_size=run.training.batch_size,
+        partition_seed=d.partition_seed,
+    )
     n_d = sum(1 for _, des in data.binary if des)
     n_u = len(data.binary) - n_d
     lam_d, lam_u = (1.0, 1.0)
@@ -112,9 +125,17 @@ def stage_data(run: RunSpec, store: RunStore) -> None:
         "transforms": views.report["steps"],
         "flipped_ids": views.report["flipped_ids"],
         "n_flipped": views.report["n_flipped"],
-        "counts": {"desirable": n_d, "undesirable": n_u, "pairs": len(data.pairs), "sequences": len(data.sequences)},
-        "lambda": {"desirable": lam_d, "undesirable": lam_u,
-                   "ratio": (lam_d * n_d) / (lam_u * n_u) if n_u else None},
+        "counts": {
+            "desirable": n_d,
+            "undesirable": n_u,
+            "pairs": len(data.pairs),
+            "sequences": len(data.sequences),
+        },
+        "lambda": {
+            "desirable": lam_d,
+            "undesirable": lam_u,
+            "ratio": (lam_d * n_d) / (lam_u * n_u) if n_u else None,
+        },
         "microbatches": {"pairs": len(data.pair_batches), "binary": len(data.binary_batches)},
         "lengths": {k: histogram(v) for k, v in lengths.items()},
     }
@@ -134,8 +155,12 @@ def histogram(values: list[int], bins: int = 10) -> dict:
     if not values:
         return {"counts": [], "edges": [], "mean": None, "max": None}
     counts, edges = np.histogram(values, bins=bins)
-    return {"counts": counts.tolist(), "edges": [round(float(e), 1) for e in edges],
-            "mean": float(np.mean(values)), "max": int(max(values))}
+    return {
+        "counts": counts.tolist(),
+        "edges": [round(float(e), 1) for e in edges],
+        "mean": float(np.mean(values)),
+        "max": int(max(values)),
+    }
 
 
 def load_data(store: RunStore) -> TokenizedData:
@@ -160,8 +185,15 @@ def stage_reference(run: RunSpec, store: RunStore, results_root: Path) -> None:
         tok = models.load_tokenizer(run.model, where)
         model = models.load_model(run.model, where, device()).eval()
         with _progress(f"reference {store.run_id}", len(todo)) as advance:
-            fill(cache, model, todo, pad_id=tok.pad_token_id, batch_size=run.training.reference_batch_size,
-                 device=device(), progress=advance)
+            fill(
+                cache,
+                model,
+                todo,
+                pad_id=tok.pad_token_id,
+                batch_size=run.training.reference_batch_size,
+                device=device(),
+                progress=advance,
+            )
         del model
     fault_point("reference")
     store.mark_done("reference", computed=len(todo), cached=len(data.sequences) - len(todo))
@@ -177,28 +209,45 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
     where, mhash = resolved(run)
     tok = models.load_tokenizer(run.model, where)
     model = models.apply_lora(models.load_model(run.model, where, "cpu"), run.model)
-    acc = Accelerator(mixed_precision="bf16" if run.training.precision == "bf16" else "no",
-                      cpu=not torch.cuda.is_available())
+    acc = Accelerator(
+        mixed_precision="bf16" if run.training.precision == "bf16" else "no",
+        cpu=not torch.cuda.is_available(),
+    )
     cache = reference_cache(run, results_root) if LOSSES.get(run.method.type).needs_reference else None
     hyper = run.method.loss_kwargs()
     if run.method.type == "kto":
-        hyper |= {"desirable_weight": report["lambda"]["desirable"], "undesirable_weight": report["lambda"]["undesirable"]}
+        hyper |= {
+            "desirable_weight": report["lambda"]["desirable"],
+            "undesirable_weight": report["lambda"]["undesirable"],
+        }
     if cache is not None and (lost := cache.missing(data.sequences)):
-        raise StoreError(f"the reference cache {cache.dir} is missing {len(lost)} of the {len(data.sequences)} "
-                         f"reference log-probs run {run.run_id} needs (a shard was deleted or moved); restore it, or "
-                         f"recompute them with `kto-bench run SPEC --only {run.run_id} --force`")
+        raise StoreError(
+            f"the reference cache {cache.dir} is missing {len(lost)} of the {len(data.sequences)} "
+            f"reference log-probs run {run.run_id} needs (a shard was deleted or moved); restore it, or "
+            f"recompute them with `kto-bench run SPEC --only {run.run_id} --force`"
+        )
     metrics_path = store.file("metrics.jsonl")
     if acc.is_main_process:
         _truncate_metrics(metrics_path, store.checkpoint_dir / "last.pt", run.run_id)
-        for stale in store.checkpoint_dir.glob(".*.tmp*"):  # left by a killed process (no other holds the lock)
+        for stale in store.checkpoint_dir.glob(
+            ".*.tmp*"
+        ):  # left by a killed process (no other holds the lock)
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
     def log(step: int, metrics: dict) -> None:
         if acc.is_main_process:
             append_jsonl(metrics_path, _json_line({"step": step, **metrics}))
 
-    ctx = Context(run=run, data=data, ref=cache.lookup if cache else (lambda s: None), hyper=hyper,
-                  pad_id=tok.pad_token_id, checkpoint_dir=store.checkpoint_dir, log=log, accelerator=acc)
+    ctx = Context(
+        run=run,
+        data=data,
+        ref=cache.lookup if cache else (lambda s: None),
+        hyper=hyper,
+        pad_id=tok.pad_token_id,
+        checkpoint_dir=store.checkpoint_dir,
+        log=log,
+        accelerator=acc,
+    )
     with _progress(f"train {store.run_id}", None) as advance:
         ctx.progress = lambda step, total: advance(1, total)
         try:
@@ -206,8 +255,14 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
         except TrainingError as e:  # diverged: say so in the store (the report shows it), keep the checkpoint
             if acc.is_main_process:
                 last = store.checkpoint_dir / "last.pt"
-                write_json(store.file("train_summary.json"), {"stopped": str(e), "model_hash": mhash,
-                                                              "last_checkpoint": str(last) if last.exists() else None})
+                write_json(
+                    store.file("train_summary.json"),
+                    {
+                        "stopped": str(e),
+                        "model_hash": mhash,
+                        "last_checkpoint": str(last) if last.exists() else None,
+                    },
+                )
             raise
     if cache is not None:  # every process takes part in the forwards (FSDP); the main process writes
         _write_rewards(ctx.module, data, cache, run, store, tok.pad_token_id, acc)
@@ -236,7 +291,11 @@ def _truncate_metrics(path: Path, checkpoint: Path, run_id: str) -> None:
     import json
 
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True) if checkpoint.exists() else {}
+        state = (
+            torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+            if checkpoint.exists()
+            else {}
+        )
     except Exception:
         return
     if state and state.get("run_id") != run_id:
@@ -262,8 +321,16 @@ def _json_line(obj: dict) -> str:
 
 
 @torch.no_grad()
-def _write_rewards(policy, data: TokenizedData, cache: ReferenceCache, run: RunSpec, store: RunStore,
-                   pad_id: int, acc, limit: int = 2000) -> None:
+def _write_rewards(
+    policy,
+    data: TokenizedData,
+    cache: ReferenceCache,
+    run: RunSpec,
+    store: RunStore,
+    pad_id: int,
+    acc,
+    limit: int = 2000,
+) -> None:
     """β·r of the final policy on (up to `limit`) training examples, for the reward-distribution plot.
 
     `policy` is the prepared LogProbs module of the loop: every process calls this, the main one writes."""
@@ -292,7 +359,10 @@ def demo_data_files(run: RunSpec) -> dict[str, Path] | None:
     from kto_bench.data.synthetic import ensure_world, world_config
 
     folder = ensure_world(world_config(run.model.name)) / "eval"
-    return {"demo_arith_gen": folder / "demo_arith_gen.jsonl", "demo_arith_mc": folder / "demo_arith_mc.jsonl"}
+    return {
+        "demo_arith_gen": folder / "demo_arith_gen.jsonl",
+        "demo_arith_mc": folder / "demo_arith_mc.jsonl",
+    }
 
 
 def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> None:
@@ -301,9 +371,12 @@ def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> Non
     final = store.checkpoint_dir / "final"
     tok = models.load_tokenizer(run.model, str(final))
     model = models.load_model(run.model, str(final), device()).eval()
-    evaluation = run.evaluation.model_copy(update={"allow_code_execution": run.evaluation.allow_code_execution
-                                                   or allow_code_execution})
-    run_evaluation(model, tok, evaluation, store.eval_dir, model_label=store.run_id, data_files=demo_data_files(run))
+    evaluation = run.evaluation.model_copy(
+        update={"allow_code_execution": run.evaluation.allow_code_execution or allow_code_execution}
+    )
+    run_evaluation(
+        model, tok, evaluation, store.eval_dir, model_label=store.run_id, data_files=demo_data_files(run)
+    )
     fault_point("eval")
     store.mark_done("eval")
 
@@ -318,17 +391,31 @@ def evaluate_base(spec: ExperimentSpec, run: RunSpec, results_root: Path, allow_
     with store.lock():
         if store.is_done("eval"):
             return
-        write_json(store.file("run.json"), {"run_id": key, "experiment": spec.name, "spec_hash": spec.spec_hash,
-                                            "method": "base", "seed": None, "grid": {},
-                                            "spec": {"model": run.model.model_dump(mode="json"),
-                                                     "evaluation": run.evaluation.model_dump(mode="json")}})
+        write_json(
+            store.file("run.json"),
+            {
+                "run_id": key,
+                "experiment": spec.name,
+                "spec_hash": spec.spec_hash,
+                "method": "base",
+                "seed": None,
+                "grid": {},
+                "spec": {
+                    "model": run.model.model_dump(mode="json"),
+                    "evaluation": run.evaluation.model_dump(mode="json"),
+                },
+            },
+        )
         store.update_provenance(**base_provenance(spec.spec_hash, key), model_hash=mhash)
         tok = models.load_tokenizer(run.model, where)
         model = models.load_model(run.model, where, device()).eval()
-        evaluation = run.evaluation.model_copy(update={"allow_code_execution": run.evaluation.allow_code_execution
-                                                       or allow_code_execution})
+        evaluation = run.evaluation.model_copy(
+            update={"allow_code_execution": run.evaluation.allow_code_execution or allow_code_execution}
+        )
         console.print(f"[bold]eval[/] base model ({mhash[:10]})")
-        run_evaluation(model, tok, evaluation, store.eval_dir, model_label=key, data_files=demo_data_files(run))
+        run_evaluation(
+            model, tok, evaluation, store.eval_dir, model_label=key, data_files=demo_data_files(run)
+        )
         store.mark_done("eval")
         store.update_provenance(finished_at=now())
 
@@ -336,8 +423,14 @@ def evaluate_base(spec: ExperimentSpec, run: RunSpec, results_root: Path, allow_
 # ----------------------------------------------------------------------------- runs
 
 
-def run_one(spec: ExperimentSpec, run: RunSpec, results_root: Path, *, stop_after: str = "done",
-            allow_code_execution: bool = False) -> list[str]:
+def run_one(
+    spec: ExperimentSpec,
+    run: RunSpec,
+    results_root: Path,
+    *,
+    stop_after: str = "done",
+    allow_code_execution: bool = False,
+) -> list[str]:
     """Run the stages of one run that are not done yet (the caller holds its lock); returns stages run.
 
     Under a multi-process launch every process calls this: the main one runs the stages, all train."""
@@ -347,9 +440,18 @@ def run_one(spec: ExperimentSpec, run: RunSpec, results_root: Path, *, stop_afte
     with state.main_process_first():  # resolving may build or download the weights: once
         _, mhash = resolved(run)
     if main:
-        write_json(store.file("run.json"), {"run_id": run.run_id, "experiment": spec.name,
-                                            "spec_hash": spec.spec_hash, "method": run.method.name, "seed": run.seed,
-                                            "grid": grid_values(spec, run), "spec": run.model_dump(mode="json")})
+        write_json(
+            store.file("run.json"),
+            {
+                "run_id": run.run_id,
+                "experiment": spec.name,
+                "spec_hash": spec.spec_hash,
+                "method": run.method.name,
+                "seed": run.seed,
+                "grid": grid_values(spec, run),
+                "spec": run.model_dump(mode="json"),
+            },
+        )
         if not store.file("provenance.json").exists():
             store.update_provenance(**base_provenance(spec.spec_hash, run.run_id))
         store.update_provenance(model_hash=mhash)
@@ -387,8 +489,15 @@ def select(runs: list[RunSpec], only: str | None) -> list[RunSpec]:
 
 
 @disk_errors()
-def run_experiment(spec: ExperimentSpec, results_root: Path, *, only: str | None = None, stop_after: str = "done",
-                   force: bool = False, allow_code_execution: bool = False) -> dict[str, list[str]]:
+def run_experiment(
+    spec: ExperimentSpec,
+    results_root: Path,
+    *,
+    only: str | None = None,
+    stop_after: str = "done",
+    force: bool = False,
+    allow_code_execution: bool = False,
+) -> dict[str, list[str]]:
     """Run (or resume) every selected run; returns {run_id: stages run by this process}.
 
     A run whose training diverges (TrainingError) does not stop the others: it is recorded as stopped in its
@@ -403,11 +512,13 @@ def run_experiment(spec: ExperimentSpec, results_root: Path, *, only: str | None
 
     def attempt(run: RunSpec) -> None:
         try:
-            done[run.run_id] = run_one(spec, run, results_root, stop_after=stop_after,
-                                       allow_code_execution=allow_code_execution)
+            done[run.run_id] = run_one(
+                spec, run, results_root, stop_after=stop_after, allow_code_execution=allow_code_execution
+            )
         except TrainingError as e:
             console.print(f"[red]stopped[/] {run.run_id}: {e}")
             stopped.append(f"{run.run_id}: {e}")
+
     for i, run in enumerate(runs, 1):
         store = run_store(results_root, spec.name, run.run_id)
         lock = store.lock()
@@ -417,8 +528,10 @@ def run_experiment(spec: ExperimentSpec, results_root: Path, *, only: str | None
 
             got = broadcast_object_list([got])[0]
         if not got and multi:
-            console.print(f"[yellow]busy[/] {run.run_id}: another launch holds it; skipped (a multi-process "
-                          "launch does not wait for locked runs)")
+            console.print(
+                f"[yellow]busy[/] {run.run_id}: another launch holds it; skipped (a multi-process "
+                "launch does not wait for locked runs)"
+            )
             continue
         if not got:
             console.print(f"[yellow]busy[/] {run.run_id}: another process holds it; coming back later")
@@ -439,12 +552,20 @@ def run_experiment(spec: ExperimentSpec, results_root: Path, *, only: str | None
         store = run_store(results_root, spec.name, run.run_id)
         with store.lock():  # wait for the other process, then finish whatever it left
             attempt(run)
-    if runs and spec.evaluation.evaluate_base and spec.evaluation.tasks and stop_after in ("eval", "done") and main:
+    if (
+        runs
+        and spec.evaluation.evaluate_base
+        and spec.evaluation.tasks
+        and stop_after in ("eval", "done")
+        and main
+    ):
         evaluate_base(spec, runs[0], results_root, allow_code_execution)
     state.wait_for_everyone()
     if stopped:
-        raise TrainingError(f"{len(stopped)} of {len(runs)} runs stopped (the others finished; see each run's "
-                            "train_summary.json or `kto-bench report SPEC`):\n" + "\n".join(stopped))
+        raise TrainingError(
+            f"{len(stopped)} of {len(runs)} runs stopped (the others finished; see each run's "
+            "train_summary.json or `kto-bench report SPEC`):\n" + "\n".join(stopped)
+        )
     return done
 
 
@@ -454,8 +575,14 @@ class _progress:
     def __init__(self, label: str, total: int | None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=True)
+        self.bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
         self.task = self.bar.add_task(label, total=total)
 
     def __enter__(self):

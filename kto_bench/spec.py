@@ -58,7 +58,9 @@ class DataSpec(Strict):
     max_length: int = Field(1024, gt=1)
     max_prompt_length: int = Field(512, gt=0)
     chat_template: str | None = Field(None, description="a Jinja template; None = the tokenizer's own")
-    partition_seed: int = Field(0, description="seed of the data-level microbatch partition (not the training order)")
+    partition_seed: int = Field(
+        0, description="seed of the data-level microbatch partition (not the training order)"
+    )
 
     @field_validator("source")
     @classmethod
@@ -66,22 +68,32 @@ class DataSpec(Strict):
         from kto_bench.data.sources import SOURCES
 
         if v not in SOURCES:
-            raise ValueError(f"unknown data source {v!r}{did_you_mean(v, SOURCES.names())}; known: {', '.join(SOURCES)}")
+            raise ValueError(
+                f"unknown data source {v!r}{did_you_mean(v, SOURCES.names())}; known: {', '.join(SOURCES)}"
+            )
         return v
 
     @model_validator(mode="after")
     def _lengths(self) -> DataSpec:
         if self.max_prompt_length >= self.max_length:
-            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})")
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})"
+            )
         return self
 
 
 class CorruptionSpec(Strict):
     """Matched corruption: applied to the shared data before it is split into each method's view."""
 
-    flip_rate: float = Field(0.0, ge=0.0, le=0.5, description="fraction of pairs (or labels) flipped, in [0, 0.5]")
-    desirable_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of desirable examples kept, in (0, 1]")
-    undesirable_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of undesirable examples kept, in (0, 1]")
+    flip_rate: float = Field(
+        0.0, ge=0.0, le=0.5, description="fraction of pairs (or labels) flipped, in [0, 0.5]"
+    )
+    desirable_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="fraction of desirable examples kept, in (0, 1]"
+    )
+    undesirable_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="fraction of undesirable examples kept, in (0, 1]"
+    )
     one_output_per_prompt: bool = False
     dpo_unpaired: Literal["drop", "full"] = Field(
         "drop", description="DPO under imbalance: only pairs whose both sides survive, or the full pairs"
@@ -112,8 +124,10 @@ class KTOMethod(_Method):
     desirable_weight: float | None = Field(None, gt=0, description="λD; None = set from lambda_ratio")
     undesirable_weight: float | None = Field(None, gt=0, description="λU; None = set from lambda_ratio")
     z0_scope: Literal["microbatch", "step"] = Field(
-        "microbatch", description="z0 from each per-step microbatch (the paper) or from the whole optimizer "
-        "step's microbatches (an ablation; makes the curve independent of the process/accumulation layout)")
+        "microbatch",
+        description="z0 from each per-step microbatch (the paper) or from the whole optimizer "
+        "step's microbatches (an ablation; makes the curve independent of the process/accumulation layout)",
+    )
 
 
 class DPOMethod(_Method):
@@ -174,7 +188,9 @@ class TrainingSpec(Strict):
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     precision: Literal["fp32", "bf16"] = "bf16"
-    batch_size: int = Field(8, gt=0, description="per-step microbatch per process (KTO's z0 is estimated on it)")
+    batch_size: int = Field(
+        8, gt=0, description="per-step microbatch per process (KTO's z0 is estimated on it)"
+    )
     grad_accum: int = Field(1, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     budget: BudgetSpec = BudgetSpec()
@@ -336,7 +352,14 @@ def _fields_at(loc: tuple) -> list[str]:
             if part in model.model_fields:
                 model = _unwrap(model.model_fields[part].annotation)
             else:  # a discriminator tag such as 'kto'
-                model = next((m for m in typing.get_args(_unwrap_union(Method)) if m.model_fields["type"].default == part), None)
+                model = next(
+                    (
+                        m
+                        for m in typing.get_args(_unwrap_union(Method))
+                        if m.model_fields["type"].default == part
+                    ),
+                    None,
+                )
     if isinstance(model, type) and issubclass(model, BaseModel):
         return list(model.model_fields)
     return []
@@ -480,7 +503,9 @@ def _check_grid(spec: ExperimentSpec, source: str, lines: dict[tuple, int]) -> N
 
 def expand(spec: ExperimentSpec, source: str = "<spec>") -> list[RunSpec]:
     """The runs of an experiment: methods × seeds × each grid block's cross product (deduplicated)."""
-    base = spec.model_dump(mode="json", exclude={"name", "description", "requires", "methods", "seeds", "report", "grid"})
+    base = spec.model_dump(
+        mode="json", exclude={"name", "description", "requires", "methods", "seeds", "report", "grid"}
+    )
     methods = {m.name: m.model_dump(mode="json") for m in spec.methods}
     runs: dict[str, RunSpec] = {}
     for block in spec.grid or [{}]:

@@ -28,7 +28,17 @@ from kto_bench.errors import StoreError
 from kto_bench.io import atomic_write_json, read_json
 
 STAGES = ("data", "reference", "train", "eval", "done")
-PACKAGES = ("kto-bench", "torch", "transformers", "datasets", "accelerate", "lm-eval", "peft", "pandas", "trl")
+PACKAGES = (
+    "kto-bench",
+    "torch",
+    "transformers",
+    "datasets",
+    "accelerate",
+    "lm-eval",
+    "peft",
+    "pandas",
+    "trl",
+)
 
 
 FAULT_ENV = "KTO_BENCH_FAULT"
@@ -106,7 +116,15 @@ class RunStore:
 
 
 # a full disk, a read-only folder, or a file standing where the store needs a folder
-DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST)
+DISK_ERRNOS = (
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EDQUOT,
+    errno.ENOTDIR,
+    errno.EEXIST,
+)
 
 
 @contextmanager
@@ -162,8 +180,10 @@ def check_writable(root: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise StoreError(f"results folder {root} is not writable ({os.strerror(e.errno or 0)}); "
-                         "fix its permissions or pass --results DIR") from None
+        raise StoreError(
+            f"results folder {root} is not writable ({os.strerror(e.errno or 0)}); "
+            "fix its permissions or pass --results DIR"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -185,9 +205,16 @@ def git_state(cwd: Path | None = None) -> dict[str, Any]:
     if not shutil.which("git"):
         return {"commit": None, "dirty": None}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
     if commit.returncode != 0:

@@ -89,7 +89,10 @@ def test_malformed_yaml_names_line():
 
 
 def test_grid_blocks_are_a_union_of_cross_products_with_dedup():
-    text = BASE + "grid:\n  - {corruption.flip_rate: [0.0, 0.2]}\n  - {corruption.desirable_fraction: [1.0, 0.5], method: [kto]}\n"
+    text = (
+        BASE
+        + "grid:\n  - {corruption.flip_rate: [0.0, 0.2]}\n  - {corruption.desirable_fraction: [1.0, 0.5], method: [kto]}\n"
+    )
     spec = parse_spec(text)
     runs = expand(spec)
     # block 1: 2 rates x 2 methods x 2 seeds = 8; block 2: 2 fractions x kto x 2 seeds = 4, of which
@@ -134,9 +137,13 @@ def test_missing_file_and_non_mapping():
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                    max_leaves=12))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=12,
+    )
+)
 def test_fuzzed_specs_accept_or_raise_spec_error(doc):
     try:
         parse_spec(yaml.safe_dump(doc))
@@ -145,10 +152,18 @@ def test_fuzzed_specs_accept_or_raise_spec_error(doc):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(st.sampled_from(["training", "corruption", "data", "grid", "methods", "seeds", "evaluation"]),
-                       st.one_of(st.none(), st.integers(), st.text(max_size=5),
-                                 st.dictionaries(st.text(max_size=12), st.integers() | st.floats(allow_nan=False))),
-                       max_size=3))
+@given(
+    st.dictionaries(
+        st.sampled_from(["training", "corruption", "data", "grid", "methods", "seeds", "evaluation"]),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=5),
+            st.dictionaries(st.text(max_size=12), st.integers() | st.floats(allow_nan=False)),
+        ),
+        max_size=3,
+    )
+)
 def test_fuzzed_sections_on_a_valid_base(extra):
     base = yaml.safe_load(BASE)
     base.update(extra)

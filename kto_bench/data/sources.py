@@ -509,8 +509,14 @@ def read_rows(path: Path, source: str = "local") -> Iterator[tuple[str, Any]]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    yield f"line {n}", BadRow("row", "encoding", f"is not UTF-8 text ({e.reason} at byte {e.start}); "
-                                              "save the file as UTF-8")
+                    yield (
+                        f"line {n}",
+                        BadRow(
+                            "row",
+                            "encoding",
+                            f"is not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8",
+                        ),
+                    )
                     continue
                 if line.strip():
                     try:
@@ -521,8 +527,10 @@ def read_rows(path: Path, source: str = "local") -> Iterator[tuple[str, Any]]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
-            raise DataError(f"source {source!r}: {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
-                            "save it as UTF-8") from None
+            raise DataError(
+                f"source {source!r}: {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                "save it as UTF-8"
+            ) from None
         except json.JSONDecodeError as e:
             raise DataError(
                 f"source {source!r}: {path} is not valid JSON ({e}); JSON Lines files need .jsonl"

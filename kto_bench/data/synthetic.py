@@ -28,9 +28,11 @@ from kto_bench.data.canonical import Pair, messages
 from kto_bench.io import atomic_write_text
 
 SPECIALS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
-CHARS = list("0123456789+-=.,:?!'\"()[]{}/*% \n") + [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
-    chr(c) for c in range(ord("A"), ord("Z") + 1)
-]
+CHARS = (
+    list("0123456789+-=.,:?!'\"()[]{}/*% \n")
+    + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+)
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
     "{% if m['role'] != 'user' %}<|end|>{% endif %}{% endfor %}"
@@ -99,11 +101,16 @@ def mc_item(p: Problem, rng: random.Random) -> tuple[list[str], int]:
 
 def mc_prompt(question: str, choices: list[str]) -> str:
     """MMLU's shape: question, lettered options, 'Answer:'."""
-    return question + "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", choices, strict=True)) + "\nAnswer:"
+    return (
+        question
+        + "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", choices, strict=True))
+        + "\nAnswer:"
+    )
 
 
-def problems(seed: int, n: int, exclude: set[str] = frozenset(), n_terms: int | None = None,
-             max_term: int = 12) -> list[Problem]:
+def problems(
+    seed: int, n: int, exclude: set[str] = frozenset(), n_terms: int | None = None, max_term: int = 12
+) -> list[Problem]:
     """n distinct seeded problems not in `exclude` (fails loudly if the problem space is too small)."""
     rng, out, seen = random.Random(seed), [], set(exclude)
     for _ in range(50 * n + 1000):
@@ -188,8 +195,16 @@ class WorldConfig:
 WORLDS = {
     "arith-sft": WorldConfig(),
     # a seconds-long world for tests: same code path, tiny sizes
-    "arith-tiny": WorldConfig(n_sft=1000, sft_steps=200, hidden=48, layers=2, n_feedback_prompts=64,
-                              samples_per_prompt=6, temperature=1.0, n_eval=24),
+    "arith-tiny": WorldConfig(
+        n_sft=1000,
+        sft_steps=200,
+        hidden=48,
+        layers=2,
+        n_feedback_prompts=64,
+        samples_per_prompt=6,
+        temperature=1.0,
+        n_eval=24,
+    ),
 }
 
 
@@ -198,7 +213,9 @@ def world_config(name: str) -> WorldConfig:
     from kto_bench.registry import did_you_mean
 
     if name not in WORLDS:
-        raise KtoBenchError(f"unknown demo world {name!r}{did_you_mean(name, WORLDS)}; known: {sorted(WORLDS)}")
+        raise KtoBenchError(
+            f"unknown demo world {name!r}{did_you_mean(name, WORLDS)}; known: {sorted(WORLDS)}"
+        )
     return WORLDS[name]
 
 
@@ -256,13 +273,20 @@ def sft_texts(cfg: WorldConfig) -> list[tuple[str, str]]:
 
 def _two_term_pool(exclude: set[str], max_term: int = 12) -> list[Problem]:
     """Every 2-term problem not held out (the MC training pool)."""
-    return [Problem((a, b), (op,)) for a in range(1, max_term + 1) for b in range(1, max_term + 1) for op in "+-"
-            if Problem((a, b), (op,)).question not in exclude]
+    return [
+        Problem((a, b), (op,))
+        for a in range(1, max_term + 1)
+        for b in range(1, max_term + 1)
+        for op in "+-"
+        if Problem((a, b), (op,)).question not in exclude
+    ]
 
 
 def encode_chat(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
     """Token ids of the rendered prompt (with generation prompt) and of completion + eos."""
-    p = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    p = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
     p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
     c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return p_ids, c_ids
@@ -289,7 +313,9 @@ def train_sft(cfg: WorldConfig, tokenizer, log=print):
         for i, (p, c) in enumerate(batch):
             ids[i, : len(p) + len(c)] = torch.tensor(p + c)
             labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
-        loss = model(input_ids=ids, attention_mask=(labels != -100) | (ids != tokenizer.pad_token_id), labels=labels).loss
+        loss = model(
+            input_ids=ids, attention_mask=(labels != -100) | (ids != tokenizer.pad_token_id), labels=labels
+        ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -301,12 +327,23 @@ def train_sft(cfg: WorldConfig, tokenizer, log=print):
 
 
 @torch.inference_mode()
-def sample(model, tokenizer, prompts: list[str], *, n: int, temperature: float, seed: int, max_new_tokens=64,
-           batch_size: int = 256) -> list[list[str]]:
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    n: int,
+    temperature: float,
+    seed: int,
+    max_new_tokens=64,
+    batch_size: int = 256,
+) -> list[list[str]]:
     """n sampled completions per prompt (left-padded batched generation with a KV cache)."""
     torch.manual_seed(seed)
     rendered = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+        )
         for p in prompts
     ]
     flat = [r for r in rendered for _ in range(n)]
@@ -314,7 +351,9 @@ def sample(model, tokenizer, prompts: list[str], *, n: int, temperature: float, 
     tokenizer.padding_side = "left"
     try:
         for start in range(0, len(flat), batch_size):
-            enc = tokenizer(flat[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer(
+                flat[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            )
             gen = model.generate(
                 **enc,
                 do_sample=temperature > 0,
@@ -338,8 +377,14 @@ def build_world(cfg: WorldConfig, out: Path, log=print) -> dict:
     gen, mc = eval_problems(cfg)
     used = {p.question for p in gen} | {p.question for p in mc} | {p for p, _ in sft_texts(cfg)}
     fb_problems = problems(cfg.seed + 505, cfg.n_feedback_prompts, exclude=used)
-    samples = sample(model, tokenizer, [p.question for p in fb_problems], n=cfg.samples_per_prompt,
-                     temperature=cfg.temperature, seed=cfg.seed)
+    samples = sample(
+        model,
+        tokenizer,
+        [p.question for p in fb_problems],
+        n=cfg.samples_per_prompt,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+    )
     rng = random.Random(cfg.seed + 606)
     rows, n_correct = [], 0
     for i, (p, outs) in enumerate(zip(fb_problems, samples, strict=True)):
@@ -347,9 +392,17 @@ def build_world(cfg: WorldConfig, out: Path, log=print) -> dict:
         n_correct += sum(labels)
         good = [o for o, ok in zip(outs, labels, strict=True) if ok]
         bad = [o for o, ok in zip(outs, labels, strict=True) if not ok]
-        rows.append({"id": f"arith-{i}", "prompt": p.question, "answer": p.answer, "samples": outs, "labels": labels,
-                     "chosen": rng.choice(good) if good and bad else None,
-                     "rejected": rng.choice(bad) if good and bad else None})
+        rows.append(
+            {
+                "id": f"arith-{i}",
+                "prompt": p.question,
+                "answer": p.answer,
+                "samples": outs,
+                "labels": labels,
+                "chosen": rng.choice(good) if good and bad else None,
+                "rejected": rng.choice(bad) if good and bad else None,
+            }
+        )
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     with open(out / "feedback.jsonl", "w") as f:
@@ -364,7 +417,9 @@ def build_world(cfg: WorldConfig, out: Path, log=print) -> dict:
         "build_s": round(time.time() - t0, 1),
     }
     (out / "world.json").write_text(json.dumps(info, indent=2))
-    log(f"demo world built: sample accuracy {info['sample_accuracy']:.3f}, {info['n_pairs']} pairs, {info['build_s']}s")
+    log(
+        f"demo world built: sample accuracy {info['sample_accuracy']:.3f}, {info['n_pairs']} pairs, {info['build_s']}s"
+    )
     return info
 
 
@@ -386,8 +441,9 @@ def ensure_world(cfg: WorldConfig = WorldConfig(), log=print) -> Path:
     return final
 
 
-def feedback_source(*, path: str | None = None, split: str = "train", limit: int | None = None,
-                    revision: str | None = None) -> list[Pair]:
+def feedback_source(
+    *, path: str | None = None, split: str = "train", limit: int | None = None, revision: str | None = None
+) -> list[Pair]:
     """Preference pairs from the demo world's sampled, verifier-labelled feedback (path: world name)."""
     folder = ensure_world(world_config(path or "arith-sft"))
     pairs = []

@@ -40,27 +40,42 @@ def render(tokenizer, prompt: Messages, completion: str, chat_template: str | No
         return "\n\n".join(c for _, c in prompt) + "\n\n", completion + eos
     msgs = as_dicts(prompt)
     try:
-        p = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, chat_template=template)
+        p = tokenizer.apply_chat_template(
+            msgs, add_generation_prompt=True, tokenize=False, chat_template=template
+        )
         full = tokenizer.apply_chat_template(
             [*msgs, {"role": "assistant", "content": completion}], tokenize=False, chat_template=template
         )
     except Exception as e:  # jinja errors come in many types
-        raise DataError(f"the chat template cannot render this conversation ({type(e).__name__}: {e}); "
-                        "fix data.chat_template or the data's roles") from None
+        raise DataError(
+            f"the chat template cannot render this conversation ({type(e).__name__}: {e}); "
+            "fix data.chat_template or the data's roles"
+        ) from None
     if not full.startswith(p):
-        raise DataError("the chat template renders the prompt differently with and without the reply, so the "
-                        "prompt/completion boundary is ambiguous; set data.chat_template to a template that "
-                        "renders a prefix-consistent conversation")
-    return p, full[len(p):]
+        raise DataError(
+            "the chat template renders the prompt differently with and without the reply, so the "
+            "prompt/completion boundary is ambiguous; set data.chat_template to a template that "
+            "renders a prefix-consistent conversation"
+        )
+    return p, full[len(p) :]
 
 
-def encode(tokenizer, prompt: Messages, completion: str, *, max_length: int, max_prompt_length: int,
-           chat_template: str | None = None) -> Seq | None:
+def encode(
+    tokenizer,
+    prompt: Messages,
+    completion: str,
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    chat_template: str | None = None,
+) -> Seq | None:
     """Token ids of (prompt, completion) after truncation; None if no completion token survives."""
     p_text, c_text = render(tokenizer, prompt, completion, chat_template)
     p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False) and (
-        not p_ids or p_ids[0] != tokenizer.bos_token_id
+    if (
+        tokenizer.bos_token_id is not None
+        and getattr(tokenizer, "add_bos_token", False)
+        and (not p_ids or p_ids[0] != tokenizer.bos_token_id)
     ):
         p_ids = [tokenizer.bos_token_id, *p_ids]
     c_ids = tokenizer(c_text, add_special_tokens=False)["input_ids"]
@@ -109,15 +124,22 @@ class TokenizedData:
         h = hashlib.sha256()
         for s in self.sequences:
             h.update(seq_key(s).encode())
-        h.update(repr((self.pairs, self.binary, self.pair_batches, self.binary_batches, self.kl_seqs)).encode())
+        h.update(
+            repr((self.pairs, self.binary, self.pair_batches, self.binary_batches, self.kl_seqs)).encode()
+        )
         return h.hexdigest()[:16]
 
     def lengths(self) -> dict[str, list[int]]:
-        return {"prompt": [len(p) for p, _ in self.sequences], "completion": [len(c) for _, c in self.sequences]}
+        return {
+            "prompt": [len(p) for p, _ in self.sequences],
+            "completion": [len(c) for _, c in self.sequences],
+        }
 
     def to_state(self) -> dict:
-        return {k: getattr(self, k) for k in
-                ("sequences", "pairs", "binary", "pair_batches", "binary_batches", "kl_seqs", "dropped")}
+        return {
+            k: getattr(self, k)
+            for k in ("sequences", "pairs", "binary", "pair_batches", "binary_batches", "kl_seqs", "dropped")
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> TokenizedData:
@@ -127,17 +149,31 @@ class TokenizedData:
         return data
 
 
-def tokenize_views(tokenizer, pairs: list[Pair], binary: list[BinaryExample], *, max_length: int,
-                   max_prompt_length: int, chat_template: str | None, batch_size: int,
-                   partition_seed: int) -> TokenizedData:
+def tokenize_views(
+    tokenizer,
+    pairs: list[Pair],
+    binary: list[BinaryExample],
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    chat_template: str | None,
+    batch_size: int,
+    partition_seed: int,
+) -> TokenizedData:
     """Tokenize both views into one sequence table, form microbatches and KTO's KL sequences."""
     data = TokenizedData()
     cache: dict[tuple, Seq | None] = {}
 
     def enc(prompt: Messages, completion: str) -> Seq | None:
         if (prompt, completion) not in cache:
-            cache[(prompt, completion)] = encode(tokenizer, prompt, completion, max_length=max_length,
-                                                 max_prompt_length=max_prompt_length, chat_template=chat_template)
+            cache[(prompt, completion)] = encode(
+                tokenizer,
+                prompt,
+                completion,
+                max_length=max_length,
+                max_prompt_length=max_prompt_length,
+                chat_template=chat_template,
+            )
         return cache[(prompt, completion)]
 
     dropped = {"pairs_truncated_away": 0, "binary_truncated_away": 0}
@@ -154,8 +190,10 @@ def tokenize_views(tokenizer, pairs: list[Pair], binary: list[BinaryExample], *,
             continue
         data.binary.append((data.add(s), e.desirable))
     if not data.pairs and not data.binary:
-        raise DataError("no example has a completion token left after truncation; raise data.max_length "
-                        "or lower data.max_prompt_length")
+        raise DataError(
+            "no example has a completion token left after truncation; raise data.max_length "
+            "or lower data.max_prompt_length"
+        )
     data.pair_batches = partition(len(data.pairs), batch_size, partition_seed)
     data.binary_batches = partition(len(data.binary), batch_size, partition_seed)
     dropped["pairs_in_incomplete_batch"] = len(data.pairs) - batch_size * len(data.pair_batches)

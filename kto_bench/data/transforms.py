@@ -31,7 +31,9 @@ def flip_pairs(pairs: list[Pair], rate: float, seed: int) -> tuple[list[Pair], l
     return out, sorted(pairs[i].source_id for i in idx)
 
 
-def flip_labels(examples: list[BinaryExample], rate: float, seed: int) -> tuple[list[BinaryExample], list[str]]:
+def flip_labels(
+    examples: list[BinaryExample], rate: float, seed: int
+) -> tuple[list[BinaryExample], list[str]]:
     k = int(len(examples) * rate + 0.5)
     idx = set(random.Random(f"flip-{seed}").sample(range(len(examples)), k))
     out = [replace(e, desirable=not e.desirable) if i in idx else e for i, e in enumerate(examples)]
@@ -47,8 +49,9 @@ def unpair(pairs: list[Pair]) -> list[BinaryExample]:
     return out
 
 
-def subsample(examples: list[BinaryExample], desirable_fraction: float, undesirable_fraction: float,
-              seed: int) -> list[BinaryExample]:
+def subsample(
+    examples: list[BinaryExample], desirable_fraction: float, undesirable_fraction: float, seed: int
+) -> list[BinaryExample]:
     """Keep a seeded random (not prefix) subset of each class (at least one example of a non-empty class);
     original order is preserved."""
     keep: set[int] = set()
@@ -80,8 +83,13 @@ def pairs_from_binary(examples: list[BinaryExample]) -> list[Pair]:
     return out
 
 
-def kto_weights(n_desirable: int, n_undesirable: int, ratio: float = 1.0,
-                desirable_weight: float | None = None, undesirable_weight: float | None = None) -> tuple[float, float]:
+def kto_weights(
+    n_desirable: int,
+    n_undesirable: int,
+    ratio: float = 1.0,
+    desirable_weight: float | None = None,
+    undesirable_weight: float | None = None,
+) -> tuple[float, float]:
     """λD, λU with λD·nD/(λU·nU) = ratio; the larger class keeps weight 1. Explicit weights win."""
     if desirable_weight is not None and undesirable_weight is not None:
         return desirable_weight, undesirable_weight
@@ -110,8 +118,16 @@ class Views:
     report: dict = field(default_factory=dict)
 
 
-def corrupt(items: list[Pair] | list[BinaryExample], *, flip_rate: float, desirable_fraction: float,
-            undesirable_fraction: float, one_output_per_prompt: bool, dpo_unpaired: str, seed: int) -> Views:
+def corrupt(
+    items: list[Pair] | list[BinaryExample],
+    *,
+    flip_rate: float,
+    desirable_fraction: float,
+    undesirable_fraction: float,
+    one_output_per_prompt: bool,
+    dpo_unpaired: str,
+    seed: int,
+) -> Views:
     """Apply the spec's corruption once and derive both methods' views from the same examples."""
     if not items:
         raise DataError("the data source returned no examples; check data.source, data.path and data.limit")
@@ -127,8 +143,14 @@ def corrupt(items: list[Pair] | list[BinaryExample], *, flip_rate: float, desira
         pairs = pairs_from_binary(binary)
         steps.append({"step": "flip", "flipped": len(flipped), **counts(binary)})
     kept = subsample(binary, desirable_fraction, undesirable_fraction, seed)
-    steps.append({"step": "subsample", "desirable_fraction": desirable_fraction,
-                  "undesirable_fraction": undesirable_fraction, **counts(kept)})
+    steps.append(
+        {
+            "step": "subsample",
+            "desirable_fraction": desirable_fraction,
+            "undesirable_fraction": undesirable_fraction,
+            **counts(kept),
+        }
+    )
     if dpo_unpaired == "drop" and (desirable_fraction < 1 or undesirable_fraction < 1):
         ids = {e.source_id for e in kept}
         if isinstance(items[0], Pair):
@@ -139,7 +161,10 @@ def corrupt(items: list[Pair] | list[BinaryExample], *, flip_rate: float, desira
     if one_output_per_prompt:
         kept = keep_one_output_per_prompt(kept, seed)
         steps.append({"step": "one_output_per_prompt", **counts(kept)})
-    report = {"steps": steps, "flipped_ids": flipped, "n_flipped": len(flipped),
-              "counts": {"kto": counts(kept), "dpo_pairs": len(pairs)}}
+    report = {
+        "steps": steps,
+        "flipped_ids": flipped,
+        "n_flipped": len(flipped),
+        "counts": {"kto": counts(kept), "dpo_pairs": len(pairs)},
+    }
     return Views(pairs=pairs, binary=kept, report=report)
-

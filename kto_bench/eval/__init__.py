@@ -78,8 +78,9 @@ def run_evaluation(
 
             module, fn = entry.runner.split(":")
             console.print(f"[bold][{i}/{total}] {key}[/bold] ({spec.variant}, {evaluation.backend})")
-            result = getattr(importlib.import_module(module), fn)(model, tokenizer, spec, evaluation, out_dir,
-                                                                  model_label=model_label)
+            result = getattr(importlib.import_module(module), fn)(
+                model, tokenizer, spec, evaluation, out_dir, model_label=model_label
+            )
             results.append(result)
             continue
         if entry.demo and spec.name not in data_files:

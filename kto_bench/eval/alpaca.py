@@ -429,5 +429,3 @@ def run_alpaca_eval(
     atomic_write_text(out_dir / f"{TASK}.samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
     atomic_write_json(out_dir / f"{TASK}.json", result)
     return result
-
-

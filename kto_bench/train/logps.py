@@ -27,14 +27,18 @@ def collate(seqs: list[Seq], pad_id: int, device: torch.device | str = "cpu") ->
     return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "predicts": predicts.to(device)}
 
 
-def _head_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+def _head_logps(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
     logits = head(hidden).float()  # [chunk, vocab]
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return torch.gather(logits.log_softmax(-1), 1, targets[:, None]).squeeze(1)
 
 
-def sequence_logps(model, batch: dict[str, torch.Tensor], chunk_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model, batch: dict[str, torch.Tensor], chunk_tokens: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed completion log-probs [B], completion token counts [B]) for a collated batch."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
@@ -51,7 +55,9 @@ def sequence_logps(model, batch: dict[str, torch.Tensor], chunk_tokens: int = 40
         else:
             parts.append(_head_logps(head, h, t, softcap))
     token_logps = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(predicts.shape[0], dtype=torch.float32, device=hidden.device).index_add(0, rows, token_logps)
+    sums = torch.zeros(predicts.shape[0], dtype=torch.float32, device=hidden.device).index_add(
+        0, rows, token_logps
+    )
     return sums, predicts.sum(1)
 
 
@@ -72,7 +78,8 @@ class LogProbs(torch.nn.Module):
         self.model = model
         self.chunk_tokens = chunk_tokens
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                predicts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, predicts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "predicts": predicts}
         return sequence_logps(self.model, batch, self.chunk_tokens)

@@ -56,8 +56,10 @@ def plan(run: RunSpec, batch_tokens: list[int], world_size: int = 1) -> Plan:
     per_step = t.grad_accum * world_size
     n = len(batch_tokens)
     if n < per_step:
-        raise TrainingError(f"only {n} microbatches of {t.batch_size}, fewer than one optimizer step needs "
-                            f"({per_step}); lower training.batch_size or training.grad_accum")
+        raise TrainingError(
+            f"only {n} microbatches of {t.batch_size}, fewer than one optimizer step needs "
+            f"({per_step}); lower training.batch_size or training.grad_accum"
+        )
     budget = t.budget
     if budget.rule == "epochs":
         steps = int(budget.value * n) // per_step
@@ -68,12 +70,14 @@ def plan(run: RunSpec, batch_tokens: list[int], world_size: int = 1) -> Plan:
         order = microbatch_order(n, run.seed, 1)
         while seen < budget.value:
             if i == len(order):
-                order += microbatch_order(n, run.seed, len(order) // n + 1)[len(order):]
+                order += microbatch_order(n, run.seed, len(order) // n + 1)[len(order) :]
             seen += batch_tokens[order[i]]
             i += 1
             steps = math.ceil(i / per_step)
     epochs = math.ceil(steps * per_step / n) if n else 1
-    return Plan(steps=steps, microbatches_per_step=per_step, order=microbatch_order(n, run.seed, max(1, epochs)))
+    return Plan(
+        steps=steps, microbatches_per_step=per_step, order=microbatch_order(n, run.seed, max(1, epochs))
+    )
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -99,8 +103,15 @@ def disable_dropout(model: torch.nn.Module) -> None:
 # ----------------------------------------------------------------------------- one microbatch
 
 
-def batch_tensors(model, data: TokenizedData, method: str, batch_idx: int, ref: Callable, pad_id: int, device,
-                  ) -> tuple[dict[str, torch.Tensor], int]:
+def batch_tensors(
+    model,
+    data: TokenizedData,
+    method: str,
+    batch_idx: int,
+    ref: Callable,
+    pad_id: int,
+    device,
+) -> tuple[dict[str, torch.Tensor], int]:
     """The loss inputs of one microbatch (but KTO's KL pairs, see `kl_tensors`) and its trained tokens.
 
     `model` is the prepared `LogProbs` module (DDP/FSDP-wrapped when there are several processes)."""
@@ -110,8 +121,12 @@ def batch_tensors(model, data: TokenizedData, method: str, batch_idx: int, ref: 
         seqs = [data.sequences[c] for c, _ in pairs] + [data.sequences[r] for _, r in pairs]
         logps, lengths = model(**collate(seqs, pad_id, device))  # chosen and rejected in one forward
         b = len(pairs)
-        t = {"chosen_policy_logps": logps[:b], "rejected_policy_logps": logps[b:],
-             "chosen_lengths": lengths[:b], "rejected_lengths": lengths[b:]}
+        t = {
+            "chosen_policy_logps": logps[:b],
+            "rejected_policy_logps": logps[b:],
+            "chosen_lengths": lengths[:b],
+            "rejected_lengths": lengths[b:],
+        }
         if info.needs_reference:
             r = ref(seqs).to(device)
             t |= {"chosen_reference_logps": r[:b], "rejected_reference_logps": r[b:]}
@@ -119,15 +134,24 @@ def batch_tensors(model, data: TokenizedData, method: str, batch_idx: int, ref: 
         items = [data.binary[i] for i in data.binary_batches[batch_idx]]
         seqs = [data.sequences[s] for s, _ in items]
         logps, lengths = model(**collate(seqs, pad_id, device))
-        t = {"policy_logps": logps, "lengths": lengths,
-             "desirable": torch.tensor([d for _, d in items], device=device)}
+        t = {
+            "policy_logps": logps,
+            "lengths": lengths,
+            "desirable": torch.tensor([d for _, d in items], device=device),
+        }
         if info.needs_reference:
             t["reference_logps"] = ref(seqs).to(device)
     return t, sum(len(p) + len(c) for p, c in seqs)
 
 
-def kl_tensors(model, data: TokenizedData, batch_ids: list[int], ref: Callable, pad_id: int, device,
-               ) -> dict[str, torch.Tensor]:
+def kl_tensors(
+    model,
+    data: TokenizedData,
+    batch_ids: list[int],
+    ref: Callable,
+    pad_id: int,
+    device,
+) -> dict[str, torch.Tensor]:
     """KTO's KL inputs: the mismatched pairs of the given microbatches (one, by default: the paper's z0
     per per-step microbatch; all of the step's with `method.z0_scope: step`).
 
@@ -150,10 +174,14 @@ def n_batches(data: TokenizedData, method: str) -> int:
 
 def batch_token_counts(data: TokenizedData, method: str) -> list[int]:
     if LOSSES.get(method).data == "pairs":
-        return [sum(len(data.sequences[s][0]) + len(data.sequences[s][1]) for i in b for s in data.pairs[i])
-                for b in data.pair_batches]
-    return [sum(len(data.sequences[data.binary[i][0]][0]) + len(data.sequences[data.binary[i][0]][1]) for i in b)
-            for b in data.binary_batches]
+        return [
+            sum(len(data.sequences[s][0]) + len(data.sequences[s][1]) for i in b for s in data.pairs[i])
+            for b in data.pair_batches
+        ]
+    return [
+        sum(len(data.sequences[data.binary[i][0]][0]) + len(data.sequences[data.binary[i][0]][1]) for i in b)
+        for b in data.binary_batches
+    ]
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -198,8 +226,10 @@ def train_step(model, ctx: Context, batch_ids: list[int], optimizer, scheduler) 
                 tensors, n_tok = batch_tensors(model, ctx.data, method, b, ctx.ref, ctx.pad_id, device)
                 result = call_loss(method, tensors | kl, **ctx.hyper, **_kl_reduce(acc))
             if not torch.isfinite(result.loss):
-                raise TrainingError(f"non-finite loss ({result.loss.item()}) at microbatch {b}: lower training.lr "
-                                    "or method.beta")
+                raise TrainingError(
+                    f"non-finite loss ({result.loss.item()}) at microbatch {b}: lower training.lr "
+                    "or method.beta"
+                )
             acc.backward(result.loss / len(batch_ids))
         tokens += n_tok
         sums["train/loss"] += result.loss.item()
@@ -210,7 +240,9 @@ def train_step(model, ctx: Context, batch_ids: list[int], optimizer, scheduler) 
     grad_norm = acc.clip_grad_norm_(model.parameters(), ctx.run.training.max_grad_norm)
     grad_norm = float(grad_norm)
     if not math.isfinite(grad_norm):
-        raise TrainingError(f"non-finite gradient norm ({grad_norm}): lower training.lr, or use precision fp32")
+        raise TrainingError(
+            f"non-finite gradient norm ({grad_norm}): lower training.lr, or use precision fp32"
+        )
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -219,8 +251,12 @@ def train_step(model, ctx: Context, batch_ids: list[int], optimizer, scheduler) 
     return out
 
 
-def global_means(acc, sums: dict[str, float], counts: dict[str, int], tokens: int,
-                 ) -> tuple[dict[str, float], int]:
+def global_means(
+    acc,
+    sums: dict[str, float],
+    counts: dict[str, int],
+    tokens: int,
+) -> tuple[dict[str, float], int]:
     """(each metric's mean over every microbatch of the step on every process, the step's tokens).
 
     A metric a microbatch lacks (a class-conditional reward) is averaged over those that have it, so the
@@ -269,8 +305,12 @@ def train(model, ctx: Context) -> dict:
     checkpoint = read_checkpoint(ctx)
     if checkpoint is not None:  # weights go in before wrapping: DDP broadcasts them, FSDP shards them
         model.load_state_dict(checkpoint["model"], strict=not any("lora_" in k for k in checkpoint["model"]))
-    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=t.lr,
-                                  betas=t.adam_betas, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [q for q in model.parameters() if q.requires_grad],
+        lr=t.lr,
+        betas=t.adam_betas,
+        weight_decay=t.weight_decay,
+    )
     warmup = int(t.warmup_ratio * p.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.schedule, warmup, p.steps))
     module, optimizer = acc.prepare(LogProbs(model), optimizer)  # wrap the log-prob forward, not the LM
@@ -286,24 +326,36 @@ def train(model, ctx: Context) -> dict:
         try:
             metrics = train_step(module, ctx, ids, optimizer, scheduler)
         except TrainingError as e:
-            good = (f"{ctx.checkpoint_dir / 'last.pt'} (step {saved})" if saved is not None
-                    else "none yet (a rerun starts from step 0)")
+            good = (
+                f"{ctx.checkpoint_dir / 'last.pt'} (step {saved})"
+                if saved is not None
+                else "none yet (a rerun starts from step 0)"
+            )
             raise TrainingError(f"step {step + 1} of {p.steps}: {e}; last good checkpoint: {good}") from None
         step += 1
         n_tok = int(metrics.pop("tokens/step"))  # already summed over processes
         tokens += n_tok
         dt = time.time() - t0
-        metrics |= {"train/lr": scheduler.get_last_lr()[0], "tokens/seen": tokens, "time/step_s": dt,
-                    "throughput/tokens_per_s": n_tok / max(dt, 1e-9)}
+        metrics |= {
+            "train/lr": scheduler.get_last_lr()[0],
+            "tokens/seen": tokens,
+            "time/step_s": dt,
+            "throughput/tokens_per_s": n_tok / max(dt, 1e-9),
+        }
         ctx.log(step, metrics)
         fault_point(f"train:step:{step}")
         ctx.progress(step, p.steps)
         if step % t.checkpoint_every == 0 or step == p.steps:
             save_checkpoint(ctx, module, optimizer, scheduler, step, tokens, time.time() - t_start)
             saved = step
-    return {"steps": p.steps, "tokens": tokens, "wall_s": round(time.time() - t_start, 3),
-            "microbatches_per_step": p.microbatches_per_step, "effective_batch": t.batch_size * p.microbatches_per_step,
-            "stopped": None}
+    return {
+        "steps": p.steps,
+        "tokens": tokens,
+        "wall_s": round(time.time() - t_start, 3),
+        "microbatches_per_step": p.microbatches_per_step,
+        "effective_batch": t.batch_size * p.microbatches_per_step,
+        "stopped": None,
+    }
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -325,8 +377,9 @@ def optimizer_state(acc, module, optimizer) -> dict:
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(module, optimizer.optimizer,
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(
+        module, optimizer.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def save_checkpoint(ctx: Context, module, optimizer, scheduler, step: int, tokens: int, wall: float) -> None:
@@ -365,11 +418,15 @@ def read_checkpoint(ctx: Context) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise StoreError(f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to restart "
-                         "training of this run from step 0") from None
+        raise StoreError(
+            f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to restart "
+            "training of this run from step 0"
+        ) from None
     if state.get("run_id") != ctx.run.run_id:
-        raise StoreError(f"checkpoint {path} belongs to run {state.get('run_id')!r}, not {ctx.run.run_id!r}; "
-                         "it will not be used. Move it away or rerun with --force")
+        raise StoreError(
+            f"checkpoint {path} belongs to run {state.get('run_id')!r}, not {ctx.run.run_id!r}; "
+            "it will not be used. Move it away or rerun with --force"
+        )
     return state
 
 
@@ -380,8 +437,9 @@ def restore(ctx: Context, state: dict | None, module, optimizer, scheduler) -> t
     if _fsdp(ctx.accelerator):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(module, optimizer.optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(
+            module, optimizer.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+        )
     else:
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

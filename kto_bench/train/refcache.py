@@ -31,8 +31,10 @@ class ReferenceCache:
                 try:
                     self.entries.update(torch.load(shard, map_location="cpu", weights_only=True))
                 except Exception as e:
-                    raise StoreError(f"reference cache shard {shard} is corrupted ({type(e).__name__}); delete "
-                                     "that file and rerun: only its entries will be recomputed") from None
+                    raise StoreError(
+                        f"reference cache shard {shard} is corrupted ({type(e).__name__}); delete "
+                        "that file and rerun: only its entries will be recomputed"
+                    ) from None
 
     def missing(self, seqs: list[Seq]) -> list[Seq]:
         seen, out = set(), []
@@ -61,8 +63,17 @@ class ReferenceCache:
 
 
 @torch.inference_mode()
-def fill(cache: ReferenceCache, model, seqs: list[Seq], *, pad_id: int, batch_size: int, device,
-         shard_size: int = 4096, progress: Callable[[int], None] = lambda n: None) -> int:
+def fill(
+    cache: ReferenceCache,
+    model,
+    seqs: list[Seq],
+    *,
+    pad_id: int,
+    batch_size: int,
+    device,
+    shard_size: int = 4096,
+    progress: Callable[[int], None] = lambda n: None,
+) -> int:
     """Compute the reference log-probs of the sequences the cache lacks; returns how many it computed."""
     todo = sorted(cache.missing(seqs), key=lambda s: len(s[0]) + len(s[1]))  # length-sorted: little padding
     pending: dict[str, float] = {}

@@ -20,8 +20,9 @@ def test_boundary_is_exact_and_scores_end_of_turn():
     p, c = render(TOK, messages(("user", "Compute 1+2.")), "The answer is 3.", None)
     assert p == "<|user|>Compute 1+2.<|assistant|>"
     assert c == "The answer is 3.<|end|>"
-    prompt_ids, completion_ids = encode(TOK, messages(("user", "Compute 1+2.")), "The answer is 3.",
-                                        max_length=100, max_prompt_length=50)
+    prompt_ids, completion_ids = encode(
+        TOK, messages(("user", "Compute 1+2.")), "The answer is 3.", max_length=100, max_prompt_length=50
+    )
     assert TOK.decode(list(completion_ids)) == "The answer is 3.<|end|>"
     assert completion_ids[-1] == TOK.eos_token_id
 
@@ -37,20 +38,48 @@ def test_truncation_cuts_prompt_from_left_then_completion():
 def test_example_with_no_completion_left_is_dropped_and_counted():
     assert encode(TOK, messages(("user", "x" * 40)), "y", max_length=10, max_prompt_length=10) is None
     pairs = make_pairs(6)
-    views = corrupt(pairs, flip_rate=0, desirable_fraction=1, undesirable_fraction=1,
-                    one_output_per_prompt=False, dpo_unpaired="drop", seed=0)
-    data = tokenize_views(TOK, views.pairs, views.binary, max_length=12, max_prompt_length=11,
-                          chat_template=None, batch_size=2, partition_seed=0)
+    views = corrupt(
+        pairs,
+        flip_rate=0,
+        desirable_fraction=1,
+        undesirable_fraction=1,
+        one_output_per_prompt=False,
+        dpo_unpaired="drop",
+        seed=0,
+    )
+    data = tokenize_views(
+        TOK,
+        views.pairs,
+        views.binary,
+        max_length=12,
+        max_prompt_length=11,
+        chat_template=None,
+        batch_size=2,
+        partition_seed=0,
+    )
     assert data.dropped["pairs_truncated_away"] == 0
     long = make_pairs(1)[0].__class__(messages(("user", "q" * 30)), "a", "b", "long")
-    data = tokenize_views(TOK, [long, *views.pairs], views.binary, max_length=12, max_prompt_length=11,
-                          chat_template=None, batch_size=2, partition_seed=0)
+    data = tokenize_views(
+        TOK,
+        [long, *views.pairs],
+        views.binary,
+        max_length=12,
+        max_prompt_length=11,
+        chat_template=None,
+        batch_size=2,
+        partition_seed=0,
+    )
     assert data.dropped["pairs_truncated_away"] == 0  # prompt cut to 11, 1 completion token left
 
 
 def test_template_that_cannot_render_is_a_data_error():
     with pytest.raises(DataError, match="chat template"):
-        render(TOK, messages(("user", "hi")), "yo", "{% for m in messages %}{{ m.content | nosuchfilter }}{% endfor %}")
+        render(
+            TOK,
+            messages(("user", "hi")),
+            "yo",
+            "{% for m in messages %}{{ m.content | nosuchfilter }}{% endfor %}",
+        )
 
 
 @given(st.integers(2, 64))
@@ -70,10 +99,25 @@ def test_microbatches_are_full_and_disjoint(n, b, seed):
 
 
 def _data(seed: int, flip: float = 0.2):
-    views = corrupt(make_pairs(20), flip_rate=flip, desirable_fraction=1, undesirable_fraction=1,
-                    one_output_per_prompt=False, dpo_unpaired="drop", seed=seed)
-    return tokenize_views(TOK, views.pairs, views.binary, max_length=64, max_prompt_length=32,
-                          chat_template=None, batch_size=3, partition_seed=0)
+    views = corrupt(
+        make_pairs(20),
+        flip_rate=flip,
+        desirable_fraction=1,
+        undesirable_fraction=1,
+        one_output_per_prompt=False,
+        dpo_unpaired="drop",
+        seed=seed,
+    )
+    return tokenize_views(
+        TOK,
+        views.pairs,
+        views.binary,
+        max_length=64,
+        max_prompt_length=32,
+        chat_template=None,
+        batch_size=3,
+        partition_seed=0,
+    )
 
 
 def test_kl_sequences_are_mismatched_prompt_completion_pairs():

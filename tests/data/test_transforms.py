@@ -33,10 +33,19 @@ def test_flips_are_the_exact_seeded_fraction_and_match_across_methods(n, rate, s
     assert len(ids) == int(n * rate + 0.5)
     swapped = {p.source_id for p in flipped if p.chosen.startswith("bad")}
     assert swapped == set(ids)
-    views = corrupt(pairs, flip_rate=rate, desirable_fraction=1, undesirable_fraction=1,
-                    one_output_per_prompt=False, dpo_unpaired="drop", seed=seed)
+    views = corrupt(
+        pairs,
+        flip_rate=rate,
+        desirable_fraction=1,
+        undesirable_fraction=1,
+        one_output_per_prompt=False,
+        dpo_unpaired="drop",
+        seed=seed,
+    )
     # KTO sees the same corruption: each flipped pair becomes two mislabelled examples
-    mislabelled = {e.source_id.split("/")[0] for e in views.binary if e.desirable == e.completion.startswith("bad")}
+    mislabelled = {
+        e.source_id.split("/")[0] for e in views.binary if e.desirable == e.completion.startswith("bad")
+    }
     assert mislabelled == set(ids)
     assert {p.source_id for p in views.pairs if p.chosen.startswith("bad")} == set(ids)
     assert views.report["flipped_ids"] == sorted(ids)
@@ -86,10 +95,24 @@ def test_lambda_overrides():
 
 def test_dpo_view_under_imbalance():
     pairs = make_pairs(40)
-    drop = corrupt(pairs, flip_rate=0, desirable_fraction=0.5, undesirable_fraction=1,
-                   one_output_per_prompt=False, dpo_unpaired="drop", seed=0)
-    full = corrupt(pairs, flip_rate=0, desirable_fraction=0.5, undesirable_fraction=1,
-                   one_output_per_prompt=False, dpo_unpaired="full", seed=0)
+    drop = corrupt(
+        pairs,
+        flip_rate=0,
+        desirable_fraction=0.5,
+        undesirable_fraction=1,
+        one_output_per_prompt=False,
+        dpo_unpaired="drop",
+        seed=0,
+    )
+    full = corrupt(
+        pairs,
+        flip_rate=0,
+        desirable_fraction=0.5,
+        undesirable_fraction=1,
+        one_output_per_prompt=False,
+        dpo_unpaired="full",
+        seed=0,
+    )
     assert len(drop.pairs) == 20 and len(full.pairs) == 40
     kept_ids = {e.source_id for e in drop.binary}
     assert all(f"{p.source_id}/chosen" in kept_ids for p in drop.pairs)
@@ -117,5 +140,12 @@ def test_pairs_from_binary_pairs_within_prompt():
 
 def test_empty_source_is_an_error():
     with pytest.raises(DataError, match="no examples"):
-        corrupt([], flip_rate=0, desirable_fraction=1, undesirable_fraction=1, one_output_per_prompt=False,
-                dpo_unpaired="drop", seed=0)
+        corrupt(
+            [],
+            flip_rate=0,
+            desirable_fraction=1,
+            undesirable_fraction=1,
+            one_output_per_prompt=False,
+            dpo_unpaired="drop",
+            seed=0,
+        )

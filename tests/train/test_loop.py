@@ -39,10 +39,25 @@ def fixture_pairs(n: int = 24) -> list[Pair]:
 def build(tmp: Path, method: str, seed: int = 0):
     spec = parse_spec(SPEC)
     run = next(r for r in expand(spec) if r.method.type == method)
-    views = corrupt(fixture_pairs(), flip_rate=0, desirable_fraction=1, undesirable_fraction=1,
-                    one_output_per_prompt=False, dpo_unpaired="drop", seed=0)
-    data = tokenize_views(TOK, views.pairs, views.binary, max_length=48, max_prompt_length=16, chat_template=None,
-                          batch_size=4, partition_seed=0)
+    views = corrupt(
+        fixture_pairs(),
+        flip_rate=0,
+        desirable_fraction=1,
+        undesirable_fraction=1,
+        one_output_per_prompt=False,
+        dpo_unpaired="drop",
+        seed=0,
+    )
+    data = tokenize_views(
+        TOK,
+        views.pairs,
+        views.binary,
+        max_length=48,
+        max_prompt_length=16,
+        chat_template=None,
+        batch_size=4,
+        partition_seed=0,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(len(TOK), hidden=32, layers=1))
     cache = ReferenceCache(tmp / "cache", "fixture-model", "float32")
@@ -59,8 +74,16 @@ def run_training(tmp: Path, method: str, *, stop_at: int | None = None, ckpt: Pa
         if stop_at is not None and step == stop_at:
             raise KeyboardInterrupt  # a crash right after this step's log line
 
-    ctx = Context(run=run, data=data, ref=cache.lookup, hyper=run.method.loss_kwargs(), pad_id=TOK.pad_token_id,
-                  checkpoint_dir=ckpt or tmp / f"ckpt-{method}", log=log, accelerator=Accelerator(cpu=True))
+    ctx = Context(
+        run=run,
+        data=data,
+        ref=cache.lookup,
+        hyper=run.method.loss_kwargs(),
+        pad_id=TOK.pad_token_id,
+        checkpoint_dir=ckpt or tmp / f"ckpt-{method}",
+        log=log,
+        accelerator=Accelerator(cpu=True),
+    )
     try:
         summary = train(model, ctx)
     except KeyboardInterrupt:
@@ -115,8 +138,16 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     run, data, model, cache = build(tmp_path, "dpo")
     with torch.no_grad():
         model.get_output_embeddings().weight.fill_(float("nan"))
-    ctx = Context(run=run, data=data, ref=cache.lookup, hyper=run.method.loss_kwargs(), pad_id=TOK.pad_token_id,
-                  checkpoint_dir=tmp_path / "ckpt", log=lambda s, m: None, accelerator=Accelerator(cpu=True))
+    ctx = Context(
+        run=run,
+        data=data,
+        ref=cache.lookup,
+        hyper=run.method.loss_kwargs(),
+        pad_id=TOK.pad_token_id,
+        checkpoint_dir=tmp_path / "ckpt",
+        log=lambda s, m: None,
+        accelerator=Accelerator(cpu=True),
+    )
     with pytest.raises(TrainingError, match="non-finite loss"):
         train(model, ctx)
 
@@ -140,7 +171,9 @@ def test_chunked_logps_match_the_plain_path_with_gradients():
 
 @pytest.mark.parametrize("rule,value,expected", [("epochs", 1, 6), ("epochs", 2, 12), ("steps", 5, 5)])
 def test_budget_rules(rule, value, expected):
-    spec = parse_spec(SPEC.replace("budget: {rule: steps, value: 12}", f"budget: {{rule: {rule}, value: {value}}}"))
+    spec = parse_spec(
+        SPEC.replace("budget: {rule: steps, value: 12}", f"budget: {{rule: {rule}, value: {value}}}")
+    )
     run = next(r for r in expand(spec) if r.method.type == "dpo")
     assert plan(run, [100] * 6).steps == expected
 
@@ -154,8 +187,16 @@ def test_token_budget_stops_once_reached():
 def test_metrics_are_namespaced(tmp_path):
     run, data, model, cache = build(tmp_path, "kto")
     seen: list[dict] = []
-    ctx = Context(run=run, data=data, ref=cache.lookup, hyper=run.method.loss_kwargs(), pad_id=TOK.pad_token_id,
-                  checkpoint_dir=tmp_path / "c", log=lambda s, m: seen.append(m), accelerator=Accelerator(cpu=True))
+    ctx = Context(
+        run=run,
+        data=data,
+        ref=cache.lookup,
+        hyper=run.method.loss_kwargs(),
+        pad_id=TOK.pad_token_id,
+        checkpoint_dir=tmp_path / "c",
+        log=lambda s, m: seen.append(m),
+        accelerator=Accelerator(cpu=True),
+    )
     train(model, ctx)
     keys = set(seen[0])
     assert {"train/loss", "train/kl", "train/lr", "train/grad_norm", "tokens/seen", "time/step_s"} <= keys
@@ -173,9 +214,16 @@ def test_lora_trains_only_the_adapter_and_checkpoints_it(tmp_path):
     base_weight = model.get_output_embeddings().weight.detach().clone()
     model = apply_lora(model, run.model)
     losses: list[float] = []
-    ctx = Context(run=run, data=data, ref=cache.lookup, hyper=run.method.loss_kwargs(), pad_id=TOK.pad_token_id,
-                  checkpoint_dir=tmp_path / "ckpt", log=lambda s, m: losses.append(m["train/loss"]),
-                  accelerator=Accelerator(cpu=True))
+    ctx = Context(
+        run=run,
+        data=data,
+        ref=cache.lookup,
+        hyper=run.method.loss_kwargs(),
+        pad_id=TOK.pad_token_id,
+        checkpoint_dir=tmp_path / "ckpt",
+        log=lambda s, m: losses.append(m["train/loss"]),
+        accelerator=Accelerator(cpu=True),
+    )
     train(model, ctx)
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["model"]
     assert state and all("lora_" in k for k in state)
