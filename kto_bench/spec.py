@@ -196,7 +196,7 @@ class TrainingSpec(Strict):
     budget: BudgetSpec = BudgetSpec()
     checkpoint_every: int = Field(200, gt=0, description="optimizer steps between checkpoints")
     reference_batch_size: int = Field(64, gt=0)
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile the decoder (dynamic shapes); pays off on GPUs")
     gradient_checkpointing: bool = False
 
 

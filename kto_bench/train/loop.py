@@ -301,6 +301,8 @@ def train(model, ctx: Context) -> dict:
     disable_dropout(model)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if t.compile:  # the decoder is where the FLOPs are; the LM head runs in checkpointed chunks beside it
+        model.get_decoder().compile(dynamic=True)
     p = plan(ctx.run, batch_token_counts(ctx.data, ctx.run.method.type), acc.num_processes)
     checkpoint = read_checkpoint(ctx)
     if checkpoint is not None:  # weights go in before wrapping: DDP broadcasts them, FSDP shards them

@@ -229,3 +229,24 @@ def test_lora_trains_only_the_adapter_and_checkpoints_it(tmp_path):
     assert state and all("lora_" in k for k in state)
     assert torch.equal(model.get_output_embeddings().weight, base_weight)  # frozen base
     assert losses[-1] < losses[0]
+
+
+def test_training_compile_compiles_the_decoder(tmp_path, monkeypatch):
+    calls: list[tuple[str, dict]] = []
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda self, **kw: calls.append((type(self).__name__, kw))
+    )
+    run, data, model, cache = build(tmp_path, "dpo")
+    run = run.model_copy(update={"training": run.training.model_copy(update={"compile": True})})
+    ctx = Context(
+        run=run,
+        data=data,
+        ref=cache.lookup,
+        hyper=run.method.loss_kwargs(),
+        pad_id=TOK.pad_token_id,
+        checkpoint_dir=tmp_path / "c",
+        log=lambda s, m: None,
+        accelerator=Accelerator(cpu=True),
+    )
+    train(model, ctx)
+    assert calls == [(type(model.get_decoder()).__name__, {"dynamic": True})]
