@@ -19,18 +19,20 @@ from tests.reliability.helpers import SECRET, Baseline, cli, digest, write_spec
 
 @pytest.fixture(scope="session")
 def world_cache(tmp_path_factory) -> Path:
-    """KTO_BENCH_CACHE for the whole session, with the tiny demo world built in it."""
+    """A KTO_BENCH_CACHE folder with the tiny demo world built in it (once per session)."""
     from kto_bench.data.synthetic import ensure_world, world_config
 
     root = Path(os.environ.get("KTO_BENCH_TEST_CACHE") or tmp_path_factory.mktemp("kto-bench-cache"))
-    old = os.environ.get("KTO_BENCH_CACHE")
-    os.environ["KTO_BENCH_CACHE"] = str(root)
-    ensure_world(world_config("arith-tiny"), log=lambda *a: None)
-    yield root
-    if old is None:
-        os.environ.pop("KTO_BENCH_CACHE", None)
-    else:
-        os.environ["KTO_BENCH_CACHE"] = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KTO_BENCH_CACHE", str(root))
+        ensure_world(world_config("arith-tiny"), log=lambda *a: None)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _use_world_cache(world_cache, monkeypatch) -> None:
+    """Every reliability test sees the session's cache; tests outside this folder keep their own."""
+    monkeypatch.setenv("KTO_BENCH_CACHE", str(world_cache))
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +47,7 @@ def baseline(world_cache, tmp_path_factory) -> Baseline:
     outs: list = [None, None]
 
     def go(i: int) -> None:
-        outs[i] = cli(args, work, env=secrets)
+        outs[i] = cli(args, work, env={**secrets, "KTO_BENCH_CACHE": str(world_cache)})
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
     for t in threads:
