@@ -24,7 +24,9 @@ nox.options.sessions = ["tests", "lint"]
 
 def _install(session: nox.Session, extras: str = "") -> None:
     session.install(TORCH)
-    session.install("-e", f".[{extras}]" if extras else ".")
+    session.install(
+        "-e", f".[{extras}]" if extras else ".", "-c", ".ci/constraints.txt"
+    )  # the tested versions
 
 
 @nox.session
