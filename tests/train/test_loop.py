@@ -65,6 +65,20 @@ def build(tmp: Path, method: str, seed: int = 0):
     return run, data, model, cache
 
 
+def context(run, data, cache, checkpoint_dir: Path, log=lambda s, m: None) -> Context:
+    """A training context on the fixture: single process, CPU, the run's own loss hyperparameters."""
+    return Context(
+        run=run,
+        data=data,
+        ref=cache.lookup,
+        hyper=run.method.loss_kwargs(),
+        pad_id=TOK.pad_token_id,
+        checkpoint_dir=checkpoint_dir,
+        log=log,
+        accelerator=Accelerator(cpu=True),
+    )
+
+
 def run_training(tmp: Path, method: str, *, stop_at: int | None = None, ckpt: Path | None = None):
     run, data, model, cache = build(tmp, method)
     losses: list[float] = []
@@ -74,16 +88,7 @@ def run_training(tmp: Path, method: str, *, stop_at: int | None = None, ckpt: Pa
         if stop_at is not None and step == stop_at:
             raise KeyboardInterrupt  # a crash right after this step's log line
 
-    ctx = Context(
-        run=run,
-        data=data,
-        ref=cache.lookup,
-        hyper=run.method.loss_kwargs(),
-        pad_id=TOK.pad_token_id,
-        checkpoint_dir=ckpt or tmp / f"ckpt-{method}",
-        log=log,
-        accelerator=Accelerator(cpu=True),
-    )
+    ctx = context(run, data, cache, ckpt or tmp / f"ckpt-{method}", log=log)
     try:
         summary = train(model, ctx)
     except KeyboardInterrupt:
@@ -138,16 +143,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     run, data, model, cache = build(tmp_path, "dpo")
     with torch.no_grad():
         model.get_output_embeddings().weight.fill_(float("nan"))
-    ctx = Context(
-        run=run,
-        data=data,
-        ref=cache.lookup,
-        hyper=run.method.loss_kwargs(),
-        pad_id=TOK.pad_token_id,
-        checkpoint_dir=tmp_path / "ckpt",
-        log=lambda s, m: None,
-        accelerator=Accelerator(cpu=True),
-    )
+    ctx = context(run, data, cache, tmp_path / "ckpt")
     with pytest.raises(TrainingError, match="non-finite loss"):
         train(model, ctx)
 
@@ -187,16 +183,7 @@ def test_token_budget_stops_once_reached():
 def test_metrics_are_namespaced(tmp_path):
     run, data, model, cache = build(tmp_path, "kto")
     seen: list[dict] = []
-    ctx = Context(
-        run=run,
-        data=data,
-        ref=cache.lookup,
-        hyper=run.method.loss_kwargs(),
-        pad_id=TOK.pad_token_id,
-        checkpoint_dir=tmp_path / "c",
-        log=lambda s, m: seen.append(m),
-        accelerator=Accelerator(cpu=True),
-    )
+    ctx = context(run, data, cache, tmp_path / "c", log=lambda s, m: seen.append(m))
     train(model, ctx)
     keys = set(seen[0])
     assert {"train/loss", "train/kl", "train/lr", "train/grad_norm", "tokens/seen", "time/step_s"} <= keys
@@ -214,16 +201,7 @@ def test_lora_trains_only_the_adapter_and_checkpoints_it(tmp_path):
     base_weight = model.get_output_embeddings().weight.detach().clone()
     model = apply_lora(model, run.model)
     losses: list[float] = []
-    ctx = Context(
-        run=run,
-        data=data,
-        ref=cache.lookup,
-        hyper=run.method.loss_kwargs(),
-        pad_id=TOK.pad_token_id,
-        checkpoint_dir=tmp_path / "ckpt",
-        log=lambda s, m: losses.append(m["train/loss"]),
-        accelerator=Accelerator(cpu=True),
-    )
+    ctx = context(run, data, cache, tmp_path / "ckpt", log=lambda s, m: losses.append(m["train/loss"]))
     train(model, ctx)
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["model"]
     assert state and all("lora_" in k for k in state)
@@ -238,15 +216,6 @@ def test_training_compile_compiles_the_decoder(tmp_path, monkeypatch):
     )
     run, data, model, cache = build(tmp_path, "dpo")
     run = run.model_copy(update={"training": run.training.model_copy(update={"compile": True})})
-    ctx = Context(
-        run=run,
-        data=data,
-        ref=cache.lookup,
-        hyper=run.method.loss_kwargs(),
-        pad_id=TOK.pad_token_id,
-        checkpoint_dir=tmp_path / "c",
-        log=lambda s, m: None,
-        accelerator=Accelerator(cpu=True),
-    )
+    ctx = context(run, data, cache, tmp_path / "c")
     train(model, ctx)
     assert calls == [(type(model.get_decoder()).__name__, {"dynamic": True})]
