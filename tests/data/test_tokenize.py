@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from kto_bench.data.canonical import messages
 from kto_bench.data.synthetic import build_tokenizer
 from kto_bench.data.tokenize import encode, kl_partners, partition, render, tokenize_views
-from kto_bench.data.transforms import corrupt
 from kto_bench.errors import DataError
 from tests.data.test_transforms import make_pairs
+from tests.tiny_data import tokenized, views
 
 TOK = build_tokenizer()
 
@@ -37,32 +37,14 @@ def test_truncation_cuts_prompt_from_left_then_completion():
 
 def test_example_with_no_completion_left_is_dropped_and_counted():
     assert encode(TOK, messages(("user", "x" * 40)), "y", max_length=10, max_prompt_length=10) is None
-    pairs = make_pairs(6)
-    views = corrupt(
-        pairs,
-        flip_rate=0,
-        desirable_fraction=1,
-        undesirable_fraction=1,
-        one_output_per_prompt=False,
-        dpo_unpaired="drop",
-        seed=0,
-    )
-    data = tokenize_views(
-        TOK,
-        views.pairs,
-        views.binary,
-        max_length=12,
-        max_prompt_length=11,
-        chat_template=None,
-        batch_size=2,
-        partition_seed=0,
-    )
+    v = views(make_pairs(6))
+    data = tokenized(make_pairs(6), max_length=12, max_prompt_length=11, batch_size=2)
     assert data.dropped["pairs_truncated_away"] == 0
     long = make_pairs(1)[0].__class__(messages(("user", "q" * 30)), "a", "b", "long")
     data = tokenize_views(
         TOK,
-        [long, *views.pairs],
-        views.binary,
+        [long, *v.pairs],
+        v.binary,
         max_length=12,
         max_prompt_length=11,
         chat_template=None,
@@ -99,24 +81,8 @@ def test_microbatches_are_full_and_disjoint(n, b, seed):
 
 
 def _data(seed: int, flip: float = 0.2):
-    views = corrupt(
-        make_pairs(20),
-        flip_rate=flip,
-        desirable_fraction=1,
-        undesirable_fraction=1,
-        one_output_per_prompt=False,
-        dpo_unpaired="drop",
-        seed=seed,
-    )
-    return tokenize_views(
-        TOK,
-        views.pairs,
-        views.binary,
-        max_length=64,
-        max_prompt_length=32,
-        chat_template=None,
-        batch_size=3,
-        partition_seed=0,
+    return tokenized(
+        make_pairs(20), max_length=64, max_prompt_length=32, batch_size=3, flip_rate=flip, seed=seed
     )
 
 

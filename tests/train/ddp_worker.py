@@ -17,14 +17,14 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
-from kto_bench.data.canonical import Pair, messages
 from kto_bench.data.synthetic import build_tokenizer, tiny_config
-from kto_bench.data.tokenize import tokenize_views
-from kto_bench.data.transforms import corrupt
 from kto_bench.spec import expand, parse_spec
 from kto_bench.train.loop import Context, _kl_reduce, batch_token_counts, kl_tensors, plan, train
 from kto_bench.train.losses import call_loss
 from kto_bench.train.refcache import ReferenceCache, fill
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script by torchrun
+from tests.tiny_data import preference_pairs, tokenized  # noqa: E402
 
 TOK = build_tokenizer()
 SPEC = """\
@@ -39,26 +39,7 @@ training: {{lr: 3.0e-3, precision: fp32, batch_size: 4, grad_accum: {grad_accum}
 
 def build(tmp: Path, method: str, grad_accum: int):
     run = next(r for r in expand(parse_spec(SPEC.format(grad_accum=grad_accum))) if r.method.type == method)
-    pairs = [Pair(messages(("user", f"Q{i}?")), f"yes {i}", f"no no {i}", f"p{i}") for i in range(24)]
-    views = corrupt(
-        pairs,
-        flip_rate=0,
-        desirable_fraction=1,
-        undesirable_fraction=1,
-        one_output_per_prompt=False,
-        dpo_unpaired="drop",
-        seed=0,
-    )
-    data = tokenize_views(
-        TOK,
-        views.pairs,
-        views.binary,
-        max_length=48,
-        max_prompt_length=16,
-        chat_template=None,
-        batch_size=4,
-        partition_seed=0,
-    )
+    data = tokenized(preference_pairs(), max_length=48, max_prompt_length=16, batch_size=4)
     torch.manual_seed(1)  # a reference that differs from the policy: KTO's KL is not zero from the start
     reference = AutoModelForCausalLM.from_config(tiny_config(len(TOK), hidden=32, layers=1))
     cache = ReferenceCache(tmp / "cache", "fixture-reference", "float32")

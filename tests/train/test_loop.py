@@ -10,15 +10,13 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
-from kto_bench.data.canonical import Pair, messages
 from kto_bench.data.synthetic import build_tokenizer, tiny_config
-from kto_bench.data.tokenize import tokenize_views
-from kto_bench.data.transforms import corrupt
 from kto_bench.errors import StoreError, TrainingError
 from kto_bench.spec import expand, parse_spec
 from kto_bench.train.logps import collate, naive_sequence_logps, sequence_logps
 from kto_bench.train.loop import Context, plan, train
 from kto_bench.train.refcache import ReferenceCache, fill
+from tests.tiny_data import preference_pairs, tokenized
 
 TOK = build_tokenizer()
 SPEC = """\
@@ -31,33 +29,10 @@ training: {lr: 3.0e-3, precision: fp32, batch_size: 4, budget: {rule: steps, val
 """
 
 
-def fixture_pairs(n: int = 24) -> list[Pair]:
-    # the preferred answer is always "yes"-shaped, the rejected one "no"-shaped: a learnable preference
-    return [Pair(messages(("user", f"Q{i}?")), f"yes {i}", f"no no {i}", f"p{i}") for i in range(n)]
-
-
 def build(tmp: Path, method: str, seed: int = 0):
     spec = parse_spec(SPEC)
     run = next(r for r in expand(spec) if r.method.type == method)
-    views = corrupt(
-        fixture_pairs(),
-        flip_rate=0,
-        desirable_fraction=1,
-        undesirable_fraction=1,
-        one_output_per_prompt=False,
-        dpo_unpaired="drop",
-        seed=0,
-    )
-    data = tokenize_views(
-        TOK,
-        views.pairs,
-        views.binary,
-        max_length=48,
-        max_prompt_length=16,
-        chat_template=None,
-        batch_size=4,
-        partition_seed=0,
-    )
+    data = tokenized(preference_pairs(), max_length=48, max_prompt_length=16, batch_size=4)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(len(TOK), hidden=32, layers=1))
     cache = ReferenceCache(tmp / "cache", "fixture-model", "float32")
