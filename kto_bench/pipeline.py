@@ -43,6 +43,7 @@ from kto_bench.store import (
     try_lock,
     write_json,
 )
+from kto_bench.train.logps import use_attention
 from kto_bench.train.losses import LOSSES
 from kto_bench.train.refcache import ReferenceCache, fill
 
@@ -184,14 +185,18 @@ def stage_reference(run: RunSpec, store: RunStore, results_root: Path) -> None:
         where, _ = resolved(run)
         tok = models.load_tokenizer(run.model, where)
         model = models.load_model(run.model, where, device()).eval()
+        t = run.training
+        use_attention(model, t.attention, t.layout, device())
         with _progress(f"reference {store.run_id}", len(todo)) as advance:
             fill(
                 cache,
                 model,
                 todo,
                 pad_id=tok.pad_token_id,
-                batch_size=run.training.reference_batch_size,
+                batch_size=t.reference_batch_size,
                 device=device(),
+                layout=t.layout,
+                row_tokens=t.reference_row_tokens,
                 progress=advance,
             )
         del model

@@ -198,6 +198,22 @@ class TrainingSpec(Strict):
     reference_batch_size: int = Field(64, gt=0)
     compile: bool = Field(False, description="torch.compile the decoder (dynamic shapes); pays off on GPUs")
     gradient_checkpointing: bool = False
+    layout: Literal["padded", "packed", "shared"] = Field(
+        "shared",
+        description="microbatch layout: padded rows (as the peers), packed without padding, or packed with "
+        "one copy of each prompt shared by its completions (same log-probs; see kto_bench/train/logps.py)",
+    )
+    kl_pass: Literal["separate", "fused"] = Field(
+        "separate",
+        description="KTO's KL completions: a separate no-grad forward, or in the trained forward (sharing "
+        "the prompt with layout shared); same values",
+    )
+    attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field(
+        "auto", description="attention kernel; auto = flex_attention for packed layouts on CUDA, else sdpa"
+    )
+    reference_row_tokens: int = Field(
+        4096, gt=0, description="packed row size of the reference pass (tokens per row)"
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -265,6 +281,11 @@ class RunSpec(Strict):
             raise ValueError(
                 "training.batch_size must be at least 2 for KTO: z0 is estimated from mismatched pairs inside "
                 "each per-step microbatch (the paper recommends ≥ 4)"
+            )
+        if getattr(self.method, "z0_scope", None) == "step" and self.training.kl_pass == "fused":
+            raise ValueError(
+                "training.kl_pass: fused computes each microbatch's KL rows in its own forward, but "
+                "method.z0_scope: step needs the whole step's KL rows first; use kl_pass: separate"
             )
         return self
 

@@ -9,7 +9,6 @@ import torch
 
 from kto_bench import bench
 from kto_bench.errors import KtoBenchError
-from kto_bench.train.logps import collate, naive_sequence_logps, sequence_logps
 
 TRAIN_ROW_KEYS = {
     "side",
@@ -203,43 +202,3 @@ def test_bad_settings_are_project_errors():
         bench.run_bench(bench.BenchSettings(kind="train", against="lm-eval-hf", model_config="tiny"))
     with pytest.raises(KtoBenchError, match="'lm-eval-hf'"):
         bench.run_bench(bench.BenchSettings(kind="eval", against="trl", model_config="tiny"))
-
-
-# ----------------------------------------------------------------------------- fast paths vs plain paths
-
-
-@pytest.fixture(scope="module")
-def tiny_lm():
-    torch.manual_seed(0)
-    model = bench.build_model("tiny", torch.device("cpu"), 0).double()
-    seqs = [((1, 2, 3), (4, 5, 6, 7)), ((8,), (9, 10)), ((11, 12, 13, 14, 15), (16,))]
-    return model, collate(seqs, pad_id=511)
-
-
-@pytest.mark.parametrize("chunk_tokens", [1, 3, 4096])
-def test_chunked_lm_head_logps_match_naive_values_and_grads(tiny_lm, chunk_tokens):
-    model, batch = tiny_lm
-    model.zero_grad()
-    fast, counts = sequence_logps(model, batch, chunk_tokens=chunk_tokens)  # chunks under checkpointing
-    (fast * torch.tensor([1.0, -2.0, 0.5], dtype=fast.dtype)).sum().backward()
-    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    plain = naive_sequence_logps(model, batch)
-    (plain * torch.tensor([1.0, -2.0, 0.5], dtype=plain.dtype)).sum().backward()
-    assert counts.tolist() == [4, 2, 1]
-    torch.testing.assert_close(fast.double(), plain.double(), rtol=1e-5, atol=1e-5)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(fast_grads[n], p.grad, rtol=1e-5, atol=1e-6, msg=n)
-
-
-def test_reference_cache_entries_match_naive_path(tiny_lm, tmp_path):
-    from kto_bench.data.tokenize import seq_key
-    from kto_bench.train.refcache import ReferenceCache, fill
-
-    model, batch = tiny_lm
-    seqs = [((1, 2, 3), (4, 5, 6, 7)), ((8,), (9, 10)), ((11, 12, 13, 14, 15), (16,))]
-    cache = ReferenceCache(tmp_path, "m", "float64")
-    fill(cache, model, seqs, pad_id=511, batch_size=2, device="cpu")  # length-sorted batches of 2
-    with torch.no_grad():
-        plain = naive_sequence_logps(model, batch)
-    assert [cache.entries[seq_key(s)] for s in seqs] == pytest.approx(plain.tolist(), rel=1e-6)

@@ -67,6 +67,14 @@ def test_kto_needs_per_step_batch_of_two():
     parse_spec(BASE.replace("  - {type: kto}\n", "") + "training: {batch_size: 1}\n")  # DPO alone is fine
 
 
+def test_fused_kl_needs_per_microbatch_z0():
+    spec = BASE.replace("{type: kto}", "{type: kto, z0_scope: step}")
+    with pytest.raises(SpecError, match="kl_pass: fused.*use kl_pass: separate"):
+        parse_spec(spec + "training: {kl_pass: fused}\n")
+    parse_spec(spec + "training: {kl_pass: separate}\n")
+    parse_spec(BASE + "training: {kl_pass: fused, layout: packed}\n")
+
+
 def test_unknown_grid_key_and_unknown_names():
     with pytest.raises(SpecError, match=r"grid.corruption.flip_rat.*did you mean 'corruption.flip_rate'"):
         parse_spec(BASE + "grid: {corruption.flip_rat: [0.1]}\n")

@@ -1,4 +1,20 @@
-"""Per-sequence summed log-probs of completion tokens, without full [batch, length, vocab] float32 logits.
+"""Per-sequence summed log-probs of completion tokens: batch layouts, attention masks, chunked LM head.
+
+Layouts (`training.layout`), all giving the same per-sequence log-probs up to float rounding:
+
+    padded   one sequence per row, right-padded (the peers' layout; plain causal attention)
+    packed   sequences laid end to end in rows of at most `row_tokens` tokens (first-fit decreasing),
+             each attending only to itself: no padding inside a row
+    shared   packed, and sequences with the same prompt share one copy of it: a DPO pair's chosen and
+             rejected completions (and a KTO example's KL completion) both attend to the one prompt
+
+A packed row carries, per token, its group (`doc`: one prompt and the completions that share it) and
+its segment (`seg`: 0 for the prompt, k for the group's k-th completion); a query may attend to a key
+of the same group at or before it that is in the prompt or in its own completion. Position ids restart
+at each prompt and each completion continues from its prompt's end, so every completion sees exactly
+what it would see alone. The mask is built once per forward in the form the attention kernel takes:
+a FlexAttention `BlockMask` (sparse: empty blocks are skipped), a boolean tensor for SDPA, an additive
+float tensor for eager attention.
 
 The decoder runs once; only the hidden states at positions that predict a completion token go through
 the LM head, in chunks of `chunk_tokens`, each chunk under activation checkpointing when gradients are
@@ -7,30 +23,167 @@ needed, so peak extra memory is one [chunk_tokens, vocab] block instead of [batc
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from kto_bench.data.tokenize import Seq
 
+Layout = Literal["padded", "packed", "shared"]
+LAYOUTS: tuple[str, ...] = ("padded", "packed", "shared")
+Group = tuple[tuple[int, ...], list[tuple[int, tuple[int, ...]]]]  # (prompt, [(sequence index, completion)])
 
-def collate(seqs: list[Seq], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Right-padded input ids, attention mask and a mask of the positions that predict completion tokens."""
-    length = max(len(p) + len(c) for p, c in seqs)
-    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), length), dtype=torch.long)
-    predicts = torch.zeros((len(seqs), length), dtype=torch.bool)  # position t predicts token t+1
+
+def groups_of(seqs: list[Seq], share_prompts: bool) -> list[Group]:
+    """Sequences grouped by identical prompt (in first-seen order), or one group per sequence."""
+    if not share_prompts:
+        return [(p, [(i, c)]) for i, (p, c) in enumerate(seqs)]
+    by_prompt: dict[tuple[int, ...], list[tuple[int, tuple[int, ...]]]] = {}
     for i, (p, c) in enumerate(seqs):
-        n = len(p) + len(c)
-        ids[i, :n] = torch.tensor(p + c)
-        attn[i, :n] = 1
-        predicts[i, max(len(p) - 1, 0) : n - 1] = True
-    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "predicts": predicts.to(device)}
+        by_prompt.setdefault(p, []).append((i, c))
+    return list(by_prompt.items())
+
+
+def group_tokens(group: Group) -> int:
+    return len(group[0]) + sum(len(c) for _, c in group[1])
+
+
+def pack_rows(groups: list[Group], row_tokens: int | None) -> list[list[Group]]:
+    """First-fit-decreasing bins of at most `row_tokens` tokens (a longer group gets a row of its own);
+    None puts everything in one row."""
+    if row_tokens is None:
+        return [groups] if groups else []
+    rows: list[list[Group]] = []
+    room: list[int] = []
+    for g in sorted(groups, key=group_tokens, reverse=True):
+        n = group_tokens(g)
+        slot = next((r for r, free in enumerate(room) if free >= n), None)
+        if slot is None:
+            rows.append([g])
+            room.append(row_tokens - n)
+        else:
+            rows[slot].append(g)
+            room[slot] -= n
+    return rows
+
+
+def collate(
+    seqs: list[Seq],
+    pad_id: int,
+    device: torch.device | str = "cpu",
+    layout: Layout = "padded",
+    row_tokens: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Model inputs for `sequence_logps`: input ids and, per scored token, where its predicting hidden
+    state is (`src`, flat over rows × width), which token it is (`tgt`) and whose it is (`owner`).
+
+    padded adds a 2D `attention_mask`; packed/shared add `position_ids`, `doc` and `seg` instead."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    groups = groups_of(seqs, share_prompts=layout == "shared")
+    rows = [[g] for g in groups] if layout == "padded" else pack_rows(groups, row_tokens)
+    width = max((sum(group_tokens(g) for g in row) for row in rows), default=1)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    doc = torch.full((len(rows), width), -1, dtype=torch.long)
+    seg = torch.zeros((len(rows), width), dtype=torch.long)
+    src: list[int] = []
+    tgt: list[int] = []
+    owner: list[int] = []
+    n_doc = 0
+    for r, row in enumerate(rows):
+        at = 0
+        for prompt, completions in row:
+            start, p = at, len(prompt)
+            ids[r, at : at + p] = torch.tensor(prompt, dtype=torch.long)
+            pos[r, at : at + p] = torch.arange(p)
+            doc[r, at : at + p] = n_doc
+            at += p
+            for k, (i, c) in enumerate(completions, start=1):
+                n = len(c)
+                ids[r, at : at + n] = torch.tensor(c, dtype=torch.long)
+                pos[r, at : at + n] = torch.arange(p, p + n)
+                doc[r, at : at + n] = n_doc
+                seg[r, at : at + n] = k
+                # c[0] is predicted by the prompt's last token (unscored without a prompt), c[t] by c[t-1]
+                first = 0 if p else 1
+                src += [r * width + (start + p - 1 if t == 0 else at + t - 1) for t in range(first, n)]
+                tgt += list(c[first:])
+                owner += [i] * (n - first)
+                at += n
+            n_doc += 1
+    batch = {
+        "input_ids": ids,
+        "src": torch.tensor(src, dtype=torch.long),
+        "tgt": torch.tensor(tgt, dtype=torch.long),
+        "owner": torch.tensor(owner, dtype=torch.long),
+        "n_seqs": torch.tensor(len(seqs)),
+    }
+    if layout == "padded":
+        batch["attention_mask"] = (doc >= 0).long()
+    else:
+        batch |= {"position_ids": pos, "doc": doc, "seg": seg}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def token_counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Token slots a forward processes, and how many of them hold a sequence token (not padding)."""
+    real = batch["attention_mask"].sum() if "attention_mask" in batch else (batch["doc"] >= 0).sum()
+    return {"processed": batch["input_ids"].numel(), "nonpad": int(real)}
+
+
+def may_attend(doc: torch.Tensor, seg: torch.Tensor, b, q, k) -> torch.Tensor:
+    """The packed attention rule as a FlexAttention mask_mod body (indices broadcast): same group, not
+    in the future, key in the prompt or in the query's own completion; every token sees itself."""
+    same = (doc[b, q] == doc[b, k]) & (k <= q)
+    return (same & ((seg[b, k] == 0) | (seg[b, k] == seg[b, q]))) | (q == k)
+
+
+def allowed(doc: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """`may_attend` over every (row, query, key): a boolean [R, L, L] mask."""
+    rows, n = doc.shape
+    idx = torch.arange(n, device=doc.device)
+    return may_attend(doc, seg, torch.arange(rows, device=doc.device)[:, None, None], idx[None, :, None], idx)
+
+
+def choose_attention(requested: str, layout: str, device: torch.device | str) -> str:
+    """The one place that picks the attention kernel: FlexAttention skips the empty blocks of a packed
+    mask on CUDA (its CPU path has no backward); SDPA takes the padded layout, and a dense mask elsewhere."""
+    if requested != "auto":
+        return requested
+    return "flex_attention" if layout != "padded" and torch.device(device).type == "cuda" else "sdpa"
+
+
+def use_attention(model, requested: str, layout: str, device: torch.device | str) -> str:
+    """Switch the model to the kernel `choose_attention` picks; returns its name."""
+    impl = choose_attention(requested, layout, device)
+    if getattr(model.config, "_attn_implementation", None) != impl:
+        model.set_attn_implementation(impl)
+    return impl
+
+
+def attention_mask_for(model, doc: torch.Tensor, seg: torch.Tensor, dtype: torch.dtype):
+    """The packed mask in the form the model's attention implementation takes."""
+    impl = getattr(model.config, "_attn_implementation", "sdpa")
+    if impl == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        n = doc.shape[1]
+        return create_block_mask(
+            lambda b, h, q, k: may_attend(doc, seg, b, q, k), doc.shape[0], None, n, n, device=doc.device
+        )
+    mask = allowed(doc, seg)[:, None]  # [R, 1, L, L]
+    if impl == "sdpa":
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=doc.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 def _head_logps(
     head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None
 ) -> torch.Tensor:
-    logits = head(hidden).float()  # [chunk, vocab]
+    logits = head(hidden)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # [chunk, vocab], ≥ fp32
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return torch.gather(logits.log_softmax(-1), 1, targets[:, None]).squeeze(1)
@@ -39,13 +192,17 @@ def _head_logps(
 def sequence_logps(
     model, batch: dict[str, torch.Tensor], chunk_tokens: int = 4096
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed completion log-probs [B], completion token counts [B]) for a collated batch."""
+    """(summed completion log-probs [S], scored completion token counts [S]) for a collated batch."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    predicts = batch["predicts"]
-    rows, cols = predicts.nonzero(as_tuple=True)  # [N] positions that predict a completion token
-    targets = batch["input_ids"][rows, cols + 1]
-    selected = hidden[rows, cols]  # [N, H]
+    if "doc" in batch:
+        dtype = next(model.parameters()).dtype
+        mask = attention_mask_for(model, batch["doc"], batch["seg"], dtype)
+        out = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"])
+    else:
+        out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    hidden = out.last_hidden_state
+    selected = hidden.reshape(-1, hidden.shape[-1])[batch["src"]]  # [N, H]
+    targets = batch["tgt"]
     softcap = getattr(model.config, "final_logit_softcapping", None)
     parts = []
     for start in range(0, selected.shape[0], chunk_tokens):
@@ -54,18 +211,24 @@ def sequence_logps(
             parts.append(checkpoint(_head_logps, head, h, t, softcap, use_reentrant=False))
         else:
             parts.append(_head_logps(head, h, t, softcap))
-    token_logps = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(predicts.shape[0], dtype=torch.float32, device=hidden.device).index_add(
-        0, rows, token_logps
-    )
-    return sums, predicts.sum(1)
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    token_logps = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=dtype)
+    n = int(batch["n_seqs"])
+    owner = batch["owner"]
+    sums = torch.zeros(n, dtype=dtype, device=hidden.device).index_add(0, owner, token_logps)
+    return sums, torch.bincount(owner, minlength=n)
 
 
-def naive_sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The plain path (full logits), kept to check the chunked path against."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    logps = logits[:, :-1].log_softmax(-1).gather(2, batch["input_ids"][:, 1:, None]).squeeze(2)
-    return (logps * batch["predicts"][:, :-1]).sum(1)
+def naive_sequence_logps(model, seqs: list[Seq]) -> torch.Tensor:
+    """The plain path (one unpadded sequence at a time, full logits), kept to check the others against."""
+    out = []
+    for p, c in seqs:
+        ids = torch.tensor([list(p) + list(c)], device=next(model.parameters()).device)
+        logits = model(input_ids=ids).logits[0, :-1]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logps = logits.log_softmax(-1).gather(1, ids[0, 1:, None]).squeeze(1)
+        out.append(logps[max(len(p) - 1, 0) :].sum())
+    return torch.stack(out)
 
 
 class LogProbs(torch.nn.Module):
@@ -78,8 +241,5 @@ class LogProbs(torch.nn.Module):
         self.model = model
         self.chunk_tokens = chunk_tokens
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, predicts: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "predicts": predicts}
+    def forward(self, **batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return sequence_logps(self.model, batch, self.chunk_tokens)

@@ -17,7 +17,7 @@ import math
 import os
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from kto_bench.data.tokenize import TokenizedData
 from kto_bench.errors import StoreError, TrainingError
 from kto_bench.spec import RunSpec
 from kto_bench.store import fault_point
-from kto_bench.train.logps import LogProbs, collate
+from kto_bench.train.logps import LogProbs, collate, token_counts, use_attention
 from kto_bench.train.losses import LOSSES, call_loss
 
 
@@ -103,23 +103,27 @@ def disable_dropout(model: torch.nn.Module) -> None:
 # ----------------------------------------------------------------------------- one microbatch
 
 
-def batch_tensors(
-    model,
-    data: TokenizedData,
-    method: str,
-    batch_idx: int,
-    ref: Callable,
-    pad_id: int,
-    device,
-) -> tuple[dict[str, torch.Tensor], int]:
-    """The loss inputs of one microbatch (but KTO's KL pairs, see `kl_tensors`) and its trained tokens.
+def policy_logps(model, ctx: Context, seqs: list) -> tuple[torch.Tensor, torch.Tensor, Counter]:
+    """(log-probs, scored token counts, token counts of the forward) of sequences, in the run's layout.
 
     `model` is the prepared `LogProbs` module (DDP/FSDP-wrapped when there are several processes)."""
-    info = LOSSES.get(method)
+    batch = collate(seqs, ctx.pad_id, ctx.accelerator.device, ctx.run.training.layout)
+    logps, lengths = model(**batch)
+    grad = "grad" if torch.is_grad_enabled() else "nograd"
+    counts = token_counts(batch)
+    return logps, lengths, Counter({"processed": counts["processed"], f"nonpad_{grad}": counts["nonpad"]})
+
+
+def batch_tensors(model, ctx: Context, batch_idx: int, fused_kl: bool) -> tuple[dict, int, Counter]:
+    """The loss inputs of one microbatch, its trained tokens (prompt + completion of every trained
+    sequence, as a peer counts them) and the token counts of its forward.
+
+    KTO's KL pairs come from `kl_tensors`, or with `fused_kl` ride along in this forward (detached)."""
+    data, info, device = ctx.data, LOSSES.get(ctx.run.method.type), ctx.accelerator.device
     if info.data == "pairs":
         pairs = [data.pairs[i] for i in data.pair_batches[batch_idx]]
         seqs = [data.sequences[c] for c, _ in pairs] + [data.sequences[r] for _, r in pairs]
-        logps, lengths = model(**collate(seqs, pad_id, device))  # chosen and rejected in one forward
+        logps, lengths, counts = policy_logps(model, ctx, seqs)  # chosen and rejected in one forward
         b = len(pairs)
         t = {
             "chosen_policy_logps": logps[:b],
@@ -128,44 +132,44 @@ def batch_tensors(
             "rejected_lengths": lengths[b:],
         }
         if info.needs_reference:
-            r = ref(seqs).to(device)
+            r = ctx.ref(seqs).to(device)
             t |= {"chosen_reference_logps": r[:b], "rejected_reference_logps": r[b:]}
-    else:
-        items = [data.binary[i] for i in data.binary_batches[batch_idx]]
-        seqs = [data.sequences[s] for s, _ in items]
-        logps, lengths = model(**collate(seqs, pad_id, device))
-        t = {
-            "policy_logps": logps,
-            "lengths": lengths,
-            "desirable": torch.tensor([d for _, d in items], device=device),
-        }
-        if info.needs_reference:
-            t["reference_logps"] = ref(seqs).to(device)
-    return t, sum(len(p) + len(c) for p, c in seqs)
+        return t, sum(len(p) + len(c) for p, c in seqs), counts
+    items = [data.binary[i] for i in data.binary_batches[batch_idx]]
+    seqs = [data.sequences[s] for s, _ in items]
+    kl = [data.sequences[k] for k in data.kl_seqs[batch_idx]] if fused_kl else []
+    logps, lengths, counts = policy_logps(model, ctx, seqs + kl)
+    b = len(seqs)
+    t = {
+        "policy_logps": logps[:b],
+        "lengths": lengths[:b],
+        "desirable": torch.tensor([d for _, d in items], device=device),
+    }
+    if info.needs_reference:
+        r = ctx.ref(seqs + kl).to(device)
+        t["reference_logps"] = r[:b]
+    if kl:
+        t |= {"kl_policy_logps": logps[b:].detach(), "kl_reference_logps": r[b:]}
+    return t, sum(len(p) + len(c) for p, c in seqs), counts
 
 
-def kl_tensors(
-    model,
-    data: TokenizedData,
-    batch_ids: list[int],
-    ref: Callable,
-    pad_id: int,
-    device,
-) -> dict[str, torch.Tensor]:
+def kl_tensors(model, ctx: Context, batch_ids: list[int]) -> tuple[dict[str, torch.Tensor], Counter]:
     """KTO's KL inputs: the mismatched pairs of the given microbatches (one, by default: the paper's z0
-    per per-step microbatch; all of the step's with `method.z0_scope: step`).
+    per per-step microbatch; all of the step's with `method.z0_scope: step`), and the forwards' token counts.
 
     One forward per microbatch, without a graph (z0 is detached), through the prepared module (under
     FSDP only it holds the gathered weights; DDP does no gradient bookkeeping without grad). The loss
     averages them and then across processes (`_kl_reduce`, processes weighted equally).
     """
-    policy, reference = [], []
+    policy, reference, counts = [], [], Counter()
     with torch.no_grad():
         for b in batch_ids:
-            kl = [data.sequences[k] for k in data.kl_seqs[b]]
-            policy.append(model(**collate(kl, pad_id, device))[0])
-            reference.append(ref(kl).to(device))
-    return {"kl_policy_logps": torch.cat(policy), "kl_reference_logps": torch.cat(reference)}
+            kl = [ctx.data.sequences[k] for k in ctx.data.kl_seqs[b]]
+            logps, _, c = policy_logps(model, ctx, kl)
+            policy.append(logps)
+            reference.append(ctx.ref(kl).to(ctx.accelerator.device))
+            counts += c
+    return {"kl_policy_logps": torch.cat(policy), "kl_reference_logps": torch.cat(reference)}, counts
 
 
 def n_batches(data: TokenizedData, method: str) -> int:
@@ -204,34 +208,37 @@ class Context:
 
 
 def train_step(model, ctx: Context, batch_ids: list[int], optimizer, scheduler) -> dict[str, float]:
-    """One optimizer step; `model` is the prepared LogProbs module. Returns the step's global metrics."""
+    """One optimizer step; `model` is the prepared LogProbs module. Returns the step's global metrics
+    (means) and token counts (`tokens/…`, sums over the step's microbatches on every process)."""
     acc = ctx.accelerator
-    device = acc.device
     method = ctx.run.method.type
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    tokens = 0
+    tokens = Counter()
     kl: dict[str, torch.Tensor] = {}
     needs_kl = LOSSES.get(method).needs_kl
     step_scope = getattr(ctx.run.method, "z0_scope", "microbatch") == "step"
+    fused_kl = needs_kl and not step_scope and ctx.run.training.kl_pass == "fused"
     if needs_kl and step_scope:  # z0 over the whole optimizer step (an ablation; layout-independent)
         with acc.autocast():
-            kl = kl_tensors(model, ctx.data, batch_ids, ctx.ref, ctx.pad_id, device)
+            kl, c = kl_tensors(model, ctx, batch_ids)
+        tokens += c
     for i, b in enumerate(batch_ids):
         sync = i == len(batch_ids) - 1
         with acc.no_sync(model) if not sync and acc.num_processes > 1 else _null():
             with acc.autocast():
-                if needs_kl and not step_scope:  # the paper's z0: this per-step microbatch's mismatched pairs
-                    kl = kl_tensors(model, ctx.data, [b], ctx.ref, ctx.pad_id, device)
-                tensors, n_tok = batch_tensors(model, ctx.data, method, b, ctx.ref, ctx.pad_id, device)
-                result = call_loss(method, tensors | kl, **ctx.hyper, **_kl_reduce(acc))
+                if needs_kl and not step_scope and not fused_kl:  # the paper's z0: this microbatch's pairs
+                    kl, c = kl_tensors(model, ctx, [b])
+                    tokens += c
+                tensors, n_tok, c = batch_tensors(model, ctx, b, fused_kl)
+                result = call_loss(method, kl | tensors, **ctx.hyper, **_kl_reduce(acc))
             if not torch.isfinite(result.loss):
                 raise TrainingError(
                     f"non-finite loss ({result.loss.item()}) at microbatch {b}: lower training.lr "
                     "or method.beta"
                 )
             acc.backward(result.loss / len(batch_ids))
-        tokens += n_tok
+        tokens += c + Counter({"trained": n_tok})
         sums["train/loss"] += result.loss.item()
         counts["train/loss"] += 1
         for k, v in result.metrics.items():
@@ -246,33 +253,32 @@ def train_step(model, ctx: Context, batch_ids: list[int], optimizer, scheduler) 
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    out, tokens = global_means(acc, sums, counts, tokens)
-    out |= {"train/grad_norm": grad_norm, "tokens/step": tokens}
-    return out
+    out, totals = global_means(acc, sums, counts, tokens)
+    return out | {"train/grad_norm": grad_norm} | {f"tokens/{k}": v for k, v in totals.items()}
 
 
 def global_means(
     acc,
     sums: dict[str, float],
     counts: dict[str, int],
-    tokens: int,
-) -> tuple[dict[str, float], int]:
-    """(each metric's mean over every microbatch of the step on every process, the step's tokens).
+    tokens: Counter,
+) -> tuple[dict[str, float], Counter]:
+    """(each metric's mean over every microbatch of the step on every process, the step's token counts).
 
     A metric a microbatch lacks (a class-conditional reward) is averaged over those that have it, so the
     logged curve is the same for w processes as for one process accumulating w times as many microbatches.
     """
-    parts = [(dict(sums), dict(counts), tokens)]
+    parts = [(dict(sums), dict(counts), dict(tokens))]
     if acc.num_processes > 1:
         parts = [None] * acc.num_processes
-        torch.distributed.all_gather_object(parts, (dict(sums), dict(counts), tokens))
+        torch.distributed.all_gather_object(parts, (dict(sums), dict(counts), dict(tokens)))
     total: dict[str, float] = defaultdict(float)
     n: dict[str, int] = defaultdict(int)
     for s, c, _ in parts:
         for k in s:
             total[k] += s[k]
             n[k] += c[k]
-    return {k: total[k] / n[k] for k in total}, sum(t for _, _, t in parts)
+    return {k: total[k] / n[k] for k in total}, sum((Counter(t) for _, _, t in parts), Counter())
 
 
 class _null:
@@ -301,6 +307,7 @@ def train(model, ctx: Context) -> dict:
     disable_dropout(model)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    attention = use_attention(model, t.attention, t.layout, acc.device)
     if t.compile:  # the decoder is where the FLOPs are; the LM head runs in checkpointed chunks beside it
         model.get_decoder().compile(dynamic=True)
     p = plan(ctx.run, batch_token_counts(ctx.data, ctx.run.method.type), acc.num_processes)
@@ -335,7 +342,7 @@ def train(model, ctx: Context) -> dict:
             )
             raise TrainingError(f"step {step + 1} of {p.steps}: {e}; last good checkpoint: {good}") from None
         step += 1
-        n_tok = int(metrics.pop("tokens/step"))  # already summed over processes
+        n_tok = int(metrics["tokens/trained"])  # already summed over processes
         tokens += n_tok
         dt = time.time() - t0
         metrics |= {
@@ -343,6 +350,7 @@ def train(model, ctx: Context) -> dict:
             "tokens/seen": tokens,
             "time/step_s": dt,
             "throughput/tokens_per_s": n_tok / max(dt, 1e-9),
+            "throughput/padding_fraction": padding_fraction(metrics),
         }
         ctx.log(step, metrics)
         fault_point(f"train:step:{step}")
@@ -356,8 +364,17 @@ def train(model, ctx: Context) -> dict:
         "wall_s": round(time.time() - t_start, 3),
         "microbatches_per_step": p.microbatches_per_step,
         "effective_batch": t.batch_size * p.microbatches_per_step,
+        "layout": t.layout,
+        "kl_pass": t.kl_pass,
+        "attention": attention,
         "stopped": None,
     }
+
+
+def padding_fraction(metrics: dict) -> float:
+    """Share of a step's processed token slots that were padding (from its `tokens/…` counts)."""
+    real = metrics.get("tokens/nonpad_grad", 0) + metrics.get("tokens/nonpad_nograd", 0)
+    return 1 - real / metrics["tokens/processed"] if metrics.get("tokens/processed") else 0.0
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -18,7 +18,7 @@ import torch
 from kto_bench.data.tokenize import Seq, seq_key
 from kto_bench.errors import StoreError
 from kto_bench.io import stable_hash
-from kto_bench.train.logps import collate, sequence_logps
+from kto_bench.train.logps import Layout, collate, sequence_logps
 
 
 class ReferenceCache:
@@ -71,15 +71,22 @@ def fill(
     pad_id: int,
     batch_size: int,
     device,
+    layout: Layout = "shared",
+    row_tokens: int | None = 4096,
     shard_size: int = 4096,
     progress: Callable[[int], None] = lambda n: None,
 ) -> int:
-    """Compute the reference log-probs of the sequences the cache lacks; returns how many it computed."""
-    todo = sorted(cache.missing(seqs), key=lambda s: len(s[0]) + len(s[1]))  # length-sorted: little padding
+    """Compute the reference log-probs of the sequences the cache lacks; returns how many it computed.
+
+    Sequences go `batch_size` at a time in the given layout (packed into rows of `row_tokens`), ordered
+    so that ones sharing a prompt meet in one forward and padded rows hold similar lengths."""
+    todo = sorted(cache.missing(seqs), key=lambda s: (len(s[0]) + len(s[1]), s[0]))
+    if layout == "shared":
+        todo.sort(key=lambda s: s[0])
     pending: dict[str, float] = {}
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        logps, _ = sequence_logps(model, collate(chunk, pad_id, device))
+        logps, _ = sequence_logps(model, collate(chunk, pad_id, device, layout, row_tokens))
         pending.update({seq_key(s): float(v) for s, v in zip(chunk, logps.tolist(), strict=True)})
         cache.forward_sequences += len(chunk)
         progress(len(chunk))

@@ -72,7 +72,7 @@ def main(out: Path, grad_accum: int) -> None:
             p = plan(run, batch_token_counts(data, "kto"), acc.num_processes)
             b = p.order[acc.process_index]
             with torch.no_grad():
-                kl = kl_tensors(ctx.module, data, [b], cache.lookup, TOK.pad_token_id, acc.device)
+                kl, _ = kl_tensors(ctx.module, ctx, [b])
             n = len(data.binary_batches[b])
             zeros = torch.zeros(n)
             result = call_loss(

@@ -13,7 +13,6 @@ from transformers import AutoModelForCausalLM
 from kto_bench.data.synthetic import build_tokenizer, tiny_config
 from kto_bench.errors import StoreError, TrainingError
 from kto_bench.spec import expand, parse_spec
-from kto_bench.train.logps import collate, naive_sequence_logps, sequence_logps
 from kto_bench.train.loop import Context, plan, train
 from kto_bench.train.refcache import ReferenceCache, fill
 from tests.tiny_data import preference_pairs, tokenized
@@ -29,8 +28,8 @@ training: {lr: 3.0e-3, precision: fp32, batch_size: 4, budget: {rule: steps, val
 """
 
 
-def build(tmp: Path, method: str, seed: int = 0):
-    spec = parse_spec(SPEC)
+def build(tmp: Path, method: str, seed: int = 0, training: str = ""):
+    spec = parse_spec(SPEC.replace("schedule: constant}", f"schedule: constant{training}}}"))
     run = next(r for r in expand(spec) if r.method.type == method)
     data = tokenized(preference_pairs(), max_length=48, max_prompt_length=16, batch_size=4)
     torch.manual_seed(seed)
@@ -54,12 +53,22 @@ def context(run, data, cache, checkpoint_dir: Path, log=lambda s, m: None) -> Co
     )
 
 
-def run_training(tmp: Path, method: str, *, stop_at: int | None = None, ckpt: Path | None = None):
-    run, data, model, cache = build(tmp, method)
+def run_training(
+    tmp: Path,
+    method: str,
+    *,
+    stop_at: int | None = None,
+    ckpt: Path | None = None,
+    training: str = "",
+    logged: list | None = None,
+):
+    run, data, model, cache = build(tmp, method, training=training)
     losses: list[float] = []
 
     def log(step, metrics):
         losses.append(metrics["train/loss"])
+        if logged is not None:
+            logged.append(metrics)
         if stop_at is not None and step == stop_at:
             raise KeyboardInterrupt  # a crash right after this step's log line
 
@@ -78,6 +87,32 @@ def test_loss_falls_and_is_bit_for_bit_reproducible(tmp_path, method):
     assert summary["steps"] == 12 and len(a) == 12
     assert sum(a[-3:]) / 3 < sum(a[:3]) / 3  # learns the preference
     assert a == b  # same seed, same curve, bit for bit on CPU
+
+
+@pytest.mark.parametrize(
+    "method,training",
+    [
+        ("dpo", ", layout: packed"),
+        ("dpo", ", layout: shared"),
+        ("kto", ", layout: packed"),
+        ("kto", ", layout: shared"),
+        ("kto", ", layout: shared, kl_pass: fused"),
+        ("kto", ", layout: padded, kl_pass: fused"),
+    ],
+)
+def test_fast_layouts_and_fused_kl_give_the_plain_curve(tmp_path, method, training):
+    plain, _, _ = run_training(tmp_path / "plain", method, training=", layout: padded")
+    logged: list[dict] = []
+    fast, summary, _ = run_training(tmp_path / "fast", method, training=training, logged=logged)
+    assert fast == pytest.approx(plain, rel=1e-4, abs=1e-6)
+    assert f"layout: {summary['layout']}" in training and summary["attention"] == "sdpa"
+    steps = [m["throughput/padding_fraction"] for m in logged]
+    assert all(f == 0 for f in steps) if "padded" not in training else all(f > 0 for f in steps)
+    assert all(m["tokens/trained"] > 0 for m in logged)
+    if "fused" in training:  # the KL rows ride in the trained forward: no separate no-grad forward
+        assert all("tokens/nonpad_nograd" not in m for m in logged)
+    elif method == "kto":
+        assert all(m["tokens/nonpad_nograd"] > 0 for m in logged)
 
 
 def test_resume_continues_the_same_curve(tmp_path):
@@ -121,23 +156,6 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     ctx = context(run, data, cache, tmp_path / "ckpt")
     with pytest.raises(TrainingError, match="non-finite loss"):
         train(model, ctx)
-
-
-def test_chunked_logps_match_the_plain_path_with_gradients():
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config(len(TOK), hidden=32, layers=1))
-    seqs = [((5, 6, 7), (8, 9, 1)), ((5, 6), (10, 11, 12, 13, 1)), ((7,), (8, 1))]
-    batch = collate(seqs, TOK.pad_token_id)
-    chunked, lengths = sequence_logps(model, batch, chunk_tokens=3)
-    chunked.sum().backward()
-    g1 = model.get_output_embeddings().weight.grad.clone()
-    model.zero_grad()
-    plain = naive_sequence_logps(model, batch)
-    plain.sum().backward()
-    g2 = model.get_output_embeddings().weight.grad.clone()
-    assert lengths.tolist() == [3, 5, 2]
-    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("rule,value,expected", [("epochs", 1, 6), ("epochs", 2, 12), ("steps", 5, 5)])
