@@ -275,20 +275,18 @@ class PeakMemory:
 
 @dataclass
 class StepLog:
-    """Per-step wall times and token counts of one training contender."""
+    """Per-step wall times and token counts of one training contender.
+
+    `trained` counts the workload the way a peer does (prompt + completion of every trained sequence), so
+    tokens/s compare across layouts; the other counts are what the forwards actually ran (a shared prompt
+    runs once), so FLOPs, MFU and padding are those of the executed work."""
 
     times: list[float] = field(default_factory=list)
-    trained_real: list[int] = field(default_factory=list)  # non-pad tokens of the trained (matched) rows
-    processed: list[int] = field(
-        default_factory=list
-    )  # padded positions of every policy forward (incl. KL rows)
-    nonpad: list[int] = field(
-        default_factory=list
-    )  # non-pad positions of every policy forward (incl. KL rows)
-    kl_real: list[int] = field(default_factory=list)  # non-pad tokens of KTO's no-grad KL rows
-    reference_real: list[int] = field(
-        default_factory=list
-    )  # non-pad tokens through an online reference model
+    trained: list[int] = field(default_factory=list)  # tokens of the trained (matched) sequences
+    processed: list[int] = field(default_factory=list)  # token slots of every policy forward, pads included
+    grad: list[int] = field(default_factory=list)  # non-pad tokens of forwards with a backward (6N each)
+    kl: list[int] = field(default_factory=list)  # non-pad tokens of no-grad policy forwards: KTO's KL rows
+    reference: list[int] = field(default_factory=list)  # non-pad tokens through an online reference model
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -304,37 +302,53 @@ def summarize(log: StepLog, warmup: int, n: int, peak: float | None) -> dict[str
         raise KtoBenchError(f"--steps must exceed --warmup ({warmup}) to leave steps to measure")
     s = slice(warmup, None)
     secs = sum(log.times[s])
-    real, processed, nonpad = sum(log.trained_real[s]), sum(log.processed[s]), sum(log.nonpad[s])
-    flops = 6 * n * real + 2 * n * (sum(log.kl_real[s]) + sum(log.reference_real[s]))
+    trained, processed = sum(log.trained[s]), sum(log.processed[s])
+    grad, kl, reference = sum(log.grad[s]), sum(log.kl[s]), sum(log.reference[s])
+    flops = 6 * n * grad + 2 * n * (kl + reference)
     return {
         "steps": len(log.times),
         "warmup_steps": warmup,
-        "tokens_real_total": sum(log.trained_real),
+        "tokens_real_total": sum(log.trained),
         "warmup_s": sum(log.times[:warmup]),
         "measured_s": secs,
         "steps_per_s": (len(log.times) - warmup) / secs,
-        "tokens_per_s_real": real / secs,
+        "tokens_per_s_real": trained / secs,
         "tokens_per_s_processed": processed / secs,
-        "padding_fraction": 1 - nonpad / processed if processed else 0.0,
+        "padding_fraction": 1 - (grad + kl) / processed if processed else 0.0,
+        "executed_per_trained_token": (grad + kl + reference) / trained if trained else None,
         "model_flops_per_s": flops / secs,
         "mfu": flops / secs / peak if peak else None,
     }
 
 
-def batch_counts(rows: list[int], width: int) -> tuple[int, int]:
-    """(non-pad tokens, padded positions) of a right-padded batch of the given row lengths."""
-    return sum(rows), len(rows) * width
-
-
 # ----------------------------------------------------------------------------- train: ours
 
 
-def run_ours(method: str, model, data, cache, s: BenchSettings, device: torch.device) -> tuple[StepLog, dict]:
+OUR_VARIANTS: dict[str, tuple[dict[str, str], ...]] = {
+    # each measured on its own: padded is the peers' layout (the gain from the cache and the LM head alone)
+    "kto": (
+        {"layout": "padded"},
+        {"layout": "packed"},
+        {"layout": "shared"},
+        {"layout": "shared", "kl_pass": "fused"},
+    ),
+    "dpo": ({"layout": "padded"}, {"layout": "packed"}, {"layout": "shared"}),
+}
+DEFAULT_VARIANT = "shared"  # what `kto-bench run` uses (TrainingSpec defaults)
+
+
+def variant_name(training: dict[str, str]) -> str:
+    return training["layout"] + (" + fused KL" if training.get("kl_pass") == "fused" else "")
+
+
+def run_ours(
+    method: str, training: dict[str, str], model, data, cache, s: BenchSettings, device: torch.device
+) -> tuple[StepLog, dict]:
     """Our loop's train_step with the reference cache, `s.steps` steps over consecutive microbatches."""
     from accelerate import Accelerator
 
     from kto_bench.spec import DataSpec, DPOMethod, KTOMethod, ModelSpec, RunSpec, TrainingSpec
-    from kto_bench.train.logps import LogProbs
+    from kto_bench.train.logps import LogProbs, use_attention
     from kto_bench.train.loop import Context, disable_dropout, lr_lambda, train_step
 
     precision = "bf16" if device.type == "cuda" else "fp32"
@@ -343,7 +357,12 @@ def run_ours(method: str, model, data, cache, s: BenchSettings, device: torch.de
         data=DataSpec(source="local_pairs"),
         method=KTOMethod(beta=s.beta) if method == "kto" else DPOMethod(beta=s.beta),
         training=TrainingSpec(
-            lr=s.lr, batch_size=s.batch_size, precision=precision, schedule="constant", warmup_ratio=0.0
+            lr=s.lr,
+            batch_size=s.batch_size,
+            precision=precision,
+            schedule="constant",
+            warmup_ratio=0.0,
+            **training,
         ),
     )
     hyper = run.method.loss_kwargs() | (
@@ -351,6 +370,7 @@ def run_ours(method: str, model, data, cache, s: BenchSettings, device: torch.de
     )
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=device.type != "cuda")
     disable_dropout(model)
+    attention = use_attention(model, run.training.attention, run.training.layout, device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=s.lr, betas=run.training.adam_betas, weight_decay=0.0
     )
@@ -373,34 +393,23 @@ def run_ours(method: str, model, data, cache, s: BenchSettings, device: torch.de
     for b in range(s.steps):
         sync(device)
         t0 = time.perf_counter()
-        train_step(module, ctx, [b], optimizer, scheduler)
+        m = train_step(module, ctx, [b], optimizer, scheduler)
         sync(device)
         log.times.append(time.perf_counter() - t0)
-        _count_ours(log, data, method, b)
+        log.trained.append(int(m["tokens/trained"]))
+        log.processed.append(int(m["tokens/processed"]))
+        log.grad.append(int(m.get("tokens/nonpad_grad", 0)))
+        log.kl.append(int(m.get("tokens/nonpad_nograd", 0)))
+        log.reference.append(0)
     return log, {
         "gradient_checkpointing": False,
         "reference": "cached (precomputed once, shared by methods)",
         "lr_schedule": "constant",
         "autocast": precision,
+        "layout": run.training.layout,
+        "kl_pass": run.training.kl_pass if method == "kto" else None,
+        "attention": attention,
     }
-
-
-def _count_ours(log: StepLog, data, method: str, b: int) -> None:
-    if method == "dpo":
-        seqs = [data.sequences[s] for i in data.pair_batches[b] for s in data.pairs[i]]
-        kl: list = []
-    else:
-        seqs = [data.sequences[data.binary[i][0]] for i in data.binary_batches[b]]
-        kl = [data.sequences[k] for k in data.kl_seqs[b]]
-    lens = [len(p) + len(c) for p, c in seqs]
-    real, processed = batch_counts(lens, max(lens))
-    kl_lens = [len(p) + len(c) for p, c in kl]
-    kl_real, kl_processed = batch_counts(kl_lens, max(kl_lens)) if kl else (0, 0)
-    log.trained_real.append(real)
-    log.processed.append(processed + kl_processed)
-    log.nonpad.append(real + kl_real)
-    log.kl_real.append(kl_real)
-    log.reference_real.append(0)
 
 
 def fill_reference(model, data, root: Path, s: BenchSettings, device: torch.device):
@@ -555,11 +564,11 @@ def _count_trl(log: StepLog, inputs: dict, method: str, *, online_reference: boo
     kl_real = kl_processed = 0
     if "KL_attention_mask" in inputs:
         kl_real, kl_processed = int(inputs["KL_attention_mask"].sum()), inputs["KL_attention_mask"].numel()
-    log.trained_real.append(real)
+    log.trained.append(real)
     log.processed.append(processed + kl_processed)
-    log.nonpad.append(real + kl_real)
-    log.kl_real.append(kl_real)
-    log.reference_real.append(real + kl_real if online_reference else 0)
+    log.grad.append(real)
+    log.kl.append(kl_real)
+    log.reference.append(real + kl_real if online_reference else 0)
 
 
 # ----------------------------------------------------------------------------- train: the bench
@@ -602,14 +611,17 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
         }
         contenders: list[tuple[str, str, str, Callable[[Any], tuple[StepLog, dict]]]] = []
         for method in s.methods:
-            contenders.append(
-                (
-                    "ours",
-                    method,
-                    "cached reference",
-                    lambda m, method=method: run_ours(method, m, data, cache, s, device),
+            for training in OUR_VARIANTS[method]:
+                contenders.append(
+                    (
+                        "ours",
+                        method,
+                        variant_name(training),
+                        lambda m, method=method, training=training: run_ours(
+                            method, training, m, data, cache, s, device
+                        ),
+                    )
                 )
-            )
             contenders.append(
                 (
                     "trl",
@@ -656,8 +668,9 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     ratios = [
-        ratio(rows, f"ours-{m}-cached reference", f"trl-{m}-{v}", k)
+        ratio(rows, f"ours-{m}-{ours}", f"trl-{m}-{v}", k)
         for m in s.methods
+        for ours in ("padded", DEFAULT_VARIANT)
         for v in ("defaults", "precompute_ref_log_probs")
         for k in ("tokens_per_s_real", "tokens_per_s_real_with_one_time", "peak_memory_gib")
     ]

@@ -70,21 +70,22 @@ def train_record():
 
 def test_train_bench_schema_ratios_provenance(train_record, tmp_path):
     rec = train_record
+    ours_variants = {
+        "kto": ["padded", "packed", "shared", "shared + fused KL"],
+        "dpo": ["padded", "packed", "shared"],
+    }
     assert {r["name"] for r in rec["rows"]} == {
         f"{side}-{m}-{v}"
         for m in ("kto", "dpo")
-        for side, v in (
-            ("ours", "cached reference"),
-            ("trl", "defaults"),
-            ("trl", "precompute_ref_log_probs"),
-        )
+        for side, v in [("ours", v) for v in ours_variants[m]]
+        + [("trl", "defaults"), ("trl", "precompute_ref_log_probs")]
     }
     for row in rec["rows"]:
         assert set(row) >= TRAIN_ROW_KEYS
         assert row["steps"] == 2 and row["warmup_steps"] == 1 and row["measured_s"] > 0
         assert row["steps_per_s"] == pytest.approx(1 / row["measured_s"])
         assert 0 <= row["padding_fraction"] < 1
-        assert row["tokens_per_s_processed"] >= row["tokens_per_s_real"] > 0
+        assert row["tokens_per_s_real"] > 0 and row["tokens_per_s_processed"] > 0
         assert row["mfu"] is None  # CPU: no peak FLOPs
         assert row["peak_memory_kind"] == "sampled process RSS during the run" and row["peak_memory_gib"] > 0
         assert row["tokens_per_s_real_with_one_time"] <= row["tokens_per_s_real"]
@@ -94,10 +95,20 @@ def test_train_bench_schema_ratios_provenance(train_record, tmp_path):
     # the peer saw exactly our tokens: same trained non-pad tokens over the run (one epoch of the same data)
     rows = {r["name"]: r for r in rec["rows"]}
     for m in ("kto", "dpo"):
-        ours = rows[f"ours-{m}-cached reference"]["tokens_real_total"]
-        assert ours == rows[f"trl-{m}-defaults"]["tokens_real_total"]
-        assert ours == rows[f"trl-{m}-precompute_ref_log_probs"]["tokens_real_total"]
-    assert rows["ours-kto-cached reference"]["one_time_s"] == pytest.approx(
+        for v in ours_variants[m]:
+            ours = rows[f"ours-{m}-{v}"]["tokens_real_total"]
+            assert ours == rows[f"trl-{m}-defaults"]["tokens_real_total"]
+            assert ours == rows[f"trl-{m}-precompute_ref_log_probs"]["tokens_real_total"]
+        # packing removes the padding; sharing also runs each pair's prompt (KTO: each KL row's prompt) once
+        assert rows[f"ours-{m}-padded"]["padding_fraction"] > 0.05
+        assert (
+            rows[f"ours-{m}-packed"]["padding_fraction"] == rows[f"ours-{m}-shared"]["padding_fraction"] == 0
+        )
+        assert (
+            rows[f"ours-{m}-shared"]["executed_per_trained_token"]
+            < rows[f"ours-{m}-packed"]["executed_per_trained_token"]
+        )
+    assert rows["ours-kto-shared"]["one_time_s"] == pytest.approx(
         rec["reference_pass"]["matched"]["seconds"] + rec["reference_pass"]["kl"]["seconds"]
     )
     # every distinct sequence once: the pairs' (KTO's matched ones are among them), then the new KL rows
@@ -112,7 +123,7 @@ def test_train_bench_schema_ratios_provenance(train_record, tmp_path):
     json_path, md_path = bench.write_results(rec, tmp_path, "t")
     assert bench.read_json_file(json_path)["rows"] == rec["rows"]
     md = md_path.read_text()
-    assert "ours-kto-cached reference" in md and rec["gpu_command"] in md and f"trl {version('trl')}" in md
+    assert "ours-kto-shared + fused KL" in md and rec["gpu_command"] in md and f"trl {version('trl')}" in md
 
 
 def test_eval_bench_schema_ratios_agreement(tmp_path):
@@ -146,16 +157,17 @@ def test_eval_bench_schema_ratios_agreement(tmp_path):
 def test_summarize_excludes_warmup_and_counts_flops():
     log = bench.StepLog(
         times=[5.0, 1.0, 1.0],
-        trained_real=[100, 10, 30],
+        trained=[100, 10, 30],
         processed=[200, 20, 60],
-        nonpad=[150, 15, 45],
-        kl_real=[50, 5, 15],
-        reference_real=[0, 1, 1],
+        grad=[100, 10, 30],
+        kl=[50, 5, 15],
+        reference=[0, 1, 1],
     )
     out = bench.summarize(log, warmup=1, n=1000, peak=1e6)
     assert out["warmup_s"] == 5.0 and out["measured_s"] == 2.0 and out["steps_per_s"] == 1.0
     assert out["tokens_per_s_real"] == 20.0 and out["tokens_per_s_processed"] == 40.0
     assert out["padding_fraction"] == pytest.approx(0.25)
+    assert out["executed_per_trained_token"] == pytest.approx((40 + 20 + 2) / 40)
     flops = 6 * 1000 * 40 + 2 * 1000 * (20 + 2)
     assert out["model_flops_per_s"] == flops / 2 and out["mfu"] == pytest.approx(flops / 2 / 1e6)
     assert out["tokens_real_total"] == 140
