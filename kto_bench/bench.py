@@ -707,9 +707,10 @@ def ratio(rows: list[dict], ours: str, peer: str, metric: str) -> dict[str, Any]
 # ----------------------------------------------------------------------------- eval
 
 
-def eval_lengths(preset: str, n_gen: int, n_mc: int, seed: int) -> tuple[list[int], list[int], str]:
-    """Prompt token lengths: GSM8K 8-shot CoT prompts and MMLU 0-shot prompts from the offline mirrors when
-    cached (about 4 characters per token), else seeded synthetic lengths of the same size."""
+def eval_lengths(preset: str, n_gen: int, n_mc: int, seed: int) -> tuple[int, list[int], list[int], str]:
+    """Token lengths (about 4 characters per token) of the GSM8K 8-shot CoT exemplars every generation
+    prompt starts with, of each prompt's own question, and of MMLU 0-shot prompts: from the offline
+    mirrors when cached, else seeded synthetic lengths of the same size."""
     from kto_bench.assets import cached_path
 
     scale = PRESETS[preset]["eval_scale"]
@@ -719,8 +720,8 @@ def eval_lengths(preset: str, n_gen: int, n_mc: int, seed: int) -> tuple[list[in
         import json
 
         g = [json.loads(x) for x in gsm.read_text().splitlines()[: 8 + n_gen]]
-        shots = "".join(f"Q: {r['question']}\nA: {r['answer']}\n\n" for r in g[:8])
-        gen = [len(shots + f"Q: {r['question']}\nA:") // 4 for r in g[8:]]
+        shots = len("".join(f"Q: {r['question']}\nA: {r['answer']}\n\n" for r in g[:8])) // 4
+        gen = [len(f"Q: {r['question']}\nA:") // 4 for r in g[8:]]
         m = [json.loads(x) for x in mmlu.read_text().splitlines()[:n_mc]]
         mc = [
             len(
@@ -732,29 +733,35 @@ def eval_lengths(preset: str, n_gen: int, n_mc: int, seed: int) -> tuple[list[in
         ]
         source = "lengths of the offline GSM8K/MMLU mirrors (chars/4)"
     else:
-        gen = [rng.randint(800, 1100) for _ in range(n_gen)]
+        shots = 800
+        gen = [rng.randint(30, 200) for _ in range(n_gen)]
         mc = [rng.randint(40, 400) for _ in range(n_mc)]
         source = "synthetic lengths (offline mirrors not cached)"
-    gen = [max(4, round(n * scale)) for n in gen]
+    shots = max(4, round(shots * scale))
+    gen = [max(2, round(n * scale)) for n in gen]
     mc = [max(4, round(n * scale)) for n in mc]
-    return gen, mc, source
+    return shots, gen, mc, source
 
 
 def eval_requests(preset: str, limit: int, seed: int, tok) -> dict[str, Any]:
+    """GSM8K-shaped prompts (one 8-shot exemplar block shared by all, then a question each) and MMLU-shaped
+    log-likelihood requests (a context each, scored with four one-token answer letters)."""
     vocab = PRESETS[preset]["config"]["vocab_size"]
-    gen_len, mc_len, source = eval_lengths(preset, limit, (16 * limit) // 4, seed)
+    shots_len, gen_len, mc_len, source = eval_lengths(preset, limit, (16 * limit) // 4, seed)
     rng = random.Random(f"eval-requests-{seed}")
 
     def text(n: int) -> str:
         return ids_text([rng.randrange(vocab - 2) for _ in range(n)], tok)
 
-    prompts = [text(n) for n in gen_len]
-    ll = [(c, " " + text(1)) for c in (text(n) for n in mc_len) for _ in range(4)]  # 4 one-token choices
+    shots = text(shots_len)
+    prompts = [shots + " " + text(n) for n in gen_len]
+    letters = [" " + text(1) for _ in range(4)]
+    ll = [(c, x) for c in (text(n) for n in mc_len) for x in letters]  # 4 one-token choices
     return {
         "prompts": prompts,
         "loglikelihood": ll,
         "source": source,
-        "prompt_tokens": sum(gen_len),
+        "prompt_tokens": len(prompts) * shots_len + sum(gen_len),
         "ll_tokens": sum(mc_len) * 4 + len(ll),
     }
 
@@ -780,7 +787,7 @@ def bench_eval(s: BenchSettings) -> dict[str, Any]:
     req = eval_requests(s.model_config, limit, s.seed, tok)
     peak = peak_flops(device)
     gen_kwargs = {"until": STOP, "max_gen_toks": max_new, "do_sample": False}
-    engine = Engine(model, tok, batch_size=s.eval_batch_size)
+    engine = Engine(model, tok, batch_size=s.eval_batch_size)  # its defaults: shared contexts and prefixes
     hflm = HFLM(pretrained=model, tokenizer=tok)  # lm-eval's default batch size
     sides: dict[str, dict[str, Callable]] = {
         "ours": {
@@ -815,6 +822,7 @@ def bench_eval(s: BenchSettings) -> dict[str, Any]:
                 fns[task](req["loglikelihood"][:2])
             sync(device)
             warm = time.perf_counter() - t0
+            before = sum(engine.stats.values())
             with PeakMemory(device) as mem:
                 sync(device)
                 t0 = time.perf_counter()
@@ -831,6 +839,9 @@ def bench_eval(s: BenchSettings) -> dict[str, Any]:
                 fwd, n_req = req["prompt_tokens"] + new, len(req["prompts"])
             else:
                 new, fwd, n_req = 0, req["ll_tokens"], len(req["loglikelihood"])
+            # what the forwards ran: ours counts it (shared prefixes and contexts run once, pads
+            # included); for lm-eval the request tokens (its padding uncounted), so its MFU is an upper bound
+            executed = sum(engine.stats.values()) - before if side == "ours" else fwd
             rows.append(
                 {
                     "side": side,
@@ -843,8 +854,9 @@ def bench_eval(s: BenchSettings) -> dict[str, Any]:
                     "requests_per_s": n_req / secs,
                     "generated_tokens": new,
                     "generated_tokens_per_s": new / secs,
-                    "tokens_per_s_processed": fwd / secs,
-                    "mfu": 2 * counts["flops_n"] * fwd / secs / peak if peak else None,
+                    "tokens_per_s_processed": fwd / secs,  # the requests' prompt + generated tokens
+                    "executed_tokens": executed,
+                    "mfu": 2 * counts["flops_n"] * executed / secs / peak if peak else None,
                     **mem.record(),
                 }
             )

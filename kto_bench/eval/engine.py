@@ -1,9 +1,13 @@
 """Batched generation (KV cache) and log-likelihood for Hugging Face causal LMs.
 
-Requests are sorted by token length (longest first, so an out-of-memory batch shows up at once),
-left-padded into batches, and results come back in input order. Left padding keeps every row's
-last token at the last position, so log-likelihood only needs the LM head over the last
-`max continuation length` positions (`logits_to_keep`) instead of a [B, L, V] float32 tensor.
+Requests are sorted by token length (longest first, so an out-of-memory batch shows up at once) and
+results come back in input order.
+
+- Generation left-pads a batch's prompts; a prefix every prompt of the batch starts with (GSM8K's
+  8-shot exemplars) is prefilled once and its KV cache repeated across the batch.
+- Log-likelihood packs each context once with all of its continuations (MMLU's four answer letters)
+  in rows of at most `row_tokens` tokens, with the training code's shared-prompt attention mask, and
+  sends only the positions that predict a continuation token through the LM head.
 
 Tokenisation mimics lm-eval's `_encode_pair`: trailing spaces of the context move to the
 continuation, the whole string is encoded, and the continuation is the part beyond the context's
@@ -13,13 +17,15 @@ own token count.
 from __future__ import annotations
 
 import inspect
+from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
 from kto_bench.errors import EvalError
+from kto_bench.train.logps import collate, scored_token_logps
 
 R = TypeVar("R")
 TokenPair = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
@@ -48,6 +54,15 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix every row starts with."""
+    first, n = rows[0], min(len(r) for r in rows)
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return n
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """Text up to (not including) the earliest occurrence of any stop string."""
     cut = len(text)
@@ -60,10 +75,21 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 class Engine:
     """Greedy/sampled generation and continuation log-likelihood for a loaded HF causal LM."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 64, max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 64,
+        max_length: int | None = None,
+        row_tokens: int = 2048,
+        share_prefix: int = 32,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.row_tokens = row_tokens  # log-likelihood: packed row size (a dense mask is row_tokens²)
+        self.share_prefix = share_prefix  # generation: prefill a batch's common prefix once if this long
         self.device = next(model.parameters()).device
         self.max_length = max_length or int(getattr(model.config, "max_position_embeddings", 2048))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -72,6 +98,7 @@ class Engine:
         self.pad_id = int(pad)
         self.eos_id = tokenizer.eos_token_id
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.stats: Counter = Counter()  # tokens each phase ran (prefill, decode, log-likelihood)
 
     # -- tokenisation -------------------------------------------------------------------------
     @property
@@ -112,9 +139,11 @@ class Engine:
         *,
         desc: str,
         progress: bool,
+        key: Callable[[int], Any] = lambda i: 0,
     ) -> list[R]:
-        """Call run(indices) on length-sorted batches; halve the batch on CUDA OOM; input order out."""
-        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        """Call run(indices) on length-sorted batches (ties broken by `key`, so requests with equal keys
+        meet in a batch); halve the batch on CUDA OOM; input order out."""
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], key(i), i))
         out: list[R | None] = [None] * len(lengths)
         size, start = self.batch_size, 0
         with tqdm(total=len(order), desc=desc, disable=not progress) as bar:
@@ -144,34 +173,37 @@ class Engine:
     def loglikelihood_tokens(
         self, pairs: list[TokenPair], *, progress: bool = True
     ) -> list[tuple[float, bool]]:
-        """Token-level log-likelihood; the window is left-truncated to max_length + 1 tokens."""
-        windows = []
+        """Token-level log-likelihood; the window is left-truncated to max_length + 1 tokens.
+
+        Requests that share a context (MMLU's four answer letters) share one copy of it: they are
+        packed as one prompt with one completion each (`training.layout: shared`'s rule), in rows of
+        at most `row_tokens` tokens, so the context runs once instead of once per continuation."""
+        seqs = []
         for ctx, cont in pairs:
             if not cont:
                 raise EvalError("log-likelihood request with an empty continuation")
             seq = (ctx + cont)[-(self.max_length + 1) :]
-            windows.append((seq[:-1], seq[-len(cont) :]))  # model input, targets (its last positions)
+            n = min(len(cont), len(seq) - 1)  # a continuation longer than the window loses its head
+            seqs.append((tuple(seq[:-n]), tuple(seq[-n:])))
         return self._batched(
-            [len(w[0]) for w in windows],
-            lambda batch: self._loglikelihood_batch([windows[i] for i in batch]),
+            [len(p) + len(c) for p, c in seqs],
+            lambda batch: self._loglikelihood_batch([seqs[i] for i in batch]),
             desc="loglikelihood",
             progress=progress,
+            key=lambda i: seqs[i][0],  # same context, same batch
         )
 
     @torch.inference_mode()
-    def _loglikelihood_batch(self, windows: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        ids, mask, positions = left_pad([w[0] for w in windows], self.pad_id, self.device)
-        n_keep = max(len(w[1]) for w in windows)
-        kwargs = {"logits_to_keep": n_keep} if self._keeps_logits else {}
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
-        logits = logits[:, -n_keep:]  # [B, K, V]: the last K positions predict the last K targets
-        results = []
-        for row, (_, targets) in zip(logits, windows, strict=True):
-            row = row[n_keep - len(targets) :].float().log_softmax(-1)  # [T, V]
-            target = torch.tensor(targets, device=row.device)
-            logp = row.gather(-1, target[:, None]).sum().item()
-            results.append((float(logp), bool((row.argmax(-1) == target).all())))
-        return results
+    def _loglikelihood_batch(
+        self, seqs: list[tuple[tuple[int, ...], tuple[int, ...]]]
+    ) -> list[tuple[float, bool]]:
+        batch = collate(seqs, self.pad_id, self.device, "shared", self.row_tokens)
+        self.stats["loglikelihood_tokens"] += batch["input_ids"].numel()
+        logps, greedy = scored_token_logps(self.model, batch)
+        owner, n = batch["owner"], len(seqs)
+        sums = logps.new_zeros(n).index_add(0, owner, logps)
+        misses = torch.zeros(n, dtype=torch.long, device=owner.device).index_add(0, owner, (~greedy).long())
+        return [(float(v), not bool(m)) for v, m in zip(sums.tolist(), misses.tolist(), strict=True)]
 
     # -- generation ---------------------------------------------------------------------------
     def generate(
@@ -201,6 +233,38 @@ class Engine:
             progress=progress,
         )
 
+    def _prefill(self, rows: list[list[int]]):
+        """Run the prompts once, filling the KV cache: (output, attention mask, position ids).
+
+        A prefix common to every row (the few-shot exemplars) of at least `share_prefix` tokens runs
+        once and its cache is repeated across the batch; the rest of each prompt is left-padded after
+        it (the mask has a hole between prefix and suffix, positions continue from the prefix)."""
+        kwargs = {"logits_to_keep": 1} if self._keeps_logits else {}
+        shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
+        if len(rows) == 1 or shared < self.share_prefix:
+            ids, mask, positions = left_pad(rows, self.pad_id, self.device)
+            self.stats["prefill_tokens"] += ids.numel()
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs
+            )
+            return out, mask, positions
+        prefix = torch.tensor([rows[0][:shared]], device=self.device)
+        cache = self.model(input_ids=prefix, use_cache=True, **kwargs).past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        ids, suffix_mask, suffix_positions = left_pad([r[shared:] for r in rows], self.pad_id, self.device)
+        self.stats["prefill_tokens"] += shared + ids.numel()
+        mask = torch.cat([torch.ones_like(ids[:, :1]).expand(-1, shared), suffix_mask], dim=1)
+        positions = suffix_positions + shared
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            **kwargs,
+        )
+        return out, mask, positions
+
     @torch.inference_mode()
     def _generate_batch(
         self,
@@ -211,9 +275,7 @@ class Engine:
         top_p: float,
         generator: torch.Generator,
     ) -> list[str]:
-        ids, mask, positions = left_pad(rows, self.pad_id, self.device)
-        kwargs = {"logits_to_keep": 1} if self._keeps_logits else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        out, mask, positions = self._prefill(rows)
         cache, next_pos = out.past_key_values, positions[:, -1:] + 1
         generated: list[list[int]] = [[] for _ in rows]
         done = [False] * len(rows)
@@ -247,5 +309,6 @@ class Engine:
                 use_cache=True,
             )
             cache, next_pos = out.past_key_values, next_pos + 1
+            self.stats["decode_tokens"] += len(rows)
         texts = [self.tokenizer.decode(g, skip_special_tokens=False) for g in generated]
         return [cut_at_stop(t, stop) for t in texts]

@@ -181,18 +181,20 @@ def attention_mask_for(model, doc: torch.Tensor, seg: torch.Tensor, dtype: torch
 
 def _head_logps(
     head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each target, whether it is the argmax) for a chunk of hidden states."""
     logits = head(hidden)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # [chunk, vocab], ≥ fp32
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return torch.gather(logits.log_softmax(-1), 1, targets[:, None]).squeeze(1)
+    logps = torch.gather(logits.log_softmax(-1), 1, targets[:, None]).squeeze(1)
+    return logps, logits.argmax(-1) == targets
 
 
-def sequence_logps(
+def scored_token_logps(
     model, batch: dict[str, torch.Tensor], chunk_tokens: int = 4096
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed completion log-probs [S], scored completion token counts [S]) for a collated batch."""
+    """(log-prob [N], is-greedy [N]) of every scored token of a collated batch (order of `batch["tgt"]`)."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     if "doc" in batch:
         dtype = next(model.parameters()).dtype
@@ -204,18 +206,28 @@ def sequence_logps(
     selected = hidden.reshape(-1, hidden.shape[-1])[batch["src"]]  # [N, H]
     targets = batch["tgt"]
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    parts = []
+    logps, greedy = [], []
     for start in range(0, selected.shape[0], chunk_tokens):
         h, t = selected[start : start + chunk_tokens], targets[start : start + chunk_tokens]
         if torch.is_grad_enabled() and h.requires_grad:
-            parts.append(checkpoint(_head_logps, head, h, t, softcap, use_reentrant=False))
+            lp, g = checkpoint(_head_logps, head, h, t, softcap, use_reentrant=False)
         else:
-            parts.append(_head_logps(head, h, t, softcap))
-    dtype = torch.promote_types(hidden.dtype, torch.float32)
-    token_logps = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=dtype)
-    n = int(batch["n_seqs"])
-    owner = batch["owner"]
-    sums = torch.zeros(n, dtype=dtype, device=hidden.device).index_add(0, owner, token_logps)
+            lp, g = _head_logps(head, h, t, softcap)
+        logps.append(lp)
+        greedy.append(g)
+    if not logps:
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        return hidden.new_zeros(0, dtype=dtype), torch.zeros(0, dtype=torch.bool, device=hidden.device)
+    return torch.cat(logps), torch.cat(greedy)
+
+
+def sequence_logps(
+    model, batch: dict[str, torch.Tensor], chunk_tokens: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed completion log-probs [S], scored completion token counts [S]) for a collated batch."""
+    token_logps, _ = scored_token_logps(model, batch, chunk_tokens)
+    n, owner = int(batch["n_seqs"]), batch["owner"]
+    sums = token_logps.new_zeros(n).index_add(0, owner, token_logps)
     return sums, torch.bincount(owner, minlength=n)
 
 

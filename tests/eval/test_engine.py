@@ -105,6 +105,35 @@ def test_batched_loglikelihood_matches_unbatched(lm):
         assert logp < 0
 
 
+@pytest.mark.parametrize("row_tokens", [12, 2048])
+def test_requests_sharing_a_context_run_it_once_and_match_the_plain_path(lm, row_tokens):
+    model, tok = lm
+    engine = Engine(model, tok, batch_size=8, row_tokens=row_tokens)
+    context = "The following are multiple choice questions.\nAnswer:"
+    requests = [(context, x) for x in (" A", " B", " C", " D and more")] + [("Other context:", " A")]
+    got = engine.loglikelihood(requests, progress=False)
+    for (ctx, cont), (logp, greedy) in zip(requests, got, strict=True):
+        want_logp, want_greedy = naive_loglikelihood(model, *engine.encode_pair(ctx, cont))
+        assert logp == pytest.approx(want_logp, abs=1e-4) and greedy == want_greedy
+    if row_tokens == 2048:  # each context ran once for all its continuations (one packed row, no padding)
+        pairs = [engine.encode_pair(c, x) for c, x in requests]
+        contexts = {tuple(c) for c, _ in pairs}
+        assert len(contexts) == 2
+        assert engine.stats["loglikelihood_tokens"] == sum(map(len, contexts)) + sum(len(x) for _, x in pairs)
+
+
+def test_a_shared_few_shot_prefix_is_prefilled_once_with_the_same_output(lm):
+    model, tok = lm
+    shots = "Q: one\nA: 1\n\nQ: two\nA: 2\n\nQ: three\nA: 3\n\n"
+    prompts = [shots + f"Q: {q}\nA:" for q in ("four", "five and six", "seven")]
+    shared = Engine(model, tok, batch_size=3, share_prefix=8)
+    plain = Engine(model, tok, batch_size=3, share_prefix=10**9)
+    got = shared.generate(prompts, max_new_tokens=10, progress=False)
+    assert got == plain.generate(prompts, max_new_tokens=10, progress=False)
+    assert got == [tok.decode(naive_generate(model, tok, p, 10)) for p in prompts]
+    assert shared.stats["prefill_tokens"] < plain.stats["prefill_tokens"] - len(tok.encode(shots))
+
+
 def test_greedy_continuation_is_flagged(lm):
     model, tok = lm
     engine = Engine(model, tok)
