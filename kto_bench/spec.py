@@ -247,13 +247,27 @@ class EvaluationSpec(Strict):
     tasks: list[EvalTaskSpec] = Field(default_factory=list)
     backend: Literal["engine", "hf", "vllm"] = "engine"
     batch_size: int = Field(64, gt=0)
+    decode: Literal["dynamic", "static"] = Field(
+        "dynamic",
+        description="engine KV cache: dynamic (finished rows leave the batch, shared few-shot prefix) or "
+        "static (preallocated, fixed shapes per step)",
+    )
+    compile: bool = Field(False, description="engine: compile the decoding step (CUDA graphs); needs static")
     seed: int = 1234
     allow_code_execution: bool = False
     evaluate_base: bool = True
     judge: JudgeSpec | None = None
 
+    def engine_options(self) -> dict:
+        """Keyword arguments of our `Engine` (the one place that maps these fields onto it)."""
+        return {"batch_size": self.batch_size, "decode": self.decode, "compile_decode": self.compile}
+
     @model_validator(mode="after")
     def _unique_tasks(self) -> EvaluationSpec:
+        if self.compile and self.decode != "static":
+            raise ValueError(
+                "evaluation.compile needs evaluation.decode: static (CUDA graphs need fixed shapes)"
+            )
         names = [t.name for t in self.tasks]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -105,6 +105,7 @@ def run_evaluation(
                     tokenizer,
                     batch_size=evaluation.batch_size,
                     seed=evaluation.seed,
+                    engine_options=evaluation.engine_options(),
                 )
             raw = evaluate_task(
                 lm,

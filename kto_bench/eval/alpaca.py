@@ -333,7 +333,8 @@ def run_alpaca_eval(
         "seed": seed,
         "chat_template": bool(getattr(tokenizer, "chat_template", None)),
     }
-    engine = Engine(model, tokenizer, batch_size=batch_size)
+    options = evaluation.engine_options() if hasattr(evaluation, "engine_options") else {}
+    engine = Engine(model, tokenizer, **(options | {"batch_size": batch_size}))
     prompts = [render_prompt(tokenizer, it.instruction) for it in items]
     outputs = engine.generate(
         prompts,

@@ -84,12 +84,24 @@ class Engine:
         max_length: int | None = None,
         row_tokens: int = 2048,
         share_prefix: int = 32,
+        decode: str = "dynamic",
+        compile_decode: bool = False,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.row_tokens = row_tokens  # log-likelihood: packed row size (a dense mask is row_tokens²)
         self.share_prefix = share_prefix  # generation: prefill a batch's common prefix once if this long
+        if decode not in ("dynamic", "static"):
+            raise EvalError(f"decode must be 'dynamic' or 'static', got {decode!r}")
+        if compile_decode and decode != "static":
+            raise EvalError("compile_decode needs decode='static' (CUDA graphs need fixed shapes)")
+        self.decode = decode  # static: a preallocated KV cache, fixed shapes per step (for CUDA graphs)
+        self._compiled_step = (
+            torch.compile(self._decode_step, mode="reduce-overhead", dynamic=False)
+            if compile_decode
+            else None
+        )
         self.device = next(model.parameters()).device
         self.max_length = max_length or int(getattr(model.config, "max_position_embeddings", 2048))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -233,14 +245,35 @@ class Engine:
             progress=progress,
         )
 
-    def _prefill(self, rows: list[list[int]]):
+    def _prefill(self, rows: list[list[int]], max_new_tokens: int):
         """Run the prompts once, filling the KV cache: (output, attention mask, position ids).
 
-        A prefix common to every row (the few-shot exemplars) of at least `share_prefix` tokens runs
-        once and its cache is repeated across the batch; the rest of each prompt is left-padded after
-        it (the mask has a hole between prefix and suffix, positions continue from the prefix)."""
+        With the static cache the mask already spans every position the batch will reach (zeros ahead),
+        so each decoding step has the same shapes (what CUDA graphs need). Otherwise a prefix common to
+        every row (the few-shot exemplars) of at least `share_prefix` tokens runs once and its cache is
+        repeated across the batch; the rest of each prompt is left-padded after it (the mask has a
+        hole between prefix and suffix, positions continue from the prefix)."""
         kwargs = {"logits_to_keep": 1} if self._keeps_logits else {}
         shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
+        if self.decode == "static":
+            from transformers import StaticCache
+
+            ids, mask, positions = left_pad(rows, self.pad_id, self.device)
+            width = ids.shape[1]
+            slots = -(-(width + max_new_tokens) // 256) * 256  # few distinct shapes: few compilations
+            cache = StaticCache(config=self.model.config, max_cache_len=slots)
+            mask = torch.cat([mask, mask.new_zeros(len(rows), slots - width)], dim=1)
+            self.stats["prefill_tokens"] += ids.numel()
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                cache_position=torch.arange(width, device=self.device),
+                use_cache=True,
+                **kwargs,
+            )
+            return out, mask, positions
         if len(rows) == 1 or shared < self.share_prefix:
             ids, mask, positions = left_pad(rows, self.pad_id, self.device)
             self.stats["prefill_tokens"] += ids.numel()
@@ -265,6 +298,16 @@ class Engine:
         )
         return out, mask, positions
 
+    def _decode_step(self, token, mask, position, cache, cache_position):
+        return self.model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=position,
+            past_key_values=cache,
+            cache_position=cache_position,
+            use_cache=True,
+        ).logits[:, -1]
+
     @torch.inference_mode()
     def _generate_batch(
         self,
@@ -275,19 +318,22 @@ class Engine:
         top_p: float,
         generator: torch.Generator,
     ) -> list[str]:
-        out, mask, positions = self._prefill(rows)
-        cache, next_pos = out.past_key_values, positions[:, -1:] + 1
+        out, mask, positions = self._prefill(rows, max_new_tokens)
+        cache, next_pos, logits = out.past_key_values, positions[:, -1:] + 1, out.logits[:, -1]
+        width = positions.shape[1]  # cache slot of the first generated token (static cache)
+        step_fn = self._compiled_step or self._decode_step
         generated: list[list[int]] = [[] for _ in rows]
         done = [False] * len(rows)
+        active = list(range(len(rows)))  # the rows still in the batch (dynamic cache), in cache order
         stop_window = max((len(s) for s in stop), default=0) + 2  # tokens are >= 1 char, mostly
-        for _ in range(max_new_tokens):
-            logits = out.logits[:, -1].float()  # [B, V]
+        for step in range(max_new_tokens):
+            logits = logits.float()  # [active, V]
             if temperature > 0:
                 probs = top_p_filter(logits / temperature, top_p).softmax(-1)
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             else:
                 token = logits.argmax(-1)
-            for i, t in enumerate(token.tolist()):
+            for i, t in zip(active, token.tolist(), strict=True):
                 if done[i]:
                     continue
                 if t == self.eos_id:
@@ -297,18 +343,24 @@ class Engine:
                 if stop:
                     tail = self.tokenizer.decode(generated[i][-stop_window:], skip_special_tokens=False)
                     done[i] = any(s in tail for s in stop)
-            if all(done):
+            if all(done) or step == max_new_tokens - 1:
                 break
-            token = token.masked_fill(torch.tensor(done, device=token.device), self.pad_id)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = self.model(
-                input_ids=token[:, None],
-                attention_mask=mask,
-                position_ids=next_pos,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache, next_pos = out.past_key_values, next_pos + 1
-            self.stats["decode_tokens"] += len(rows)
+            keep = [j for j, i in enumerate(active) if not done[i]]
+            if self.decode == "dynamic" and len(keep) <= 0.75 * len(active):  # drop finished rows
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                token, mask, next_pos = token[index], mask[index], next_pos[index]
+                active = [active[j] for j in keep]
+            finished = torch.tensor([done[i] for i in active], device=self.device)
+            token = token.masked_fill(finished, self.pad_id)
+            if self.decode == "static":
+                mask[:, width + step] = 1
+                cache_position = torch.tensor([width + step], device=self.device)
+            else:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                cache_position = None
+            logits = step_fn(token, mask, next_pos, cache, cache_position)
+            next_pos = next_pos + 1
+            self.stats["decode_tokens"] += len(active)
         texts = [self.tokenizer.decode(g, skip_special_tokens=False) for g in generated]
         return [cut_at_stop(t, stop) for t in texts]

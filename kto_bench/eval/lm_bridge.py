@@ -104,11 +104,19 @@ class EngineLM(LM):
 
 
 def build_lm(
-    backend: str, model, tokenizer, *, batch_size: int, seed: int, max_gen_toks: int | None = None
+    backend: str,
+    model,
+    tokenizer,
+    *,
+    batch_size: int,
+    seed: int,
+    max_gen_toks: int | None = None,
+    engine_options: dict | None = None,
 ) -> LM:
     """The lm-eval model for a backend: our engine, lm-eval's own HFLM, or vLLM."""
     if backend == "engine":
-        return EngineLM(Engine(model, tokenizer, batch_size=batch_size), seed=seed, max_gen_toks=max_gen_toks)
+        options = (engine_options or {}) | {"batch_size": batch_size}
+        return EngineLM(Engine(model, tokenizer, **options), seed=seed, max_gen_toks=max_gen_toks)
     if backend == "hf":
         from lm_eval.models.huggingface import HFLM
 

@@ -55,11 +55,31 @@ def test_greedy_generation_matches_per_prompt_hf_generate(lm):
     assert all(len(g) > 0 for g in got)
 
 
-def test_generation_is_deterministic_and_independent_of_batch_size(lm):
+@pytest.mark.parametrize("decode", ["dynamic", "static"])
+def test_generation_is_deterministic_and_independent_of_batch_size(lm, decode):
     model, tok = lm
-    a = Engine(model, tok, batch_size=1).generate(PROMPTS, max_new_tokens=8, progress=False)
-    b = Engine(model, tok, batch_size=64).generate(PROMPTS, max_new_tokens=8, progress=False)
-    assert a == b
+    a = Engine(model, tok, batch_size=1, decode=decode).generate(PROMPTS, max_new_tokens=8, progress=False)
+    b = Engine(model, tok, batch_size=64, decode=decode).generate(PROMPTS, max_new_tokens=8, progress=False)
+    assert a == b == [tok.decode(naive_generate(model, tok, p, 8)) for p in PROMPTS]
+
+
+def test_finished_rows_leave_the_batch_without_changing_the_others(lm):
+    """EOS-heavy decoding: most rows stop early, the batch shrinks, the survivors' text is unchanged."""
+    model, tok = lm
+    engine = Engine(model, tok, batch_size=len(PROMPTS))
+    stop_early = engine.generate(PROMPTS, max_new_tokens=12, stop=["e", "a"], progress=False)
+    decoded = engine.stats["decode_tokens"]
+    alone = [engine.generate([p], max_new_tokens=12, stop=["e", "a"], progress=False)[0] for p in PROMPTS]
+    assert stop_early == alone
+    assert decoded < len(PROMPTS) * 11  # fewer rows decoded than the full batch for 11 steps
+
+
+def test_compiled_decoding_needs_the_static_cache(lm):
+    model, tok = lm
+    with pytest.raises(EvalError, match="decode='static'"):
+        Engine(model, tok, compile_decode=True)
+    with pytest.raises(EvalError, match="'dynamic' or 'static'"):
+        Engine(model, tok, decode="paged")
 
 
 def test_stop_strings_cut_the_completion(lm):

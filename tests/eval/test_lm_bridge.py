@@ -13,6 +13,7 @@ from kto_bench.errors import EvalError
 from kto_bench.eval import run_evaluation
 from kto_bench.eval.engine import Engine
 from kto_bench.eval.lm_bridge import EngineLM, build_lm
+from kto_bench.spec import EvaluationSpec
 
 from . import char_tokenizer, tiny_llama
 
@@ -35,9 +36,9 @@ def task(name, variant="stock", **kw):
 
 
 def evaluation(tasks, **kw):
-    return NS(
-        tasks=tasks, **{**dict(backend="engine", batch_size=4, seed=1234, allow_code_execution=False), **kw}
-    )
+    """A real EvaluationSpec (built without validation: the tasks are plain namespaces here)."""
+    defaults = dict(backend="engine", batch_size=4, seed=1234, allow_code_execution=False)
+    return EvaluationSpec.model_construct(tasks=tasks, **{**defaults, **kw})
 
 
 def read_samples(path: Path) -> list[dict]:
