@@ -66,6 +66,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_scale": 1.0,
         "max_new_tokens": 256,
     },
+    "small": {  # CPU-sized model, real sequence lengths: what a CPU run can say about layouts and sharing
+        "config": dict(
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=768,
+            vocab_size=8192,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+        ),
+        "prompt": (64, 512),
+        "completion": (32, 512),
+        "max_length": 1024,
+        "eval_scale": 1.0,
+        "max_new_tokens": 64,
+    },
     "tiny": {
         "config": dict(
             hidden_size=64,
@@ -370,7 +387,7 @@ def run_ours(
     )
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=device.type != "cuda")
     disable_dropout(model)
-    attention = use_attention(model, run.training.attention, run.training.layout, device)
+    attention, row_tokens = use_attention(model, run.training, PRESETS[s.model_config]["max_length"], device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=s.lr, betas=run.training.adam_betas, weight_decay=0.0
     )
@@ -388,6 +405,7 @@ def run_ours(
         log=lambda step, m: None,
         accelerator=acc,
         module=module,
+        row_tokens=row_tokens,
     )
     log = StepLog()
     for b in range(s.steps):
@@ -409,14 +427,18 @@ def run_ours(
         "layout": run.training.layout,
         "kl_pass": run.training.kl_pass if method == "kto" else None,
         "attention": attention,
+        "row_tokens": row_tokens,
     }
 
 
 def fill_reference(model, data, root: Path, s: BenchSettings, device: torch.device):
     """The one-time reference pass: the pair/matched sequences first, then KTO's KL sequences, timed apart."""
-    from kto_bench.train.logps import collate, sequence_logps
+    from kto_bench.spec import TrainingSpec
+    from kto_bench.train.logps import collate, sequence_logps, use_attention
     from kto_bench.train.refcache import ReferenceCache, fill
 
+    training = TrainingSpec()  # the reference pass of `kto-bench run` at its defaults
+    _, row_tokens = use_attention(model, training, PRESETS[s.model_config]["max_length"], device)
     cache = ReferenceCache(root, "bench", str(dtype_for(device)))
     matched = list(dict.fromkeys(data.sequences[i] for pr in data.pairs for i in pr))
     matched += list(dict.fromkeys(data.sequences[i] for i, _ in data.binary))
@@ -438,6 +460,8 @@ def fill_reference(model, data, root: Path, s: BenchSettings, device: torch.devi
             pad_id=model.config.vocab_size - 1,
             batch_size=s.reference_batch_size,
             device=device,
+            layout=training.layout,
+            row_tokens=row_tokens,
         )
         sync(device)
         out[name] = {

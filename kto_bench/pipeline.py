@@ -186,7 +186,7 @@ def stage_reference(run: RunSpec, store: RunStore, results_root: Path) -> None:
         tok = models.load_tokenizer(run.model, where)
         model = models.load_model(run.model, where, device()).eval()
         t = run.training
-        use_attention(model, t.attention, t.layout, device())
+        _, row_tokens = use_attention(model, t, run.data.max_length, device())
         with _progress(f"reference {store.run_id}", len(todo)) as advance:
             fill(
                 cache,
@@ -196,7 +196,7 @@ def stage_reference(run: RunSpec, store: RunStore, results_root: Path) -> None:
                 batch_size=t.reference_batch_size,
                 device=device(),
                 layout=t.layout,
-                row_tokens=t.reference_row_tokens,
+                row_tokens=row_tokens,
                 progress=advance,
             )
         del model

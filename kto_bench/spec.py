@@ -211,8 +211,11 @@ class TrainingSpec(Strict):
     attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field(
         "auto", description="attention kernel; auto = flex_attention for packed layouts on CUDA, else sdpa"
     )
-    reference_row_tokens: int = Field(
-        4096, gt=0, description="packed row size of the reference pass (tokens per row)"
+    row_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="packed row size in tokens (training and reference pass); None = one row per microbatch "
+        "under flex_attention (block-sparse), else rows of 2 × data.max_length (a dense mask costs row²)",
     )
 
 

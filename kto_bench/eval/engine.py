@@ -82,7 +82,7 @@ class Engine:
         *,
         batch_size: int = 64,
         max_length: int | None = None,
-        row_tokens: int = 2048,
+        row_tokens: int = 1024,
         share_prefix: int = 32,
         decode: str = "dynamic",
         compile_decode: bool = False,

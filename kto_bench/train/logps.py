@@ -3,8 +3,8 @@
 Layouts (`training.layout`), all giving the same per-sequence log-probs up to float rounding:
 
     padded   one sequence per row, right-padded (the peers' layout; plain causal attention)
-    packed   sequences laid end to end in rows of at most `row_tokens` tokens (first-fit decreasing),
-             each attending only to itself: no padding inside a row
+    packed   sequences laid end to end in about total / `row_tokens` rows of nearly equal length, each
+             attending only to itself: padding only where rows differ
     shared   packed, and sequences with the same prompt share one copy of it: a DPO pair's chosen and
              rejected completions (and a KTO example's KL completion) both attend to the one prompt
 
@@ -50,22 +50,19 @@ def group_tokens(group: Group) -> int:
 
 
 def pack_rows(groups: list[Group], row_tokens: int | None) -> list[list[Group]]:
-    """First-fit-decreasing bins of at most `row_tokens` tokens (a longer group gets a row of its own);
-    None puts everything in one row."""
-    if row_tokens is None:
-        return [groups] if groups else []
-    rows: list[list[Group]] = []
-    room: list[int] = []
+    """Groups spread over ceil(total / row_tokens) rows, largest first onto the emptiest row, so the rows
+    end up nearly equal (padding is what the longest row has over the others); None: one row."""
+    if not groups:
+        return []
+    total = sum(map(group_tokens, groups))
+    n_rows = 1 if row_tokens is None else max(1, -(-total // row_tokens))
+    rows: list[list[Group]] = [[] for _ in range(n_rows)]
+    load = [0] * n_rows
     for g in sorted(groups, key=group_tokens, reverse=True):
-        n = group_tokens(g)
-        slot = next((r for r, free in enumerate(room) if free >= n), None)
-        if slot is None:
-            rows.append([g])
-            room.append(row_tokens - n)
-        else:
-            rows[slot].append(g)
-            room[slot] -= n
-    return rows
+        r = load.index(min(load))
+        rows[r].append(g)
+        load[r] += group_tokens(g)
+    return [row for row in rows if row]
 
 
 def collate(
@@ -155,12 +152,21 @@ def choose_attention(requested: str, layout: str, device: torch.device | str) ->
     return "flex_attention" if layout != "padded" and torch.device(device).type == "cuda" else "sdpa"
 
 
-def use_attention(model, requested: str, layout: str, device: torch.device | str) -> str:
-    """Switch the model to the kernel `choose_attention` picks; returns its name."""
-    impl = choose_attention(requested, layout, device)
+def choose_row_tokens(requested: int | None, attention: str, max_length: int) -> int | None:
+    """Packed row size: as requested, else one row (None) under FlexAttention, whose block mask skips the
+    pairs of sequences that never meet, and rows of 2 × max_length under a dense mask, whose cost grows
+    with the square of the row (so a row costs no more attention than two padded rows)."""
+    if requested is not None:
+        return requested
+    return None if attention == "flex_attention" else 2 * max_length
+
+
+def use_attention(model, training, max_length: int, device: torch.device | str) -> tuple[str, int | None]:
+    """Switch the model to the kernel `choose_attention` picks for a TrainingSpec; (kernel, row tokens)."""
+    impl = choose_attention(training.attention, training.layout, device)
     if getattr(model.config, "_attn_implementation", None) != impl:
         model.set_attn_implementation(impl)
-    return impl
+    return impl, choose_row_tokens(training.row_tokens, impl, max_length)
 
 
 def attention_mask_for(model, doc: torch.Tensor, seg: torch.Tensor, dtype: torch.dtype):

@@ -107,7 +107,7 @@ def policy_logps(model, ctx: Context, seqs: list) -> tuple[torch.Tensor, torch.T
     """(log-probs, scored token counts, token counts of the forward) of sequences, in the run's layout.
 
     `model` is the prepared `LogProbs` module (DDP/FSDP-wrapped when there are several processes)."""
-    batch = collate(seqs, ctx.pad_id, ctx.accelerator.device, ctx.run.training.layout)
+    batch = collate(seqs, ctx.pad_id, ctx.accelerator.device, ctx.run.training.layout, ctx.row_tokens)
     logps, lengths = model(**batch)
     grad = "grad" if torch.is_grad_enabled() else "nograd"
     counts = token_counts(batch)
@@ -205,6 +205,7 @@ class Context:
     accelerator: object
     progress: Callable[[int, int], None] = lambda step, total: None
     module: torch.nn.Module | None = None  # set by train(): the prepared LogProbs module (see model_state)
+    row_tokens: int | None = None  # set by train(): packed row size (`logps.use_attention`)
 
 
 def train_step(model, ctx: Context, batch_ids: list[int], optimizer, scheduler) -> dict[str, float]:
@@ -307,7 +308,7 @@ def train(model, ctx: Context) -> dict:
     disable_dropout(model)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    attention = use_attention(model, t.attention, t.layout, acc.device)
+    attention, ctx.row_tokens = use_attention(model, t, ctx.run.data.max_length, acc.device)
     if t.compile:  # the decoder is where the FLOPs are; the LM head runs in checkpointed chunks beside it
         model.get_decoder().compile(dynamic=True)
     p = plan(ctx.run, batch_token_counts(ctx.data, ctx.run.method.type), acc.num_processes)
@@ -367,6 +368,7 @@ def train(model, ctx: Context) -> dict:
         "layout": t.layout,
         "kl_pass": t.kl_pass,
         "attention": attention,
+        "row_tokens": ctx.row_tokens,
         "stopped": None,
     }
 

@@ -13,7 +13,9 @@ from kto_bench.data.tokenize import seq_key
 from kto_bench.train.logps import (
     allowed,
     choose_attention,
+    choose_row_tokens,
     collate,
+    group_tokens,
     groups_of,
     naive_sequence_logps,
     pack_rows,
@@ -133,13 +135,16 @@ def test_every_scored_token_is_predicted_by_its_own_sequence(seqs, row_tokens, l
     assert token_counts(b)["nonpad"] == sum(map(len, prompts)) + sum(len(c) for _, c in seqs)
 
 
-def test_rows_respect_the_budget_and_never_split_a_group():
-    groups = groups_of(SEQS, share_prompts=True)
-    rows = pack_rows(groups, 9)
+@settings(max_examples=60, deadline=None)
+@given(seqs=seqs_strategy, row_tokens=st.integers(1, 30))
+def test_rows_are_balanced_and_never_split_a_group(seqs, row_tokens):
+    groups = groups_of(seqs, share_prompts=True)
+    rows = pack_rows(groups, row_tokens)
     assert sorted(g[0] for row in rows for g in row) == sorted(g[0] for g in groups)
-    for row in rows:
-        size = sum(len(p) + sum(len(c) for _, c in cs) for p, cs in row)
-        assert size <= 9 or len(row) == 1
+    total = sum(map(group_tokens, groups))
+    assert len(rows) <= -(-total // row_tokens)
+    loads = [sum(map(group_tokens, row)) for row in rows]
+    assert max(loads) - min(loads) <= max(map(group_tokens, groups))  # greedy balance bound
 
 
 def test_attention_choice():
@@ -147,6 +152,9 @@ def test_attention_choice():
     assert choose_attention("auto", "padded", "cuda") == "sdpa"
     assert choose_attention("auto", "shared", "cpu") == "sdpa"
     assert choose_attention("eager", "shared", "cuda") == "eager"
+    assert choose_row_tokens(None, "flex_attention", 1024) is None  # one block-sparse row
+    assert choose_row_tokens(None, "sdpa", 1024) == 2048  # dense masks: bounded rows
+    assert choose_row_tokens(300, "flex_attention", 1024) == 300
 
 
 def test_unknown_layout_is_refused():

@@ -97,18 +97,26 @@ def test_loss_falls_and_is_bit_for_bit_reproducible(tmp_path, method):
         ("kto", ", layout: packed"),
         ("kto", ", layout: shared"),
         ("kto", ", layout: shared, kl_pass: fused"),
+        ("kto", ", layout: shared, row_tokens: 40"),
         ("kto", ", layout: padded, kl_pass: fused"),
     ],
 )
 def test_fast_layouts_and_fused_kl_give_the_plain_curve(tmp_path, method, training):
-    plain, _, _ = run_training(tmp_path / "plain", method, training=", layout: padded")
+    plain_logged: list[dict] = []
+    plain, _, _ = run_training(tmp_path / "plain", method, training=", layout: padded", logged=plain_logged)
     logged: list[dict] = []
     fast, summary, _ = run_training(tmp_path / "fast", method, training=training, logged=logged)
     assert fast == pytest.approx(plain, rel=1e-4, abs=1e-6)
     assert f"layout: {summary['layout']}" in training and summary["attention"] == "sdpa"
-    steps = [m["throughput/padding_fraction"] for m in logged]
-    assert all(f == 0 for f in steps) if "padded" not in training else all(f > 0 for f in steps)
-    assert all(m["tokens/trained"] > 0 for m in logged)
+    assert summary["row_tokens"] == (40 if "row_tokens" in training else 2 * 48)  # dense masks: bounded rows
+
+    def padding(log: list[dict]) -> float:
+        return sum(m["throughput/padding_fraction"] for m in log) / len(log)
+
+    assert padding(plain_logged) > 0.05
+    if "padded" not in training:  # packing: balanced rows of whole sequences
+        assert padding(logged) < 0.05
+    assert [m["tokens/trained"] for m in logged] == [m["tokens/trained"] for m in plain_logged]
     if "fused" in training:  # the KL rows ride in the trained forward: no separate no-grad forward
         assert all("tokens/nonpad_nograd" not in m for m in logged)
     elif method == "kto":
