@@ -167,3 +167,28 @@ def test_reference_cache_entries_match_the_plain_path(model, plain, tmp_path, la
     cache = ReferenceCache(tmp_path, "m", "float64")
     fill(cache, model, SEQS, pad_id=PAD, batch_size=4, device="cpu", layout=layout, row_tokens=row_tokens)
     assert [cache.entries[seq_key(s)] for s in SEQS] == pytest.approx(plain[0].tolist(), rel=1e-7)
+
+
+def test_flex_block_mask_gives_the_dense_mask_attention():
+    """The BlockMask built for FlexAttention (CUDA's kernel) attends exactly as the dense SDPA mask: run
+    eagerly on CPU (FlexAttention's reference implementation, forward only)."""
+    import warnings
+    from types import SimpleNamespace
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from kto_bench.train.logps import attention_mask_for
+
+    b = collate(SEQS, PAD, layout="shared", row_tokens=9)
+    flex = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flex_attention"))
+    block_mask = attention_mask_for(flex, b["doc"], b["seg"], torch.float32)
+    rows, n = b["doc"].shape
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(rows, 2, n, 8) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile"
+        out = flex_attention(q, k, v, block_mask=block_mask)
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed(b["doc"], b["seg"])[:, None]
+    )
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
