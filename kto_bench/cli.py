@@ -203,7 +203,11 @@ def ls(kind: str = typer.Argument("all", help="sources, methods, tasks, claims, 
 def bench(
     kind: str = typer.Argument(..., help="train or eval"),
     against: str = typer.Option(None, "--against", help="trl (train) or lm-eval-hf (eval); default by kind"),
-    model_config: str = typer.Option("qwen2.5-0.5b", "--model-config", help="qwen2.5-0.5b (the GPU targets), small (CPU, real lengths) or tiny (CPU, CI)"),
+    model_config: str = typer.Option(
+        "qwen2.5-0.5b",
+        "--model-config",
+        help="qwen2.5-0.5b (the GPU targets), small (CPU, real lengths) or tiny (CPU, CI)",
+    ),
     steps: int = typer.Option(20, "--steps", help="optimizer steps per contender, warm-up included"),
     warmup: int = typer.Option(2, "--warmup", help="first steps timed apart and excluded from throughput"),
     limit: int = typer.Option(None, "--limit", help="eval: generation requests (log-likelihood gets 16x)"),

@@ -251,9 +251,9 @@ class EvaluationSpec(Strict):
     backend: Literal["engine", "hf", "vllm"] = "engine"
     batch_size: int = Field(64, gt=0)
     decode: Literal["dynamic", "static"] = Field(
-        "dynamic",
-        description="engine KV cache: dynamic (finished rows leave the batch, shared few-shot prefix) or "
-        "static (preallocated, fixed shapes per step)",
+        "static",
+        description="engine KV cache: static (preallocated, written in place, fixed shapes per step) or "
+        "dynamic (grown by concatenation; finished rows leave the batch)",
     )
     compile: bool = Field(False, description="engine: compile the decoding step (CUDA graphs); needs static")
     seed: int = 1234

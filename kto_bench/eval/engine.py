@@ -84,7 +84,7 @@ class Engine:
         max_length: int | None = None,
         row_tokens: int = 1024,
         share_prefix: int = 32,
-        decode: str = "dynamic",
+        decode: str = "static",
         compile_decode: bool = False,
     ) -> None:
         self.model = model.eval()
@@ -246,57 +246,56 @@ class Engine:
         )
 
     def _prefill(self, rows: list[list[int]], max_new_tokens: int):
-        """Run the prompts once, filling the KV cache: (output, attention mask, position ids).
+        """Run the prompts once, filling the KV cache: (output, attention mask, position ids, filled slots).
 
-        With the static cache the mask already spans every position the batch will reach (zeros ahead),
-        so each decoding step has the same shapes (what CUDA graphs need). Otherwise a prefix common to
-        every row (the few-shot exemplars) of at least `share_prefix` tokens runs once and its cache is
-        repeated across the batch; the rest of each prompt is left-padded after it (the mask has a
-        hole between prefix and suffix, positions continue from the prefix)."""
+        A prefix common to every row (the few-shot exemplars) of at least `share_prefix` tokens runs once
+        and its keys/values are repeated across the batch; the rest of each prompt is left-padded after it
+        (the mask has a hole between prefix and suffix, positions continue from the prefix). With the
+        static cache the mask already spans every slot the batch will reach (zeros ahead), so every
+        decoding step has the same shapes (what CUDA graphs need)."""
         kwargs = {"logits_to_keep": 1} if self._keeps_logits else {}
         shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
+        if len(rows) == 1 or shared < self.share_prefix:
+            shared = 0
+        ids, mask, positions = left_pad([r[shared:] for r in rows], self.pad_id, self.device)
+        filled = shared + ids.shape[1]
+        self.stats["prefill_tokens"] += shared + ids.numel()
+        prefix = None
+        if shared:
+            prefix = self.model(
+                input_ids=torch.tensor([rows[0][:shared]], device=self.device), use_cache=True
+            )
+            prefix = prefix.past_key_values
+            mask = torch.cat([torch.ones_like(ids[:, :1]).expand(-1, shared), mask], dim=1)
+            positions = positions + shared
+        cache_position = None
         if self.decode == "static":
             from transformers import StaticCache
 
-            ids, mask, positions = left_pad(rows, self.pad_id, self.device)
-            width = ids.shape[1]
-            slots = -(-(width + max_new_tokens) // 256) * 256  # few distinct shapes: few compilations
+            slots = -(-(filled + max_new_tokens) // 256) * 256  # few distinct shapes: few compilations
             cache = StaticCache(config=self.model.config, max_cache_len=slots)
-            mask = torch.cat([mask, mask.new_zeros(len(rows), slots - width)], dim=1)
-            self.stats["prefill_tokens"] += ids.numel()
-            out = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                cache_position=torch.arange(width, device=self.device),
-                use_cache=True,
-                **kwargs,
-            )
-            return out, mask, positions
-        if len(rows) == 1 or shared < self.share_prefix:
-            ids, mask, positions = left_pad(rows, self.pad_id, self.device)
-            self.stats["prefill_tokens"] += ids.numel()
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs
-            )
-            return out, mask, positions
-        prefix = torch.tensor([rows[0][:shared]], device=self.device)
-        cache = self.model(input_ids=prefix, use_cache=True, **kwargs).past_key_values
-        cache.batch_repeat_interleave(len(rows))
-        ids, suffix_mask, suffix_positions = left_pad([r[shared:] for r in rows], self.pad_id, self.device)
-        self.stats["prefill_tokens"] += shared + ids.numel()
-        mask = torch.cat([torch.ones_like(ids[:, :1]).expand(-1, shared), suffix_mask], dim=1)
-        positions = suffix_positions + shared
+            if prefix is not None:
+                at = {"cache_position": torch.arange(shared, device=self.device)}
+                for i, layer in enumerate(prefix.layers):
+                    n = len(rows)
+                    cache.update(layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1), i, at)
+            mask = torch.cat([mask, mask.new_zeros(len(rows), slots - filled)], dim=1)
+            cache_position = torch.arange(shared, filled, device=self.device)
+        elif prefix is not None:
+            prefix.batch_repeat_interleave(len(rows))
+            cache = prefix
+        else:
+            cache = None
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
             past_key_values=cache,
+            cache_position=cache_position,
             use_cache=True,
             **kwargs,
         )
-        return out, mask, positions
+        return out, mask, positions, filled
 
     def _decode_step(self, token, mask, position, cache, cache_position):
         return self.model(
@@ -318,9 +317,10 @@ class Engine:
         top_p: float,
         generator: torch.Generator,
     ) -> list[str]:
-        out, mask, positions = self._prefill(rows, max_new_tokens)
+        out, mask, positions, width = self._prefill(
+            rows, max_new_tokens
+        )  # width: slot of the first new token
         cache, next_pos, logits = out.past_key_values, positions[:, -1:] + 1, out.logits[:, -1]
-        width = positions.shape[1]  # cache slot of the first generated token (static cache)
         step_fn = self._compiled_step or self._decode_step
         generated: list[list[int]] = [[] for _ in rows]
         done = [False] * len(rows)

@@ -66,7 +66,7 @@ def test_generation_is_deterministic_and_independent_of_batch_size(lm, decode):
 def test_finished_rows_leave_the_batch_without_changing_the_others(lm):
     """EOS-heavy decoding: most rows stop early, the batch shrinks, the survivors' text is unchanged."""
     model, tok = lm
-    engine = Engine(model, tok, batch_size=len(PROMPTS))
+    engine = Engine(model, tok, batch_size=len(PROMPTS), decode="dynamic")
     stop_early = engine.generate(PROMPTS, max_new_tokens=12, stop=["e", "a"], progress=False)
     decoded = engine.stats["decode_tokens"]
     alone = [engine.generate([p], max_new_tokens=12, stop=["e", "a"], progress=False)[0] for p in PROMPTS]
@@ -77,7 +77,7 @@ def test_finished_rows_leave_the_batch_without_changing_the_others(lm):
 def test_compiled_decoding_needs_the_static_cache(lm):
     model, tok = lm
     with pytest.raises(EvalError, match="decode='static'"):
-        Engine(model, tok, compile_decode=True)
+        Engine(model, tok, decode="dynamic", compile_decode=True)
     with pytest.raises(EvalError, match="'dynamic' or 'static'"):
         Engine(model, tok, decode="paged")
 
@@ -142,12 +142,13 @@ def test_requests_sharing_a_context_run_it_once_and_match_the_plain_path(lm, row
         assert engine.stats["loglikelihood_tokens"] == sum(map(len, contexts)) + sum(len(x) for _, x in pairs)
 
 
-def test_a_shared_few_shot_prefix_is_prefilled_once_with_the_same_output(lm):
+@pytest.mark.parametrize("decode", ["dynamic", "static"])
+def test_a_shared_few_shot_prefix_is_prefilled_once_with_the_same_output(lm, decode):
     model, tok = lm
     shots = "Q: one\nA: 1\n\nQ: two\nA: 2\n\nQ: three\nA: 3\n\n"
     prompts = [shots + f"Q: {q}\nA:" for q in ("four", "five and six", "seven")]
-    shared = Engine(model, tok, batch_size=3, share_prefix=8)
-    plain = Engine(model, tok, batch_size=3, share_prefix=10**9)
+    shared = Engine(model, tok, batch_size=3, share_prefix=8, decode=decode)
+    plain = Engine(model, tok, batch_size=3, share_prefix=10**9, decode=decode)
     got = shared.generate(prompts, max_new_tokens=10, progress=False)
     assert got == plain.generate(prompts, max_new_tokens=10, progress=False)
     assert got == [tok.decode(naive_generate(model, tok, p, 10)) for p in prompts]
