@@ -473,6 +473,36 @@ def fill_reference(model, data, root: Path, s: BenchSettings, device: torch.devi
     return cache, out
 
 
+def layout_agreement(model, data, s: BenchSettings, device: torch.device) -> dict[str, Any]:
+    """Our default layout (shared prompts, the kernel `kto-bench run` picks here) against the plain padded
+    SDPA path on the first DPO and KTO (+ KL) microbatches: the largest per-sequence log-prob differences."""
+    from kto_bench.spec import TrainingSpec
+    from kto_bench.train.logps import collate, sequence_logps, use_attention
+
+    pad = model.config.vocab_size - 1
+    seqs = [data.sequences[i] for p in data.pair_batches[0] for i in data.pairs[p]]
+    seqs += [data.sequences[data.binary[i][0]] for i in data.binary_batches[0]]
+    seqs += [data.sequences[k] for k in data.kl_seqs[0]]
+    max_length = PRESETS[s.model_config]["max_length"]
+    out: dict[str, Any] = {"sequences": len(seqs)}
+    model.eval()
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        for name, training in (
+            ("plain", TrainingSpec(layout="padded", attention="sdpa")),
+            ("fast", TrainingSpec()),
+        ):
+            attention, row_tokens = use_attention(model, training, max_length, device)
+            logps, _ = sequence_logps(model, collate(seqs, pad, device, training.layout, row_tokens))
+            out[name] = {"layout": training.layout, "attention": attention, "row_tokens": row_tokens}
+            out[f"{name}_logps"] = logps.float().cpu()
+    plain, fast = out.pop("plain_logps"), out.pop("fast_logps")
+    out["max_abs_diff"] = float((plain - fast).abs().max())
+    out["max_rel_diff"] = float(((plain - fast).abs() / plain.abs().clamp(min=1e-6)).max())
+    use_attention(model, TrainingSpec(layout="padded", attention="sdpa"), max_length, device)
+    model.train()
+    return out
+
+
 # ----------------------------------------------------------------------------- train: TRL
 
 
@@ -629,6 +659,7 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
         with PeakMemory(device) as mem:
             cache, ref_pass = fill_reference(base, data, Path(tmp), s, device)
         ref_pass["peak"] = mem.record()
+        agreement = layout_agreement(base, data, s, device)
         one_time = {
             "dpo": ref_pass["matched"]["seconds"],
             "kto": ref_pass["matched"]["seconds"] + ref_pass["kl"]["seconds"],
@@ -700,6 +731,7 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
     ]
     return {
         "reference_pass": ref_pass,
+        "layout_agreement": agreement,
         "rows": rows,
         "ratios": ratios,
         "model": {"preset": s.model_config, "config": preset["config"], "params": counts},
@@ -881,6 +913,13 @@ def bench_eval(s: BenchSettings) -> dict[str, Any]:
                     "tokens_per_s_processed": fwd / secs,  # the requests' prompt + generated tokens
                     "executed_tokens": executed,
                     "mfu": 2 * counts["flops_n"] * executed / secs / peak if peak else None,
+                    "settings": {
+                        "decode": engine.decode,
+                        "share_prefix": engine.share_prefix,
+                        "row_tokens": engine.row_tokens,
+                    }
+                    if side == "ours"
+                    else {"batch_size": "lm-eval default"},
                     **mem.record(),
                 }
             )
@@ -1062,6 +1101,15 @@ def to_markdown(rec: dict[str, Any]) -> str:
             f"{_f(rp['matched']['seconds'])} s ({rp['matched']['sequences']} seqs), KTO's KL sequences "
             f"{_f(rp['kl']['seconds'])} s ({rp['kl']['sequences']} seqs).",
         ]
+        if "layout_agreement" in rec:
+            la = rec["layout_agreement"]
+            lines += [
+                "",
+                f"Fast path vs plain path ({la['sequences']} sequences of the first DPO and KTO+KL microbatches): "
+                f"{la['fast']['layout']} layout with {la['fast']['attention']} (rows of "
+                f"{la['fast']['row_tokens'] or 'one microbatch'}) vs padded SDPA, per-sequence log-probs differ by "
+                f"at most {_f(la['max_abs_diff'])} nats ({_f(la['max_rel_diff'])} relative).",
+            ]
     else:
         lines += [
             "| contender | batch | requests/s | generated tok/s | processed tok/s | MFU | peak GiB | warm-up s |",

@@ -1,0 +1,5 @@
+"""`python -m kto_bench` = the `kto-bench` command."""
+
+from kto_bench.cli import app
+
+app()
