@@ -11,7 +11,7 @@ mkdir -p "$out"
 pin() { grep -i -E "^$1==" .ci/constraints.txt | head -1; }
 wheels=(trl datasets dill multiprocess xxhash lm_eval evaluate pytablewriter DataProperty mbstrdecoder
         pathvalidate tabledata tcolorpy typepy chardet more-itertools nltk pydantic pydantic_core
-        annotated-types typing-inspection fsspec)  # huggingface_hub, filelock: the image has them
+        annotated-types typing-inspection fsspec defusedxml)  # huggingface_hub, filelock: the image has them
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 for name in "${wheels[@]}"; do
   spec=$(pin "$name"); spec=${spec:-$name}
