@@ -341,21 +341,32 @@ def summarize(log: StepLog, warmup: int, n: int, peak: float | None) -> dict[str
 # ----------------------------------------------------------------------------- train: ours
 
 
-OUR_VARIANTS: dict[str, tuple[dict[str, str], ...]] = {
-    # each measured on its own: padded is the peers' layout (the gain from the cache and the LM head alone)
+OUR_VARIANTS: dict[str, tuple[dict[str, Any], ...]] = {
+    # each measured on its own: padded is the peers' layout (the gain from the cache and the LM head alone);
+    # checkpointing matches TRL's default and trades speed for activation memory
     "kto": (
         {"layout": "padded"},
         {"layout": "packed"},
         {"layout": "shared"},
         {"layout": "shared", "kl_pass": "fused"},
+        {"layout": "shared", "gradient_checkpointing": True},
     ),
-    "dpo": ({"layout": "padded"}, {"layout": "packed"}, {"layout": "shared"}),
+    "dpo": (
+        {"layout": "padded"},
+        {"layout": "packed"},
+        {"layout": "shared"},
+        {"layout": "shared", "gradient_checkpointing": True},
+    ),
 }
 DEFAULT_VARIANT = "shared"  # what `kto-bench run` uses (TrainingSpec defaults)
 
 
-def variant_name(training: dict[str, str]) -> str:
-    return training["layout"] + (" + fused KL" if training.get("kl_pass") == "fused" else "")
+def variant_name(training: dict[str, Any]) -> str:
+    return (
+        training["layout"]
+        + (" + fused KL" if training.get("kl_pass") == "fused" else "")
+        + (" + checkpointing" if training.get("gradient_checkpointing") else "")
+    )
 
 
 def run_ours(
@@ -387,6 +398,8 @@ def run_ours(
     )
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=device.type != "cuda")
     disable_dropout(model)
+    if run.training.gradient_checkpointing:  # as train() does
+        model.gradient_checkpointing_enable()
     attention, row_tokens = use_attention(model, run.training, PRESETS[s.model_config]["max_length"], device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=s.lr, betas=run.training.adam_betas, weight_decay=0.0
@@ -420,7 +433,7 @@ def run_ours(
         log.kl.append(int(m.get("tokens/nonpad_nograd", 0)))
         log.reference.append(0)
     return log, {
-        "gradient_checkpointing": False,
+        "gradient_checkpointing": run.training.gradient_checkpointing,
         "reference": "cached (precomputed once, shared by methods)",
         "lr_schedule": "constant",
         "autocast": precision,
@@ -725,7 +738,7 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
     ratios = [
         ratio(rows, f"ours-{m}-{ours}", f"trl-{m}-{v}", k)
         for m in s.methods
-        for ours in ("padded", DEFAULT_VARIANT)
+        for ours in ("padded", DEFAULT_VARIANT, f"{DEFAULT_VARIANT} + checkpointing")
         for v in ("defaults", "precompute_ref_log_probs")
         for k in ("tokens_per_s_real", "tokens_per_s_real_with_one_time", "peak_memory_gib")
     ]

@@ -33,8 +33,12 @@ TRAIN_ROW_KEYS = {
 }
 
 
+def rows_by_name(record: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in record["rows"]}
+
+
 def check_ratios(record: dict) -> None:
-    rows = {r["name"]: r for r in record["rows"]}
+    rows = rows_by_name(record)
     assert record["ratios"]
     for r in record["ratios"]:
         assert r["ours_value"] == rows[r["ours"]][r["metric"]]
@@ -71,8 +75,8 @@ def train_record():
 def test_train_bench_schema_ratios_provenance(train_record, tmp_path):
     rec = train_record
     ours_variants = {
-        "kto": ["padded", "packed", "shared", "shared + fused KL"],
-        "dpo": ["padded", "packed", "shared"],
+        "kto": ["padded", "packed", "shared", "shared + fused KL", "shared + checkpointing"],
+        "dpo": ["padded", "packed", "shared", "shared + checkpointing"],
     }
     assert {r["name"] for r in rec["rows"]} == {
         f"{side}-{m}-{v}"
@@ -92,11 +96,13 @@ def test_train_bench_schema_ratios_provenance(train_record, tmp_path):
     check_ratios(rec)
     check_provenance(rec)
     assert "H100" in rec["note"] and rec["gpu_command"] in rec["note"]
+    assert rows_by_name(rec)["ours-dpo-shared + checkpointing"]["settings"]["gradient_checkpointing"] is True
+    assert rows_by_name(rec)["ours-dpo-shared"]["settings"]["gradient_checkpointing"] is False
     agreement = rec["layout_agreement"]  # fp32 on CPU: the shared layout gives the padded path's log-probs
     assert agreement["fast"]["layout"] == "shared" and agreement["plain"]["layout"] == "padded"
     assert agreement["max_rel_diff"] < 1e-5
     # the peer saw exactly our tokens: same trained non-pad tokens over the run (one epoch of the same data)
-    rows = {r["name"]: r for r in rec["rows"]}
+    rows = rows_by_name(rec)
     for m in ("kto", "dpo"):
         for v in ours_variants[m]:
             ours = rows[f"ours-{m}-{v}"]["tokens_real_total"]
@@ -145,7 +151,7 @@ def test_eval_bench_schema_ratios_agreement(tmp_path):
         "lm-eval-hf-generate",
         "lm-eval-hf-loglikelihood",
     }
-    rows = {r["name"]: r for r in rec["rows"]}
+    rows = rows_by_name(rec)
     assert rows["lm-eval-hf-generate"]["batch_size"] == 1  # lm-eval's default
     assert rows["ours-generate"]["requests"] == 2 and rows["ours-loglikelihood"]["requests"] == 32
     for r in rec["rows"]:
