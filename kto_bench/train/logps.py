@@ -6,7 +6,8 @@ Layouts (`training.layout`), all giving the same per-sequence log-probs up to fl
     packed   sequences laid end to end in about total / `row_tokens` rows of nearly equal length, each
              attending only to itself: padding only where rows differ
     shared   packed, and sequences with the same prompt share one copy of it: a DPO pair's chosen and
-             rejected completions (and a KTO example's KL completion) both attend to the one prompt
+             rejected completions (and, with `kl_pass: fused`, a KTO example's KL completion) attend
+             to the one prompt
 
 A packed row carries, per token, its group (`doc`: one prompt and the completions that share it) and
 its segment (`seg`: 0 for the prompt, k for the group's k-th completion); a query may attend to a key
