@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kto_bench.errors import EvalError
-from kto_bench.train.logps import collate, scored_token_logps
+from kto_bench.train.logps import collate, per_sequence, scored_token_logps
 
 R = TypeVar("R")
 TokenPair = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
@@ -212,9 +212,7 @@ class Engine:
         batch = collate(seqs, self.pad_id, self.device, "shared", self.row_tokens)
         self.stats["loglikelihood_tokens"] += batch["input_ids"].numel()
         logps, greedy = scored_token_logps(self.model, batch)
-        owner, n = batch["owner"], len(seqs)
-        sums = logps.new_zeros(n).index_add(0, owner, logps)
-        misses = torch.zeros(n, dtype=torch.long, device=owner.device).index_add(0, owner, (~greedy).long())
+        sums, misses = per_sequence(batch, logps), per_sequence(batch, (~greedy).long())
         return [(float(v), not bool(m)) for v, m in zip(sums.tolist(), misses.tolist(), strict=True)]
 
     # -- generation ---------------------------------------------------------------------------

@@ -233,9 +233,13 @@ def sequence_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed completion log-probs [S], scored completion token counts [S]) for a collated batch."""
     token_logps, _ = scored_token_logps(model, batch, chunk_tokens)
-    n, owner = int(batch["n_seqs"]), batch["owner"]
-    sums = token_logps.new_zeros(n).index_add(0, owner, token_logps)
-    return sums, torch.bincount(owner, minlength=n)
+    return per_sequence(batch, token_logps), per_sequence(batch, torch.ones_like(batch["owner"]))
+
+
+def per_sequence(batch: dict[str, torch.Tensor], token_values: torch.Tensor) -> torch.Tensor:
+    """Sum per-scored-token values (in `batch["tgt"]` order) over each sequence: [S]."""
+    n = int(batch["n_seqs"])
+    return token_values.new_zeros(n).index_add(0, batch["owner"], token_values)
 
 
 def naive_sequence_logps(model, seqs: list[Seq]) -> torch.Tensor:
