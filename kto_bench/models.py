@@ -55,14 +55,17 @@ def load_tokenizer(spec: ModelSpec, where: str | None = None):
     return tok
 
 
-def load_model(spec: ModelSpec, where: str | None = None, device: str | torch.device = "cpu"):
+def load_model(
+    spec: ModelSpec, where: str | None = None, device: str | torch.device = "cpu", dtype: str | None = None
+):
+    """The model's weights in `dtype` (default: `model.dtype`, as stored; training picks its own)."""
     from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
             where or resolve(spec),
             revision=spec.revision if spec.source == "hub" else None,
-            dtype=DTYPES[spec.dtype],
+            dtype=DTYPES[dtype or spec.dtype],
         )
     except OSError as e:
         raise KtoBenchError(f"model.name: cannot load {spec.name!r} ({spec.source}): {e}") from None

@@ -205,19 +205,16 @@ def stage_reference(run: RunSpec, store: RunStore, results_root: Path) -> None:
 
 
 def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
-    from accelerate import Accelerator
-
+    from kto_bench.train import precision
     from kto_bench.train.loop import Context, model_state, train
 
     data = load_data(store)
     report = read_json(store.file("data_report.json"))
     where, mhash = resolved(run)
     tok = models.load_tokenizer(run.model, where)
-    model = models.apply_lora(models.load_model(run.model, where, "cpu"), run.model)
-    acc = Accelerator(
-        mixed_precision="bf16" if run.training.precision == "bf16" else "no",
-        cpu=not torch.cuda.is_available(),
-    )
+    model = models.load_model(run.model, where, "cpu", dtype=precision.load_dtype(run))
+    model = models.apply_lora(model, run.model)
+    acc = precision.accelerator(run, cpu=not torch.cuda.is_available())
     cache = reference_cache(run, results_root) if LOSSES.get(run.method.type).needs_reference else None
     hyper = run.method.loss_kwargs()
     if run.method.type == "kto":
