@@ -32,7 +32,6 @@ from kto_bench.train import precision
 from kto_bench.train.logps import LogProbs, collate, token_counts, use_attention
 from kto_bench.train.losses import LOSSES, call_loss
 
-
 UNITS = ("examples", "sequences", "tokens")
 
 
