@@ -126,6 +126,7 @@ def smollm2_mirror() -> Path:
 
 
 SMALL = {
+    "requires": ["mirrors"],  # a CPU slice of a GPU spec: the mirrors are still checked up front
     "training.budget": {"rule": "steps", "value": 2},
     "training.batch_size": 2,
     "training.precision": "fp32",

@@ -28,7 +28,7 @@ def test_minimal_spec_fills_every_default():
     spec = parse_spec(BASE)
     run = expand(spec)[0]
     dumped = run.model_dump(mode="json")
-    assert dumped["training"]["budget"] == {"rule": "epochs", "value": 1.0}
+    assert dumped["training"]["budget"] == {"rule": "epochs", "value": 1.0, "per": "absolute"}
     assert dumped["corruption"]["flip_rate"] == 0.0
     assert dumped["method"]["beta"] == 0.1
     assert len(expand(spec)) == 4  # 2 methods x 2 seeds
