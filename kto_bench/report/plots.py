@@ -237,6 +237,9 @@ def plot_forest(data: pd.DataFrame, alpha: float, out_dir: Path) -> PlotResult:
                 est, ys[label], xerr=xerr, fmt="o", color=colour, ecolor=colour, capsize=2, markersize=4
             )
         ax.axvline(0.0, color="black", linestyle=":", linewidth=1)
+        bounds = np.abs(part[["estimate", "lo", "hi"]].to_numpy(dtype=float) * part[["scale"]].to_numpy())
+        if np.nanmax(bounds, initial=0.0) < 1e-9:  # every difference is exactly 0 (e.g. identical answers)
+            ax.set_xlim(-1.0, 1.0)
         for i in range(1, len(contrasts)):  # a rule between contrast families
             first = next(lab for lab in labels if lab.startswith(contrasts[i] + " ·") or lab == contrasts[i])
             ax.axhline(ys[first] + 0.5, color="#bbbbbb", linewidth=0.6)
@@ -275,8 +278,9 @@ def _draw_series(ax, s: pd.DataFrame, method: str, scale: float, label: str) -> 
 
 
 def _base_line(ax, exp: Experiment, col, scale: float) -> None:
-    bases = [r for r in exp.runs if r.is_base]
-    values = run_values(exp, bases[:1], col)
+    if len(exp.bases) != 1:  # one line only when the whole sweep shares one base model
+        return
+    values = run_values(exp, exp.bases, col)
     if values:
         ax.axhline(values[0] * scale, color=STYLE["base"][0], linestyle=":", label="base")
 

@@ -179,6 +179,7 @@ def comparison_sentences(forest: pd.DataFrame, exp: Experiment, report: ReportSp
     ]
     n_points = part["point"].nunique()
     if n_points > 1:
+        summaries: dict[tuple[int, str], list[str]] = {}  # benchmarks with the same pattern share a sentence
         for bench in dict.fromkeys(part["benchmark"]):
             rows = part[part["benchmark"] == bench]
             above = [r.point for r in rows.itertuples() if r.lo > 0]
@@ -186,12 +187,14 @@ def comparison_sentences(forest: pd.DataFrame, exp: Experiment, report: ReportSp
             rest = len(rows) - len(above) - len(below)
             detail = []
             if above:
-                detail.append(f"{a} ahead at {len(above)} ({', '.join(above)})")
+                detail.append(f"{a} ahead at {len(above)} ({'; '.join(above)})")
             if below:
-                detail.append(f"{b} ahead at {len(below)} ({', '.join(below)})")
+                detail.append(f"{b} ahead at {len(below)} ({'; '.join(below)})")
             if rest:
                 detail.append(f"no clear difference at {rest}")
-            out.append(f"Across {len(rows)} grid points on {bench}: {'; '.join(detail)}.")
+            summaries.setdefault((len(rows), "; ".join(detail)), []).append(bench)
+        for (n, detail), benches in summaries.items():
+            out.append(f"Across {n} grid points on {', '.join(benches)}: {detail}.")
     return out
 
 
