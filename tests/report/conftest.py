@@ -104,9 +104,12 @@ class ResultsBuilder:
         *,
         model_hash: str = "m" * 64,
         summary: dict | None = None,
+        run_id: str | None = None,
     ) -> Path:
         """One finished run; `summary` adds or overrides train_summary.json fields."""
-        run_id = f"{method}-{seed}-" + "-".join(f"{k.split('.')[-1]}{v}" for k, v in sorted(grid.items()))
+        run_id = run_id or f"{method}-{seed}-" + "-".join(
+            f"{k.split('.')[-1]}{v}" for k, v in sorted(grid.items())
+        )
         d = self.root / run_id
         spec = {
             "model": {"name": "tiny"},

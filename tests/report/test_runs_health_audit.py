@@ -4,6 +4,7 @@ check, the matched-settings audit with its confounds, and the hyperparameter-sel
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +245,42 @@ def test_hyperparameter_selection_is_rendered_when_recorded(tmp_path):
     assert '| kto | {"training.lr": 5e-06} | 0.64 |  |' in md
     assert "on dev (300 items), disjoint from the reported items" in md and "kto-bench tune" in md
     assert "## Hyperparameter selection" in (out / "report.md").read_text()
+
+
+def test_cli_report_compares_what_the_spec_resolves_to_now(tmp_path):
+    from typer.testing import CliRunner
+
+    from kto_bench.cli import app
+    from kto_bench.spec import expand, load_spec
+
+    text = Path("experiments/demo.yaml").read_text()
+    spec_path = tmp_path / "demo.yaml"
+    spec_path.write_text(text.split("\ngrid:")[0] + "\n")  # no grid: one point, 3 seeds, two methods
+    spec = load_spec(spec_path)
+    b = ResultsBuilder(tmp_path / "results" / spec.name)
+    b.base()
+    ids = []
+    for run in expand(spec):
+        ids.append(run.run_id)
+        b.run(run.method.name, run.seed, {}, 0.6 if run.method.name == "kto" else 0.5, run_id=run.run_id)
+    old = b.run("kto", 7, {}, 0.9, run_id="kto-0123456789")  # left over from an earlier spec
+    args = [
+        "report",
+        str(spec_path),
+        "--results",
+        str(tmp_path / "results"),
+        "--reports",
+        str(tmp_path / "reports"),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "reports" / spec.name / "report.md").read_text()
+    assert len(ids) == 6 and all(i in md for i in ids)
+    assert f"- **not compared**: {old.name}" in md
+    tables = tmp_path / "reports" / spec.name / "tables"
+    assert (
+        old.name not in (tables / "audit.md").read_text()
+        and old.name not in (tables / "health.csv").read_text()
+    )
+    headline = (tables / "headline.md").read_text()
+    assert "| +KTO | " in headline and "n=4" not in headline  # the old seed-7 run is not averaged in
