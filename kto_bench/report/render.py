@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from kto_bench.io import atomic_write_text
+from kto_bench.report import claims as claims_module
 from kto_bench.report.aggregate import Experiment, load_experiment
 from kto_bench.report.claims import (
     ClaimContext,
@@ -74,12 +75,17 @@ FRONT_TABLES = (
 
 
 def claim_context(exp: Experiment, report: ReportSpec, untrained: set[str]) -> ClaimContext:
-    """The one place the report builds the claims' context: the runs that did not train are passed where
-    the context accepts them (`ClaimContext.untrained`), so a claim resting on one says "not trained"."""
-    extra = (
-        {"untrained": untrained} if "untrained" in {f.name for f in dataclasses.fields(ClaimContext)} else {}
-    )
-    return ClaimContext(exp, report.alpha, report.bootstrap, report.seed, **extra)
+    """The one place the report builds the claims' context. The runs that did not train are passed
+    (`ClaimContext.untrained`), so a claim resting on one says "not trained"; the bootstrap settings
+    where the context takes them. (Keyed by the context's fields while the claims module changes.)"""
+    fields = {f.name for f in dataclasses.fields(ClaimContext)}
+    kwargs = {
+        "alpha": report.alpha,
+        "n_boot": report.bootstrap,
+        "seed": report.seed,
+        "untrained": frozenset(untrained),
+    }
+    return ClaimContext(exp, **{k: v for k, v in kwargs.items() if k in fields})  # type: ignore[arg-type]
 
 
 def build_tables(
@@ -199,12 +205,16 @@ def comparison_sentences(forest: pd.DataFrame, exp: Experiment, report: ReportSp
 
 
 def claim_sentence(r: ClaimResult, alpha: float) -> str:
-    """One sentence per claim: verdict, statement, the measured difference and its interval, the paper."""
+    """One sentence per claim: the statement, the measured difference with its interval, the paper's
+    number (the verdict is shown beside it). The claims module's own sentence is used where it has one."""
+    own = getattr(claims_module, "claim_sentence", None)
+    if own is not None:
+        return own(r)
     if r.measurement is None:
-        return f"{r.verdict}: {r.claim.statement} ({r.reason or 'no measurement'})."
+        return f"{r.claim.statement} ({r.reason or 'no measurement'})."
     m = r.measurement
     return (
-        f"{r.verdict}: {r.claim.statement}: measured {format_measurement(m, alpha)}"
+        f"{r.claim.statement}: measured {format_measurement(m, alpha)}"
         f"{' points' if m.scale == 100.0 else ''} ({m.detail}; {m.n}); paper: {r.claim.paper}."
     )
 
@@ -230,7 +240,7 @@ def health_sentence(checks: list[Health]) -> str:
 @dataclass
 class Answer:
     comparison: list[str]
-    claims: list[str]
+    claims: list[tuple[str, str]]  # (verdict, sentence)
     caveats: list[str]
 
 
@@ -243,7 +253,7 @@ def answer(exp: Experiment, report: ReportSpec, forest: pd.DataFrame, claim_resu
         )
     return Answer(
         comparison_sentences(forest, exp, report),
-        [claim_sentence(r, report.alpha) for r in claim_results],
+        [(r.verdict, claim_sentence(r, report.alpha)) for r in claim_results],
         caveats,
     )
 
@@ -309,7 +319,7 @@ def _figure_md(p: PlotResult) -> list[str]:
 def _markdown(exp: Experiment, sec: Sections, spec_text: str) -> str:
     out = [f"# {exp.name}: when does KTO beat DPO, and by how much?", ""]
     out += sec.answer.comparison + [""]
-    out += [f"- {c}" for c in sec.answer.claims]
+    out += [f"- **{verdict}** — {sentence}" for verdict, sentence in sec.answer.claims]
     out += ["", *[f"> {c}  " for c in sec.answer.caveats], ""]
     out += _figure_md(sec.forest)
     if sec.plots:
@@ -351,11 +361,9 @@ def _html(exp: Experiment, sec: Sections, spec_text: str) -> str:
     body += [f"<p class='answer'>{esc(s)}</p>" for s in sec.answer.comparison]
     if sec.answer.claims:
         body.append("<ul class='claims'>")
-        for c in sec.answer.claims:
-            verdict, _, rest = c.partition(": ")
-            body.append(
-                f"<li><span class='verdict-{esc(verdict.replace(' ', '-'))}'>{esc(verdict)}</span>: {esc(rest)}</li>"
-            )
+        for verdict, sentence in sec.answer.claims:
+            css = "verdict-" + "-".join(verdict.split())
+            body.append(f"<li><span class='{esc(css)}'>{esc(verdict)}</span> — {esc(sentence)}</li>")
         body.append("</ul>")
     body += [f"<p class='caveat'>{esc(c)}</p>" for c in sec.answer.caveats]
     body += [_figure_html(sec.forest, "h2"), "</section>"]

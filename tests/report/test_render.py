@@ -180,7 +180,7 @@ def test_report_opens_with_the_answer_then_the_forest_plot(rendered):
     assert re.search(r"Across 3 grid points on [^:]*Demo arith \(gen\) EM: KTO ahead at 3 \(", html)  # when
     # one sentence per claim, each with its verdict, before any table or curve
     claims = [text for tag, text in order.blocks if tag == "li"][:2]
-    assert claims[0].startswith(("reproduced: ", "inconclusive: ", "contradicted: ", "missing: ")), claims
+    assert claims[0].startswith(("reproduced — ", "inconclusive — ", "contradicted — ", "missing — ")), claims
     assert "demo_noise" not in claims[0] and "measured" in " ".join(claims)
     forest = html.index("id='plot-forest'")
     assert forest < html.index("id='curves'") < html.index("id='headline'") < html.index("id='provenance'")
