@@ -154,37 +154,47 @@ def provenance_summary(exp: Experiment) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------- the answer
 
 
+def _signed(x: float, digits: int) -> str:
+    text = f"{x:+.{digits}f}"
+    return f"{0.0:+.{digits}f}" if float(text) == 0.0 else text  # no "-0.0"
+
+
 def _ci_text(row, digits: int = 1) -> str:
     s = row.scale
     d = digits if s == 100.0 else 3
     unit = " points" if s == 100.0 else ""
     if not (math.isfinite(row.lo) and math.isfinite(row.hi)):
-        return f"{row.estimate * s:+.{d}f}{unit} (no CI)"
-    return f"{row.estimate * s:+.{d}f}{unit} [{row.lo * s:+.{d}f}, {row.hi * s:+.{d}f}]"
+        return f"{_signed(row.estimate * s, d)}{unit} (no CI)"
+    return f"{_signed(row.estimate * s, d)}{unit} [{_signed(row.lo * s, d)}, {_signed(row.hi * s, d)}]"
+
+
+def _at_reference(part: pd.DataFrame, ref: str | None) -> pd.DataFrame:
+    at_ref = part[part["point"] == (ref or "")]
+    return at_ref if not at_ref.empty else part[part["point"] == part["point"].iloc[0]]
+
+
+def _by_benchmark(rows: pd.DataFrame) -> str:
+    return "; ".join(f"{r.benchmark} {_ci_text(r)} ({r.n_items} items)" for r in rows.itertuples())
 
 
 def comparison_sentences(forest: pd.DataFrame, exp: Experiment, report: ReportSpec) -> list[str]:
-    """By how much (the method contrast at the reference point, per benchmark) and when (at how many
-    grid points its CI lies above 0, below 0, or straddles it)."""
+    """By how much (the method contrast at the reference point, per benchmark), when (at how many grid
+    points its CI lies above 0, below 0, or straddles it), and each method against its base model."""
     a, b = (m.upper() for m in report.compare)
     name = f"{a} − {b}"
     level = f"{100 * (1 - report.alpha):g}%"
+    ref = exp.reference_point()
     part = forest[forest["contrast"] == name] if not forest.empty else forest
     if part.empty:
-        return [f"No {name} comparison yet: no grid point has per-item results of both methods."]
-    ref = exp.reference_point()
-    at_ref = part[part["point"] == (ref or "")]
-    if at_ref.empty:
-        at_ref = part[part["point"] == part["point"].iloc[0]]
-    where = at_ref["point"].iloc[0]
-    first = at_ref.iloc[0]
-    by_bench = "; ".join(f"{r.benchmark} {_ci_text(r)}" for r in at_ref.itertuples())
-    out = [
-        f"{name}{f' at {where}' if where else ''}: {by_bench} ({level} CI, paired on {first.n_items} items; "
-        f"{first.interval})."
-    ]
-    n_points = part["point"].nunique()
-    if n_points > 1:
+        out = [f"No {name} comparison yet: no grid point has per-item results of both methods."]
+    else:
+        at_ref = _at_reference(part, ref)
+        where = at_ref["point"].iloc[0]
+        out = [
+            f"{name}{f' at {where}' if where else ''}: {_by_benchmark(at_ref)} "
+            f"({level} CI, paired on the items; {at_ref['interval'].iloc[0]})."
+        ]
+    if part["point"].nunique() > 1:
         summaries: dict[tuple[int, str], list[str]] = {}  # benchmarks with the same pattern share a sentence
         for bench in dict.fromkeys(part["benchmark"]):
             rows = part[part["benchmark"] == bench]
@@ -201,6 +211,13 @@ def comparison_sentences(forest: pd.DataFrame, exp: Experiment, report: ReportSp
             summaries.setdefault((len(rows), "; ".join(detail)), []).append(bench)
         for (n, detail), benches in summaries.items():
             out.append(f"Across {n} grid points on {', '.join(benches)}: {detail}.")
+    base = forest[forest["contrast"].str.endswith(" − base")] if not forest.empty else forest
+    if not base.empty:
+        per_method = [
+            f"{contrast.removesuffix(' − base')}: {_by_benchmark(_at_reference(rows, ref))}"
+            for contrast, rows in base.groupby("contrast", sort=False)
+        ]
+        out.append(f"Against the base model{f' at {ref}' if ref else ''}: {'. '.join(per_method)}.")
     return out
 
 
@@ -318,7 +335,8 @@ def _figure_md(p: PlotResult) -> list[str]:
 
 def _markdown(exp: Experiment, sec: Sections, spec_text: str) -> str:
     out = [f"# {exp.name}: when does KTO beat DPO, and by how much?", ""]
-    out += sec.answer.comparison + [""]
+    for sentence in sec.answer.comparison:
+        out += [sentence, ""]
     out += [f"- **{verdict}** — {sentence}" for verdict, sentence in sec.answer.claims]
     out += ["", *[f"> {c}  " for c in sec.answer.caveats], ""]
     out += _figure_md(sec.forest)
