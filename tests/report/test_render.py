@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -190,8 +191,29 @@ def test_report_opens_with_the_answer_then_the_forest_plot(rendered):
     assert md.splitlines()[2].startswith("KTO − DPO at ") and md.index("![forest]") < md.index("## Curves")
     forest_csv = (rendered / "tables" / "forest.csv").read_text().splitlines()
     assert forest_csv[0].startswith("contrast,point,task,metric,benchmark,scale")
-    kinds = {line.split(",")[0] for line in forest_csv[1:]}
-    assert kinds == {"KTO − DPO", "DPO − base", "KTO − base"}
+    kinds = Counter(line.split(",")[0] for line in forest_csv[1:])
+    # every grid point (3) × benchmark column (3): the method contrast and each method against the base
+    assert kinds == {"KTO − DPO": 9, "DPO − base": 9, "KTO − base": 9}
+
+
+def test_score_dots_do_not_start_the_axis_at_zero(tmp_path, monkeypatch):
+    import kto_bench.report.plots as plots
+    from kto_bench.report.aggregate import load_experiment
+
+    figures = {}
+
+    def keep(fig, out_dir, name, caption):
+        figures[name] = fig
+        return plots.PlotResult(name, caption)
+
+    monkeypatch.setattr(plots, "save", keep)
+    exp = load_experiment(build(tmp_path / "exp", lambda m, g: {"dpo": 0.55, "kto": 0.6}[m], GRIDS[:1]))
+    plots.plot_bars(exp, 0.05, tmp_path)
+    axes = [ax for ax in figures["bars"].axes if ax.get_visible()]
+    assert len(axes) == 3
+    for ax in axes:  # base near 30, methods near 55-60 points: a zoomed axis, not one from 0
+        lo, hi = ax.get_xlim()
+        assert 10 < lo < 30 < hi < 80, (ax.get_title(), lo, hi)
 
 
 def test_every_health_row_and_claim_sentence_is_in_the_report(rendered):

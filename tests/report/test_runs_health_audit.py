@@ -90,6 +90,17 @@ def test_a_model_sweep_gets_one_base_row_per_model(tmp_path):
         assert exp.base_for(r).run_id == f"base-{r.grid['model.name']}"
     labels = [row[0] for row in headline_table(exp, 0.05).rows if row[0].startswith("base")]
     assert labels == ["base (name=large)", "base (name=small)"]
+    out = tmp_path / "out"
+    render_report(tmp_path / "scale", out, ReportSpec(bootstrap=200), "name: scale\n", "scale")
+    forest = (out / "tables" / "forest.csv").read_text()
+    # planted: the large model's base solves 40%, the small one's 20%; KTO 60% at both sizes
+    kto_base = {
+        line.split(",")[1]: float(line.split(",")[8])
+        for line in forest.splitlines()
+        if line.startswith("KTO − base") and ",demo_arith_gen," in line
+    }
+    assert kto_base["name=large"] == pytest.approx(0.2, abs=0.08)
+    assert kto_base["name=small"] == pytest.approx(0.4, abs=0.08)
     # one size mixing two models is still an error
     b.run("kto", 9, {"model.name": "small"}, 0.6, model_hash="l" * 64)
     with pytest.raises(StoreError, match="at name=small"):
