@@ -135,13 +135,14 @@ class BenchSettings:
 
 
 def build_model(preset: str, device: torch.device, seed: int):
-    """A Qwen2-shaped causal LM with seeded random weights: bf16 on GPU, fp32 on CPU."""
+    """A Qwen2-shaped causal LM with seeded random weights, in float32: the master weights both trainers
+    update (bf16 compute on GPU through autocast: `precision: bf16` for us, `bf16=True` for TRL)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     cfg = Qwen2Config(**PRESETS[preset]["config"])
     cfg.attn_implementation = "sdpa"
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype_for(device))
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     return model.to(device)
 
 
@@ -373,9 +374,8 @@ def run_ours(
     method: str, training: dict[str, str], model, data, cache, s: BenchSettings, device: torch.device
 ) -> tuple[StepLog, dict]:
     """Our loop's train_step with the reference cache, `s.steps` steps over consecutive microbatches."""
-    from accelerate import Accelerator
-
     from kto_bench.spec import DataSpec, DPOMethod, KTOMethod, ModelSpec, RunSpec, TrainingSpec
+    from kto_bench.train import precision as precisions
     from kto_bench.train.logps import LogProbs, use_attention
     from kto_bench.train.loop import Context, disable_dropout, lr_lambda, train_step
 
@@ -396,14 +396,12 @@ def run_ours(
     hyper = run.method.loss_kwargs() | (
         {"desirable_weight": 1.0, "undesirable_weight": 1.0} if method == "kto" else {}
     )
-    acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=device.type != "cuda")
+    acc = precisions.accelerator(run, cpu=device.type != "cuda")
     disable_dropout(model)
     if run.training.gradient_checkpointing:  # as train() does
         model.gradient_checkpointing_enable()
     attention, row_tokens = use_attention(model, run.training, PRESETS[s.model_config]["max_length"], device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=s.lr, betas=run.training.adam_betas, weight_decay=0.0
-    )
+    optimizer = precisions.optimizer(run, list(model.parameters()))  # as train() does
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("constant", 0, s.steps))
     pad = model.config.vocab_size - 1
     module, optimizer = acc.prepare(LogProbs(model), optimizer)  # as train() does: wrap the log-prob forward
@@ -437,6 +435,7 @@ def run_ours(
         "reference": "cached (precomputed once, shared by methods)",
         "lr_schedule": "constant",
         "autocast": precision,
+        "precision": precisions.semantics(run),
         "layout": run.training.layout,
         "kl_pass": run.training.kl_pass if method == "kto" else None,
         "attention": attention,
@@ -453,6 +452,7 @@ def fill_reference(model, data, root: Path, s: BenchSettings, device: torch.devi
     training = TrainingSpec()  # the reference pass of `kto-bench run` at its defaults
     _, row_tokens = use_attention(model, training, PRESETS[s.model_config]["max_length"], device)
     cache = ReferenceCache(root, "bench", str(dtype_for(device)))
+    model = copy.deepcopy(model).to(dtype_for(device))  # the reference pass may run bf16 weights
     matched = list(dict.fromkeys(data.sequences[i] for pr in data.pairs for i in pr))
     matched += list(dict.fromkeys(data.sequences[i] for i, _ in data.binary))
     kl = [data.sequences[k] for batch in data.kl_seqs for k in batch]
@@ -619,6 +619,11 @@ def run_trl(
         if precompute
         else "online reference model (copy of the policy)",
         "autocast": "bf16" if args.bf16 else "fp32",
+        "precision": {
+            "mode": "bf16" if args.bf16 else "fp32",
+            "master_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "compute_dtype": "bfloat16" if args.bf16 else "float32",
+        },
         "init_s": init_s,
     }
     del trainer, ref
@@ -1096,13 +1101,15 @@ def to_markdown(rec: dict[str, Any]) -> str:
         lines += [f"> **{rec['note']}**", ""]
     if rec["kind"] == "train":
         lines += [
-            "| contender | steps/s | real tok/s | processed tok/s | padding | MFU | peak GiB | warm-up s "
-            "| one-time s | real tok/s incl. one-time |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| contender | weights / compute | steps/s | real tok/s | processed tok/s | padding | MFU | "
+            "peak GiB | warm-up s | one-time s | real tok/s incl. one-time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rec["rows"]:
+            prec = r.get("settings", {}).get("precision") or {}
             lines.append(
-                f"| {r['name']} | {_f(r['steps_per_s'])} | {_f(r['tokens_per_s_real'])} | "
+                f"| {r['name']} | {prec.get('master_dtype', '?')} / {prec.get('compute_dtype', '?')} | "
+                f"{_f(r['steps_per_s'])} | {_f(r['tokens_per_s_real'])} | "
                 f"{_f(r['tokens_per_s_processed'])} | {_f(r['padding_fraction'], 2)} | {_f(r['mfu'], 2)} | "
                 f"{_f(r['peak_memory_gib'])} | {_f(r['warmup_s'])} | {_f(r['one_time_s'])} | "
                 f"{_f(r['tokens_per_s_real_with_one_time'])} |"

@@ -1,7 +1,9 @@
 """Base models and tokenizers: hub (the default for real users), local paths, offline mirrors, the demo.
 
-`resolve(spec)` decides where the weights are; `model_hash` hashes the weight files there (cached by
-path, size and mtime), so every result names the exact weights it started from.
+`resolve(spec)` decides where the weights are; `model_hash` hashes what makes the model: weights, config
+and tokenizer files (cached by path, size and mtime), or for a hub model the commit its revision resolves
+to (`hub.commit`), so every result names the exact model it started from. A hub model is always loaded at
+that commit.
 """
 
 from __future__ import annotations
@@ -19,6 +21,33 @@ from kto_bench.spec import ModelSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+# what else makes a model: its architecture and its tokenizer (with the chat template)
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def revision(spec: ModelSpec) -> str | None:
+    """The revision to load: a hub model's resolved commit; None for local folders."""
+    if spec.source != "hub":
+        return None
+    from kto_bench import hub
+
+    return hub.commit(spec.name, spec.revision, "model", "model.revision")
+
+
+MIRROR_ASSETS = {"smollm2_135m_instruct": "smollm2_135m_instruct_gguf"}  # model mirror -> its asset
 
 
 def resolve(spec: ModelSpec) -> str:
@@ -31,7 +60,7 @@ def resolve(spec: ModelSpec) -> str:
         from kto_bench import assets
 
         converters = {"smollm2_135m_instruct": assets.convert_smollm2}
-        if spec.name not in converters:
+        if spec.name not in converters or spec.name not in MIRROR_ASSETS:
             raise AssetError(f"model.name: unknown offline mirror {spec.name!r}; known: {sorted(converters)}")
         return str(converters[spec.name]())
     if spec.source == "local":
@@ -47,22 +76,25 @@ def resolve(spec: ModelSpec) -> str:
 def load_tokenizer(spec: ModelSpec, where: str | None = None):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(
-        where or resolve(spec), revision=spec.revision if spec.source == "hub" else None
-    )
+    where = where or resolve(spec)
+    tok = AutoTokenizer.from_pretrained(where, revision=revision(spec) if not Path(where).is_dir() else None)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_model(spec: ModelSpec, where: str | None = None, device: str | torch.device = "cpu"):
+def load_model(
+    spec: ModelSpec, where: str | None = None, device: str | torch.device = "cpu", dtype: str | None = None
+):
+    """The model's weights in `dtype` (default: `model.dtype`, as stored; training picks its own)."""
     from transformers import AutoModelForCausalLM
 
     try:
+        where = where or resolve(spec)
         model = AutoModelForCausalLM.from_pretrained(
-            where or resolve(spec),
-            revision=spec.revision if spec.source == "hub" else None,
-            dtype=DTYPES[spec.dtype],
+            where,
+            revision=revision(spec) if not Path(where).is_dir() else None,
+            dtype=DTYPES[dtype or spec.dtype],
         )
     except OSError as e:
         raise KtoBenchError(f"model.name: cannot load {spec.name!r} ({spec.source}): {e}") from None
@@ -86,30 +118,25 @@ def apply_lora(model, spec: ModelSpec):
     return get_peft_model(model, cfg)
 
 
-def weights_dir(where: str, spec: ModelSpec) -> Path | None:
-    if Path(where).is_dir():
-        return Path(where)
-    try:  # hub: the snapshot is already in the local cache after loading
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(where, revision=spec.revision, local_files_only=True))
-    except Exception:
-        return None
-
-
 def model_hash(where: str, spec: ModelSpec) -> str:
-    """sha256 over the weight files (name + content hash); cached in a sidecar keyed by size and mtime."""
-    folder = weights_dir(where, spec)
-    if folder is None:
-        return f"unresolved:{where}@{spec.revision or 'main'}"
-    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-    if not files:
+    """What identifies the model: a hub model by its resolved commit (weights, config and tokenizer are all
+    in it); a folder by sha256 over its weight, config and tokenizer files (name + content hash), cached in a
+    sidecar keyed by size and mtime."""
+    if not Path(where).is_dir():
+        from kto_bench.io import stable_hash
+
+        return stable_hash({"hub": spec.name, "commit": revision(spec)}, 16)
+    folder = Path(where)
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in MODEL_FILES)
+    )
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
         raise KtoBenchError(f"no weight files in {folder}")
     sidecar = folder / ".kto-bench-hash.json"
     stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     try:
         cached = json.loads(sidecar.read_text())
-        if cached["stamp"] == stamp:
+        if cached["stamp"] == stamp and cached.get("version") == 2:
             return cached["hash"]
     except (OSError, ValueError, KeyError):
         pass
@@ -121,7 +148,7 @@ def model_hash(where: str, spec: ModelSpec) -> str:
     value = h.hexdigest()[:16]
     try:
         tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"stamp": stamp, "hash": value}))
+        tmp.write_text(json.dumps({"stamp": stamp, "hash": value, "version": 2}))
         os.replace(tmp, sidecar)
     except OSError:
         pass  # a read-only model folder: hash again next time

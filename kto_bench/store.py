@@ -103,7 +103,20 @@ class RunStore:
             status["stages"].pop(s, None)
         write_json(self.file("status.json"), status)
 
+    def clear(self) -> None:
+        """Forget a run entirely (--force, or a stale run): every output goes, the lock stays. Status goes
+        first, so a crash midway leaves a run that starts again rather than one that looks complete."""
+        self.file("status.json").unlink(missing_ok=True)
+        for p in self.path.iterdir() if self.path.is_dir() else []:
+            if p.name == "run.lock":
+                continue
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
     # -- provenance
+    def write_provenance(self, fields: dict[str, Any]) -> None:
+        """A new run's provenance (replacing whatever a cleared run left)."""
+        write_json(self.file("provenance.json"), fields)
+
     def update_provenance(self, **fields: Any) -> dict[str, Any]:
         prov = read_json(self.file("provenance.json"), {})
         prov.update(fields)

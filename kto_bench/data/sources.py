@@ -62,6 +62,7 @@ class SourceData:
 SOURCES: Registry[Callable[..., SourceData | list[Pair] | list[BinaryExample]]] = Registry("data source")
 _KINDS: dict[str, Kind] = {}
 _DEFAULT_SPLIT: dict[str, str] = {}
+MIRROR_ASSETS: dict[str, str] = {}  # source name -> the packaged mirror (kto_bench.assets) it reads
 
 
 def source_kind(name: str) -> Kind:
@@ -555,9 +556,12 @@ def _hub_rows(source: str, hub_id: str, split: str, revision: str | None, path: 
     import datasets
 
     if path is None:
-        where = f"hub dataset {hub_id} split {split!r} revision {revision or 'main'}"
+        from kto_bench import hub
+
+        commit = hub.commit(hub_id, revision, "dataset", "data.revision")  # a moving branch never loads
+        where = f"hub dataset {hub_id} split {split!r} revision {revision or 'main'} (commit {commit[:12]})"
         try:
-            ds = datasets.load_dataset(hub_id, split=split, revision=revision)
+            ds = datasets.load_dataset(hub_id, split=split, revision=commit)
         except Exception as e:  # network, auth, missing split: all surface as one actionable error
             raise DataError(
                 f"source {source!r}: cannot load {where}: {type(e).__name__}: {e}. Offline? Save the split "
@@ -575,7 +579,8 @@ def _hub_rows(source: str, hub_id: str, split: str, revision: str | None, path: 
             raise DataError(
                 f"source {source!r}: cannot read {p} with datasets: {type(e).__name__}: {e}"
             ) from e
-    return ((f"row {i}", r) for i, r in enumerate(ds, 1)), where
+        commit = None
+    return ((f"row {i}", r) for i, r in enumerate(ds, 1)), where, commit
 
 
 def _finish(kind: Kind, items: list[Item], ctx: _Ctx, info: dict) -> SourceData:
@@ -601,10 +606,11 @@ def _hub_source(name: str, hub_id: str, kind: Kind, build, splits: tuple[str, ..
         revision: str | None = None,
         on_bad_row: OnBadRow = "error",
     ) -> SourceData:
-        rows, where = _hub_rows(name, hub_id, split, revision, path)
+        rows, where, commit = _hub_rows(name, hub_id, split, revision, path)
         ctx = _Ctx(name, where, on_bad_row)
         items = build(rows, ctx, limit)
         info = {"source": name, "hub_id": hub_id, "split": None if path else split, "revision": revision}
+        info |= {"commit": commit} if commit else {}
         if path:
             info |= {"path": str(path), "file_sha256": sha256_file(Path(path).expanduser())}
         return _finish(kind, items, ctx, {**info, "limit": limit})
@@ -648,6 +654,8 @@ def _file_source(
     loader.__name__ = loader.__qualname__ = f"load_{name}"
     loader.__doc__ = doc
     _register(name, kind, loader, doc)
+    if asset is not None:
+        MIRROR_ASSETS[name] = asset
 
 
 _hub_source(

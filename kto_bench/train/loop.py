@@ -28,8 +28,11 @@ from kto_bench.data.tokenize import TokenizedData
 from kto_bench.errors import StoreError, TrainingError
 from kto_bench.spec import RunSpec
 from kto_bench.store import fault_point
+from kto_bench.train import precision
 from kto_bench.train.logps import LogProbs, collate, token_counts, use_attention
 from kto_bench.train.losses import LOSSES, call_loss
+
+UNITS = ("examples", "sequences", "tokens")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Plan:
     steps: int
     microbatches_per_step: int
     order: list[int]  # microbatch indices in training order, across epochs (this run's seed)
+    trained: dict[str, int]  # examples, sequences, tokens in the microbatches the steps take
 
 
 def microbatch_order(n_batches: int, seed: int, epochs: int) -> list[int]:
@@ -50,34 +54,53 @@ def microbatch_order(n_batches: int, seed: int, epochs: int) -> list[int]:
     return order
 
 
-def plan(run: RunSpec, batch_tokens: list[int], world_size: int = 1) -> Plan:
-    """Apply the spec's compute budget rule: epochs, steps, or trained tokens."""
+def plan(
+    run: RunSpec, counts: list[dict[str, int]], paired_epoch: dict[str, int] | None, world_size: int = 1
+) -> Plan:
+    """Apply the spec's budget rule (`spec.BudgetSpec`) to this method's microbatches.
+
+    `counts` holds each microbatch's examples, sequences and tokens; `paired_epoch` the totals of one
+    epoch of the paired view (steps included), which `budget.per: paired_epoch` scales."""
     t = run.training
     per_step = t.grad_accum * world_size
-    n = len(batch_tokens)
+    n = len(counts)
     if n < per_step:
         raise TrainingError(
             f"only {n} microbatches of {t.batch_size}, fewer than one optimizer step needs "
             f"({per_step}); lower training.batch_size or training.grad_accum"
         )
     budget = t.budget
+    target = budget.value
+    if budget.per == "paired_epoch":
+        if not paired_epoch or not paired_epoch["examples"]:
+            raise TrainingError(
+                "training.budget.per: paired_epoch needs pairs in the data, and this run has none; "
+                "use per: absolute"
+            )
+        target = budget.value * paired_epoch[budget.rule]
     if budget.rule == "epochs":
         steps = int(budget.value * n) // per_step
     elif budget.rule == "steps":
-        steps = int(budget.value)
-    else:  # tokens: the first step at which trained tokens reach the budget
-        steps, seen, i = 0, 0, 0
+        steps = round(target)
+    else:  # examples, sequences, tokens: the first step at which the trained amount reaches the target
+        i, seen = 0, 0
         order = microbatch_order(n, run.seed, 1)
-        while seen < budget.value:
+        while seen < target:
             if i == len(order):
-                order += microbatch_order(n, run.seed, len(order) // n + 1)[len(order) :]
-            seen += batch_tokens[order[i]]
+                order = microbatch_order(n, run.seed, len(order) // n + 1)
+            seen += counts[order[i]][budget.rule]
             i += 1
-            steps = math.ceil(i / per_step)
-    epochs = math.ceil(steps * per_step / n) if n else 1
-    return Plan(
-        steps=steps, microbatches_per_step=per_step, order=microbatch_order(n, run.seed, max(1, epochs))
-    )
+        steps = math.ceil(i / per_step)
+    if steps < 1:
+        raise TrainingError(
+            f"training.budget ({budget.rule} {budget.value}, per {budget.per}) gives no optimizer step; "
+            "raise budget.value"
+        )
+    epochs = math.ceil(steps * per_step / n)
+    order = microbatch_order(n, run.seed, epochs)
+    used = order[: steps * per_step]
+    trained = {u: sum(counts[b][u] for b in used) for u in UNITS}
+    return Plan(steps=steps, microbatches_per_step=per_step, order=order, trained=trained)
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -176,16 +199,31 @@ def n_batches(data: TokenizedData, method: str) -> int:
     return len(data.pair_batches if LOSSES.get(method).data == "pairs" else data.binary_batches)
 
 
-def batch_token_counts(data: TokenizedData, method: str) -> list[int]:
-    if LOSSES.get(method).data == "pairs":
+def batch_counts(data: TokenizedData, view: str) -> list[dict[str, int]]:
+    """Examples, completion sequences and tokens (prompt + completion) of each microbatch of a view."""
+
+    def tokens(s: int) -> int:
+        return len(data.sequences[s][0]) + len(data.sequences[s][1])
+
+    if view == "pairs":
         return [
-            sum(len(data.sequences[s][0]) + len(data.sequences[s][1]) for i in b for s in data.pairs[i])
+            {
+                "examples": len(b),
+                "sequences": 2 * len(b),
+                "tokens": sum(tokens(c) + tokens(r) for c, r in (data.pairs[i] for i in b)),
+            }
             for b in data.pair_batches
         ]
     return [
-        sum(len(data.sequences[data.binary[i][0]][0]) + len(data.sequences[data.binary[i][0]][1]) for i in b)
+        {"examples": len(b), "sequences": len(b), "tokens": sum(tokens(data.binary[i][0]) for i in b)}
         for b in data.binary_batches
     ]
+
+
+def paired_epoch(data: TokenizedData, per_step: int) -> dict[str, int]:
+    """One epoch of the paired view (DPO's data): its steps, examples, sequences and tokens."""
+    counts = batch_counts(data, "pairs")
+    return {"steps": len(counts) // per_step} | {u: sum(c[u] for c in counts) for u in UNITS}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -311,16 +349,18 @@ def train(model, ctx: Context) -> dict:
     attention, ctx.row_tokens = use_attention(model, t, ctx.run.data.max_length, acc.device)
     if t.compile:  # the decoder is where the FLOPs are; the LM head runs in checkpointed chunks beside it
         model.get_decoder().compile(dynamic=True)
-    p = plan(ctx.run, batch_token_counts(ctx.data, ctx.run.method.type), acc.num_processes)
+    p = plan(
+        ctx.run,
+        batch_counts(ctx.data, LOSSES.get(ctx.run.method.type).data),
+        paired_epoch(ctx.data, t.grad_accum * acc.num_processes),
+        acc.num_processes,
+    )
     checkpoint = read_checkpoint(ctx)
     if checkpoint is not None:  # weights go in before wrapping: DDP broadcasts them, FSDP shards them
         model.load_state_dict(checkpoint["model"], strict=not any("lora_" in k for k in checkpoint["model"]))
-    optimizer = torch.optim.AdamW(
-        [q for q in model.parameters() if q.requires_grad],
-        lr=t.lr,
-        betas=t.adam_betas,
-        weight_decay=t.weight_decay,
-    )
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    precision.check_master_weights(ctx.run, trainable)
+    optimizer = precision.optimizer(ctx.run, trainable)
     warmup = int(t.warmup_ratio * p.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.schedule, warmup, p.steps))
     module, optimizer = acc.prepare(LogProbs(model), optimizer)  # wrap the log-prob forward, not the LM
@@ -362,9 +402,14 @@ def train(model, ctx: Context) -> dict:
     return {
         "steps": p.steps,
         "tokens": tokens,
+        "examples": p.trained["examples"],
+        "sequences": p.trained["sequences"],
+        "budget": t.budget.model_dump(mode="json"),
         "wall_s": round(time.time() - t_start, 3),
         "microbatches_per_step": p.microbatches_per_step,
+        "world_size": world,
         "effective_batch": t.batch_size * p.microbatches_per_step,
+        "precision": precision.semantics(ctx.run),
         "layout": t.layout,
         "kl_pass": t.kl_pass,
         "attention": attention,

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kto_bench import hub as hub_module
 from kto_bench.data import sources as S
 from kto_bench.data.canonical import BinaryExample, Pair
 from kto_bench.errors import DataError
@@ -129,12 +130,34 @@ def test_hub_loader_without_path_calls_load_dataset_with_id_split_revision(monke
         return rows[hub_id]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    commits = {"abc123": "a" * 40, None: "b" * 40}  # what each revision points to on the hub now
+    monkeypatch.setattr(hub_module, "commit", lambda repo, rev, kind, field: commits[rev])
     d = S.load("hh_rlhf", split="test", revision="abc123", limit=2)
-    assert calls == [("Anthropic/hh-rlhf", "test", "abc123")]
+    assert calls == [("Anthropic/hh-rlhf", "test", "a" * 40)]  # loaded at the resolved commit
     assert d.items == expected
     assert d.source_info["split"] == "test" and d.source_info["revision"] == "abc123"
+    assert d.source_info["commit"] == "a" * 40
     assert S.load("shp").items == expected_shp  # default split comes from the source
-    assert calls[-1] == ("stanfordnlp/SHP", "train", None)
+    assert calls[-1] == ("stanfordnlp/SHP", "train", "b" * 40)
+
+
+def test_hub_revisions_resolve_to_commits_offline_from_the_local_cache(tmp_path, monkeypatch):
+    """Offline, `main` resolves through the hub cache's refs; nothing resolvable is a clear error."""
+    from kto_bench.errors import KtoBenchError
+
+    sha = "c" * 40
+    snap = tmp_path / "datasets--org--set" / "snapshots" / sha
+    snap.mkdir(parents=True)
+    (snap / "data.jsonl").write_text("{}\n")
+    (tmp_path / "datasets--org--set" / "refs").mkdir()
+    (tmp_path / "datasets--org--set" / "refs" / "main").write_text(sha)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    hub_module.commit.cache_clear()
+    assert hub_module.commit("org/set", None, "dataset") == sha
+    assert hub_module.commit("org/set", "d" * 40, "dataset") == "d" * 40  # a commit is already one
+    with pytest.raises(KtoBenchError, match=r"data.revision: cannot resolve dataset 'org/other'.*commit sha"):
+        hub_module.commit("org/other", "main", "dataset", "data.revision")
 
 
 def test_hub_failure_is_a_data_error_that_suggests_a_local_path(monkeypatch):
@@ -144,6 +167,7 @@ def test_hub_failure_is_a_data_error_that_suggests_a_local_path(monkeypatch):
         raise ConnectionError("hub unreachable")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(hub_module, "commit", lambda repo, rev, kind, field: "e" * 40)
     with pytest.raises(DataError, match=r"'shp'.*stanfordnlp/SHP.*hub unreachable.*path:"):
         S.load("shp")
 

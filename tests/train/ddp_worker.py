@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from kto_bench.data.synthetic import build_tokenizer, tiny_config
 from kto_bench.spec import expand, parse_spec
-from kto_bench.train.loop import Context, _kl_reduce, batch_token_counts, kl_tensors, plan, train
+from kto_bench.train.loop import Context, _kl_reduce, batch_counts, kl_tensors, plan, train
 from kto_bench.train.losses import call_loss
 from kto_bench.train.refcache import ReferenceCache, fill
 
@@ -69,7 +69,7 @@ def main(out: Path, grad_accum: int) -> None:
         if acc.is_main_process:
             (out / f"{method}.json").write_text(json.dumps(logged))
         if method == "kto":  # z0 with the loop's reduce, on this process's first microbatch after training
-            p = plan(run, batch_token_counts(data, "kto"), acc.num_processes)
+            p = plan(run, batch_counts(data, "binary"), None, acc.num_processes)
             b = p.order[acc.process_index]
             with torch.no_grad():
                 kl, _ = kl_tensors(ctx.module, ctx, [b])

@@ -166,19 +166,61 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
         train(model, ctx)
 
 
+def _counts(n: int = 6, examples: int = 4, per_example_seqs: int = 2, tokens: int = 100) -> list[dict]:
+    return [{"examples": examples, "sequences": examples * per_example_seqs, "tokens": tokens}] * n
+
+
+def _run_with_budget(budget: str, method: str = "dpo"):
+    spec = parse_spec(SPEC.replace("budget: {rule: steps, value: 12}", f"budget: {budget}"))
+    return next(r for r in expand(spec) if r.method.type == method)
+
+
 @pytest.mark.parametrize("rule,value,expected", [("epochs", 1, 6), ("epochs", 2, 12), ("steps", 5, 5)])
 def test_budget_rules(rule, value, expected):
-    spec = parse_spec(
-        SPEC.replace("budget: {rule: steps, value: 12}", f"budget: {{rule: {rule}, value: {value}}}")
-    )
-    run = next(r for r in expand(spec) if r.method.type == "dpo")
-    assert plan(run, [100] * 6).steps == expected
+    run = _run_with_budget(f"{{rule: {rule}, value: {value}}}")
+    assert plan(run, _counts(), None).steps == expected
 
 
 def test_token_budget_stops_once_reached():
-    spec = parse_spec(SPEC.replace("budget: {rule: steps, value: 12}", "budget: {rule: tokens, value: 250}"))
-    run = next(r for r in expand(spec) if r.method.type == "dpo")
-    assert plan(run, [100] * 6).steps == 3  # 300 >= 250 after three microbatches
+    run = _run_with_budget("{rule: tokens, value: 250}")
+    p = plan(run, _counts(), None)
+    assert p.steps == 3  # 300 >= 250 after three microbatches
+    assert p.trained == {"examples": 12, "sequences": 24, "tokens": 300}
+
+
+def test_matched_budgets_equalise_what_they_name():
+    """KTO's unpaired view has twice DPO's examples: one epoch each gives KTO twice the steps; the matched
+    rules give both methods the same steps, examples or sequences (in units of one paired epoch)."""
+    dpo_view = _counts(6, examples=4, per_example_seqs=2)  # 24 pairs in microbatches of 4
+    kto_view = _counts(12, examples=4, per_example_seqs=1)  # the same pairs unpaired: 48 examples
+    paired = {"steps": 6, "examples": 24, "sequences": 48, "tokens": 600}
+
+    def both(budget: str) -> tuple:
+        return tuple(
+            plan(_run_with_budget(budget, m), v, paired) for m, v in (("dpo", dpo_view), ("kto", kto_view))
+        )
+
+    dpo, kto = both("{rule: epochs, value: 1}")
+    assert (dpo.steps, kto.steps) == (6, 12) and dpo.trained["sequences"] == kto.trained["sequences"] == 48
+    dpo, kto = both("{rule: steps, value: 1, per: paired_epoch}")
+    assert dpo.steps == kto.steps == 6 and kto.trained["sequences"] == 24
+    dpo, kto = both("{rule: sequences, value: 1, per: paired_epoch}")
+    assert dpo.trained["sequences"] == kto.trained["sequences"] == 48
+    dpo, kto = both("{rule: examples, value: 0.5, per: paired_epoch}")
+    assert dpo.trained["examples"] == kto.trained["examples"] == 12
+
+
+def test_paired_epoch_budget_without_pairs_is_a_clear_error():
+    run = _run_with_budget("{rule: steps, value: 1, per: paired_epoch}")
+    with pytest.raises(TrainingError, match="per: absolute"):
+        plan(run, _counts(), {"steps": 0, "examples": 0, "sequences": 0, "tokens": 0})
+
+
+def test_epochs_budget_rejects_per():
+    from kto_bench.errors import SpecError
+
+    with pytest.raises(SpecError, match="leave per out"):
+        _run_with_budget("{rule: epochs, value: 1, per: paired_epoch}")
 
 
 def test_metrics_are_namespaced(tmp_path):
