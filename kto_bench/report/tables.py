@@ -414,8 +414,10 @@ def precision_label(run: Run) -> str:
     """Precision semantics: mode with master/compute dtypes where train_summary records them."""
     p = (run.train_summary or {}).get("precision")
     if isinstance(p, dict) and p.get("mode"):
+        rounding = str(p.get("update_rounding") or "")
         parts = [f"master {p['master_dtype']}" if p.get("master_dtype") else "",
-                 f"compute {p['compute_dtype']}" if p.get("compute_dtype") else ""]  # fmt: skip
+                 f"compute {p['compute_dtype']}" if p.get("compute_dtype") else "",
+                 f"{rounding} rounding" if rounding and not rounding.startswith("nearest") else ""]  # fmt: skip
         detail = ", ".join(x for x in parts if x)
         return f"{p['mode']} ({detail})" if detail else str(p["mode"])
     if isinstance(p, str):
