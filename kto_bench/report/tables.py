@@ -430,7 +430,7 @@ def budget_label(run: Run) -> str:
     b = dig(run.train_summary, "budget") or dig(run.spec, "training.budget")
     if not isinstance(b, dict) or not b:
         return MISSING
-    per = f" per {b['per']}" if b.get("per") else ""
+    per = f" per {b['per']}" if b.get("per") not in (None, "", "absolute") else ""
     value = b.get("value")
     return f"{b.get('rule', '?')}={f'{value:g}' if isinstance(value, int | float) else value}{per}"
 
@@ -488,14 +488,54 @@ def matched_groups(exp: Experiment) -> list[list[tuple[Run, dict[str, str]]]]:
     return [g for g in groups.values() if len({r.method for r, _ in g}) > 1]
 
 
+# steps, sequences or tokens that differ by at most this fraction between compared runs count as matched
+# (an epoch's last partial batch moves tokens by a handful); the audit still names the column
+NEAR_EQUAL = 0.01
+TOLERANT_COLUMNS = ("steps", "sequences", "tokens")
+
+
+def _relative_spread(values: list[str]) -> float | None:
+    """(max − min) / max of numeric values, None when any is not a number."""
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return None
+    top = max(abs(x) for x in numbers)
+    return 0.0 if top == 0 else (max(numbers) - min(numbers)) / top
+
+
+def _material(col: str, group: list[tuple[Run, dict[str, str]]]) -> bool:
+    values = [row[col] for _, row in group]
+    if len(set(values)) < 2:
+        return False
+    spread = _relative_spread(values) if col in TOLERANT_COLUMNS else None
+    return spread is None or spread > NEAR_EQUAL
+
+
+def near_equal(exp: Experiment) -> list[str]:
+    """Notes for the compute columns that differ between compared runs only within NEAR_EQUAL."""
+    out = []
+    groups = matched_groups(exp)
+    for col in TOLERANT_COLUMNS:
+        differs = [g for g in groups if col in differing([row for _, row in g], [col])]
+        if differs and not any(_material(col, g) for g in differs):
+            worst = max(_relative_spread([row[col] for _, row in g]) or 0.0 for g in differs)
+            out.append(
+                f"{col} differ between compared runs by at most {100 * worst:.2g}% (within {NEAR_EQUAL:.0%}): "
+                "matched, not a confound."
+            )
+    return out
+
+
 def confounds(exp: Experiment, compare: tuple[str, str] | None = None) -> list[str]:
-    """One sentence per setting that differs between compared runs, with the values of the first
-    matched group where it differs (the reference point first), e.g. "KTO took 87 optimizer steps,
-    DPO 43: a KTO − DPO difference is confounded with the number of optimizer updates"."""
+    """One sentence per setting that differs materially between compared runs, with the values of the
+    first matched group where it does (the reference point first), e.g. "KTO took 87 optimizer steps,
+    DPO 43: a KTO − DPO difference is confounded with the number of optimizer updates". Steps,
+    sequences and tokens within NEAR_EQUAL of each other are matched (see `near_equal`)."""
     out = []
     groups = matched_groups(exp)
     for col in [*COMPUTE_COLUMNS, "model hash", "training cfg", "eval settings"]:
-        where = next((g for g in groups if col in differing([row for _, row in g], [col])), None)
+        where = next((g for g in groups if _material(col, g)), None)
         if where is None:
             continue
         verb, unit, what = CONFOUND_WORDS[col]
@@ -506,7 +546,7 @@ def confounds(exp: Experiment, compare: tuple[str, str] | None = None) -> list[s
         listed = f"{first[0].upper()} {verb} {first[1]}{' ' + unit if unit else ''}, " + ", ".join(
             f"{m.upper()} {v}" for m, v in rest
         )
-        n_groups = sum(col in differing([row for _, row in g], [col]) for g in groups)
+        n_groups = sum(_material(col, g) for g in groups)
         r0 = where[0][0]
         at = f"at {r0.point or 'the only grid point'}, seed {r0.seed}"
         contrast_name = " − ".join(m.upper() for m, _ in values[:2])
@@ -548,7 +588,7 @@ def audit_table(exp: Experiment, compare: tuple[str, str] | None = None) -> Tabl
                 else ""
             )
         )
-    table.notes += [f"Confound: {c}" for c in confounds(exp, compare)]
+    table.notes += [f"Confound: {c}" for c in confounds(exp, compare)] + near_equal(exp)
     across = (
         differing([audit_row(r) for r in exp.trained], ["point", "seed", *COMPARED]) if exp.trained else []
     )
@@ -596,9 +636,10 @@ def method_audit_table(exp: Experiment, compare: tuple[str, str] | None = None) 
             "Compared runs (same grid point and seed) differ in: " + (", ".join(within) or "nothing") + "."
         )
     sentences = confounds(exp, compare)
+    table.notes += near_equal(exp)
     table.notes += [f"Confound: {c}" for c in sentences] or (
         [
-            "No confound: the compared methods received the same steps, sequences, tokens, batch, processes and precision."
+            "No confound: the compared methods received the same steps, sequences and tokens (within 1%), batch, processes and precision."
         ]
         if groups
         else []

@@ -185,13 +185,14 @@ def test_log_prob_movement_falls_back_to_the_training_log(tmp_path):
 PRECISION = {"mode": "bf16", "master_dtype": "float32", "compute_dtype": "bfloat16"}
 
 
-def _budget_store(tmp_path, kto_steps: int = 87, world: tuple[int, int] = (1, 1)):
+def _budget_store(tmp_path, kto_steps: int = 87, world: tuple[int, int] = (1, 1), kto_tokens: int = 20000):
     b = ResultsBuilder(tmp_path / "exp")
     b.base()
     for s in SEEDS:
         common = {"effective_batch": 16, "precision": PRECISION, "budget": {"rule": "epochs", "value": 1}}
         b.run("dpo", s, CLEAN, 0.5, summary={"steps": 43, "sequences": 688, "world_size": world[0], **common})
-        b.run("kto", s, CLEAN, 0.6, summary={"steps": kto_steps, "sequences": 688, "world_size": world[1], **common})  # fmt: skip
+        b.run("kto", s, CLEAN, 0.6, summary={"steps": kto_steps, "sequences": 688, "world_size": world[1],
+                                             "tokens": kto_tokens, **common})  # fmt: skip
     return load_experiment(tmp_path / "exp")
 
 
@@ -227,6 +228,15 @@ def test_audit_warns_when_world_size_differs_and_is_quiet_when_matched(tmp_path)
         "Runs compared at the same grid point and seed differ only in: method." in audit_table(matched).notes
     )
     assert method_audit_table(matched).notes[-1].startswith("No confound")
+    # an epoch's last batch moves tokens by a few: named in the audit, matched within 1%, not a confound
+    near = _budget_store(tmp_path / "c", kto_steps=43, kto_tokens=20004)
+    notes = audit_table(near).notes
+    assert confounds(near) == [] and "differ in: method, tokens." in notes[0] and "WARNING" not in notes[0]
+    assert (
+        "tokens differ between compared runs by at most 0.02% (within 1%): matched, not a confound." in notes
+    )
+    far = _budget_store(tmp_path / "d", kto_steps=43, kto_tokens=20400)
+    assert [c.split(" (")[0] for c in confounds(far)] == ["DPO trained on 20000 tokens, KTO 20400"]
 
 
 # ---------------------------------------------------------------------------------------------- tuning
