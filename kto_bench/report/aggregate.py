@@ -4,6 +4,14 @@ Tidy columns: run_id, method, seed, point, <every grid field by dotted path>, ta
 value, stderr, n. Base-model evaluations (base-<key>/) are rows with method "base". Anything missing
 or unreadable becomes an entry of `Experiment.issues` instead of an exception, so partial results
 still render.
+
+Which runs: given `run_ids` (what the spec expands to now, `spec.expand`), only those folders are
+trained runs; other folders left in results/<experiment>/ are stale and listed, never compared.
+Which base: each comparison group (the trained runs sharing every grid field under `model.`; one
+group unless the grid varies the model, as scale_sweep does) must share one model hash, and its base
+row is the base-<hash>-<eval> folder whose provenance has that hash (and, among several, the same
+evaluation settings). Trained runs of one group with different model hashes are an error naming them:
+a report never shows two base rows for one model, nor a base that is not the runs' base.
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ class Run:
     results: dict[str, dict]
     is_base: bool = False
     point: str = ""
+    group: str = ""  # the model grid fields (scale_sweep); "" when the grid keeps one model
+    base_id: str | None = None  # a trained run's base row (choose_bases)
 
     @property
     def spec(self) -> dict:
@@ -100,6 +110,7 @@ class Experiment:
     runs: list[Run]
     issues: list[str] = field(default_factory=list)
     varying: list[str] = field(default_factory=list)  # grid fields that differ between trained runs
+    stale: list[str] = field(default_factory=list)  # folders in the store that this report does not compare
     _samples: dict[tuple[str, str], list[dict] | None] = field(default_factory=dict, repr=False)
 
     def run(self, run_id: str) -> Run:
@@ -108,6 +119,15 @@ class Experiment:
     @property
     def trained(self) -> list[Run]:
         return [r for r in self.runs if not r.is_base]
+
+    @property
+    def bases(self) -> list[Run]:
+        """One base-model evaluation per comparison group (see `choose_bases`)."""
+        return [r for r in self.runs if r.is_base]
+
+    def base_for(self, run: Run) -> Run | None:
+        """The base row of a trained run's comparison group."""
+        return next((b for b in self.bases if b.run_id == run.base_id), None)
 
     @cached_property
     def tidy(self) -> pd.DataFrame:
@@ -232,7 +252,86 @@ def _load_run(path: Path, issues: list[str]) -> Run | None:
     )
 
 
-def load_experiment(experiment_dir: Path, name: str | None = None) -> Experiment:
+def dig(d: dict | None, *paths: str) -> Any:
+    """The first present value among dotted paths of a nested dict."""
+    for path in paths:
+        cur: Any = d or {}
+        for part in path.split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        if cur is not None:
+            return cur
+    return None
+
+
+def run_model_hash(run: Run) -> str | None:
+    """The model hash a run records (provenance identity first, then the older top-level field)."""
+    h = dig(run.provenance, "identity.model_hash", "model_hash") or dig(run.train_summary, "model_hash")
+    return str(h) if h else None
+
+
+def _eval_key(run: Run) -> str:
+    return json.dumps(run.spec.get("evaluation"), sort_keys=True, default=str)
+
+
+def choose_bases(
+    trained: list[Run], bases: list[Run], model_fields: list[str]
+) -> tuple[list[Run], list[str]]:
+    """One base row per comparison group (see the module docstring); returns (bases, issues).
+
+    Sets `group` on the trained runs and on the chosen bases. Raises StoreError when the trained runs
+    of one group record different model hashes."""
+    issues: list[str] = []
+    groups: dict[str, list[Run]] = {}
+    for r in trained:
+        r.group = _point_label(r.grid, model_fields) if model_fields else ""
+        groups.setdefault(r.group, []).append(r)
+    chosen: list[Run] = []
+    for group, runs in sorted(groups.items()):
+        hashes: dict[str, list[str]] = {}
+        for r in runs:
+            if (h := run_model_hash(r)) is not None:
+                hashes.setdefault(h, []).append(r.run_id)
+        where = f" at {group}" if group else ""
+        if len(hashes) > 1:
+            listed = "; ".join(
+                f"model hash {h[:12]}: {', '.join(sorted(ids))}" for h, ids in sorted(hashes.items())
+            )
+            raise StoreError(
+                f"runs compared{where} were trained from different base models ({listed}); a report "
+                "never compares them. Rerun the stale runs (`kto-bench run <spec>` reruns what the spec "
+                "resolves to now) or move the other results aside"
+            )
+        if hashes:
+            (h,) = hashes
+            candidates = [b for b in bases if run_model_hash(b) == h]
+        else:  # runs that record no model hash yet (not started, or written by an old version)
+            candidates = list(bases) if len(bases) == 1 else []
+        same_eval = [b for b in candidates if _eval_key(b) in {_eval_key(r) for r in runs}]
+        pick = sorted(same_eval or candidates, key=lambda b: b.run_id)
+        if not pick:
+            issues.append(
+                f"no base-model evaluation{where} for model hash {next(iter(hashes), '?')[:12]}: "
+                "the base row and every method − base contrast are missing"
+            )
+            continue
+        if not same_eval:
+            issues.append(f"{pick[0].run_id}: the base evaluation's settings differ from the runs'{where}")
+        if len(pick) > 1:
+            issues.append(f"several base evaluations{where} fit; used {pick[0].run_id}")
+        base = pick[0]
+        for r in runs:
+            r.base_id = base.run_id
+        if not any(b is base for b in chosen):  # groups may share weights (a model.* field that keeps them)
+            base.group = group
+            chosen.append(base)
+    return chosen, issues
+
+
+def load_experiment(
+    experiment_dir: Path, name: str | None = None, run_ids: list[str] | None = None
+) -> Experiment:
+    """Reads results/<experiment>/. With `run_ids` (the ids `spec.expand` gives now) only those runs
+    are compared and other folders are listed as stale; without, every folder is a run of it."""
     experiment_dir = Path(experiment_dir)
     if not experiment_dir.is_dir():
         raise StoreError(
@@ -240,12 +339,32 @@ def load_experiment(experiment_dir: Path, name: str | None = None) -> Experiment
             "or pass the results/<experiment> folder it wrote"
         )
     issues: list[str] = []
-    runs = [r for p in sorted(experiment_dir.iterdir()) if p.is_dir() and (r := _load_run(p, issues))]
+    stale: list[str] = []
+    folders = sorted(p for p in experiment_dir.iterdir() if p.is_dir())
+    if run_ids is not None:
+        wanted = set(run_ids)
+        stale += [p.name for p in folders if not p.name.startswith("base-") and p.name not in wanted]
+        folders = [p for p in folders if p.name.startswith("base-") or p.name in wanted]
+        present = {p.name for p in folders}
+        not_run = sorted(wanted - present)
+        if not_run:
+            issues.append(f"{len(not_run)} runs of the spec have no results yet: {', '.join(not_run)}")
+    runs = [r for p in folders if (r := _load_run(p, issues))]
     trained = [r for r in runs if not r.is_base]
     fields = sorted({k for r in trained for k in r.grid})
     varying = [f for f in fields if len({json.dumps(r.grid.get(f), sort_keys=True) for r in trained}) > 1]
     for r in trained:
         r.point = _point_label(r.grid, varying)
+    bases, base_issues = choose_bases(
+        trained, [r for r in runs if r.is_base], [f for f in varying if f.startswith("model.")]
+    )
+    issues += base_issues
+    for b in runs:
+        if b.is_base and not any(b is c for c in bases):
+            stale.append(
+                f"{b.run_id} (model hash {(run_model_hash(b) or '?')[:12]}: not the base of these runs)"
+            )
+    runs = bases + trained
     for r in trained:
         missing = [s for s in STAGES if s not in r.stages_done()]
         if missing:
@@ -254,7 +373,7 @@ def load_experiment(experiment_dir: Path, name: str | None = None) -> Experiment
             issues.append(f"{r.run_id} ({r.method}, seed {r.seed}): no evaluation results")
     if not trained:
         issues.append(f"{experiment_dir}: no trained runs found")
-    return Experiment(name or experiment_dir.name, experiment_dir, runs, issues, varying)
+    return Experiment(name or experiment_dir.name, experiment_dir, runs, issues, varying, stale=stale)
 
 
 def tidy_frame(runs: list[Run], varying: list[str]) -> pd.DataFrame:

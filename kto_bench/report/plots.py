@@ -2,7 +2,10 @@
 
 Okabe-Ito colours plus a distinct marker and hatch per method, so figures survive greyscale print.
 Seed bands: score plots shade the t-interval across seeds (no band at n=1); training curves shade
-the min-max envelope across seeds (a t-interval over 2-3 curves is mostly noise).
+the min-max envelope across seeds (a t-interval over 2-3 curves is mostly noise). Scores are dots
+with intervals on an axis zoomed to the data (a bar from 0 would hide differences of a few points).
+Files are byte-identical across renders of an unchanged store: fixed SVG hash salt, no dates or
+software versions in SVG or PNG metadata.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -19,7 +23,15 @@ from matplotlib.figure import Figure
 from kto_bench.registry import Registry
 from kto_bench.report.aggregate import Experiment, Run, margin_series, method_rank
 from kto_bench.report.stats import mean_ci
-from kto_bench.report.tables import column_label, column_scale, headline_cells, row_label
+from kto_bench.report.tables import (
+    column_label,
+    column_scale,
+    contrast,
+    headline_cells,
+    proportion_scale,
+    row_label,
+    runs_of,
+)
 
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 STYLE = {  # method -> (colour, marker, hatch)
@@ -56,11 +68,16 @@ PlotFn = Callable[[Experiment, float, Path], PlotResult]
 PLOTS: Registry[PlotFn] = Registry("plot")
 
 
+# SVG element ids are hashes salted by this (matplotlib's default salt is random per process)
+DETERMINISTIC = {"svg.hashsalt": "kto-bench", "svg.id": None, "svg.fonttype": "path"}
+
+
 def save(fig: Figure, out_dir: Path, name: str, caption: str) -> PlotResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
-    fig.savefig(png, dpi=100, metadata={"Software": None})
-    fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    with matplotlib.rc_context(DETERMINISTIC):
+        fig.savefig(png, dpi=100, metadata={"Software": None})
+        fig.savefig(svg, metadata={"Date": None, "Creator": None})
     return PlotResult(name, caption, png, svg)
 
 
@@ -88,44 +105,150 @@ def run_values(exp: Experiment, runs: list[Run], col: tuple[str, str]) -> list[f
 # ---------------------------------------------------------------------------------------------- bars
 
 
-@PLOTS.register("bars", "grouped bars per benchmark with CI whiskers, at the reference grid point")
+@PLOTS.register("bars", "score per benchmark at the reference grid point: dots with CI whiskers, zoomed axis")
 def plot_bars(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
-    caption = "Score per benchmark at the reference grid point; whiskers: seed CI (or Wilson for one-seed win rates)."
+    caption = (
+        "Score per benchmark at the reference grid point: dot = seed mean, whiskers = seed CI (Wilson for "
+        "one-seed win rates). The axis is zoomed to the values, it does not start at 0."
+    )
     rows, columns, cells = headline_cells(exp, alpha)
     ref = exp.reference_point()
     rows = [r for r in rows if r[0] == "base" or r[1] == ref]
     if not columns or not rows:
         return PlotResult("bars", caption, missing="no evaluation results")
-    fig, axes = _grid(len(columns), 3.6, 3.0)
-    for ax, col in zip(axes, columns, strict=True):
+    fig, axes = _grid(len(columns), 3.8, 0.6 + 0.42 * len(rows))
+    for k, (ax, col) in enumerate(zip(axes, columns, strict=True)):
         scale = column_scale(cells, col)
-        for i, (method, _, label) in enumerate(rows):
+        ys = list(range(len(rows)))[::-1]  # the first row on top
+        for y, (method, _, label) in zip(ys, rows, strict=True):
             c = cells.get((label, col))
-            colour, _, hatch = style(method)
+            colour, marker, _ = style(method)
             if c is None:
-                ax.text(i, 0, "missing", rotation=90, ha="center", va="bottom", fontsize=7)
+                ax.text(
+                    0.5,
+                    y,
+                    "missing",
+                    transform=ax.get_yaxis_transform(),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                )
                 continue
-            err = None
+            mean = c.ci.mean * scale
+            xerr = None
             if math.isfinite(c.lo):
-                err = [[(c.ci.mean - c.lo) * scale], [(c.hi - c.ci.mean) * scale]]
-            ax.bar(
-                i,
-                c.ci.mean * scale,
-                color=colour,
-                hatch=hatch,
-                edgecolor="black",
-                linewidth=0.6,
-                yerr=err,
-                capsize=3,
-            )
-        ax.set_xticks(
-            range(len(rows)), [label if m == "base" else row_label(m, "") for m, _, label in rows], fontsize=8
-        )
+                xerr = [[mean - c.lo * scale], [c.hi * scale - mean]]
+            ax.errorbar(mean, y, xerr=xerr, fmt=marker, color=colour, ecolor=colour, capsize=3, markersize=6)
+            ax.annotate(f"{mean:.1f}" if scale == 100.0 else f"{mean:.3g}", (mean, y), xytext=(0, 6),
+                        textcoords="offset points", ha="center", fontsize=7)  # fmt: skip
+        ax.set_yticks(ys, [label if m == "base" else row_label(m, "") for m, _, label in rows], fontsize=8)
+        if k % 3:
+            ax.tick_params(labelleft=False)
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.margins(x=0.15)
         ax.set_title(column_label(*col) + (" (%)" if scale == 100.0 else ""), fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
+        ax.grid(axis="x", alpha=0.3)
     if ref:
         fig.suptitle(f"reference point: {ref}", fontsize=9)
     return save(fig, out_dir, "bars", caption)
+
+
+# ---------------------------------------------------------------------------------------------- forest
+
+
+def contrast_interval(exp: Experiment, plus: list[Run], minus: list[Run], col: tuple[str, str], *, n_boot: int,
+                      seed: int, alpha: float) -> dict | None:  # fmt: skip
+    """The one place the report's figures call `tables.contrast` (paired on items): estimate, lo, hi,
+    n_items and the interval's method (the contrast's own label where it carries one)."""
+    r = contrast(exp, plus, minus, *col, n_boot=n_boot, seed=seed, alpha=alpha)
+    if r is None:
+        return None
+    interval = getattr(r, "interval", None) or "paired bootstrap (items; seeds within method)"
+    return {"estimate": r.estimate, "lo": r.lo, "hi": r.hi, "n_items": r.n_items, "interval": interval}
+
+
+def forest_data(
+    exp: Experiment, compare: tuple[str, str], alpha: float, n_boot: int, seed: int
+) -> pd.DataFrame:
+    """Every contrast the forest plot shows: compare[0] − compare[1] at each grid point where both ran,
+    then each method − its base at each grid point; one row per (contrast, point, benchmark)."""
+    columns = headline_cells(exp, alpha)[1]
+    reference = exp.reference_point()
+    points = sorted({r.point for r in exp.trained}, key=lambda p: (p != reference, p))
+    a, b = compare
+    families: list[tuple[str, str, list[Run], list[Run]]] = []
+    for p in points:
+        if runs_of(exp, a, p) and runs_of(exp, b, p):
+            families.append((f"{a.upper()} − {b.upper()}", p, runs_of(exp, a, p), runs_of(exp, b, p)))
+    for m in sorted({r.method for r in exp.trained}, key=method_rank):
+        for p in points:
+            runs = runs_of(exp, m, p)
+            base = exp.base_for(runs[0]) if runs else None
+            if runs and base is not None:
+                families.append((f"{m.upper()} − base", p, runs, [base]))
+    rows = []
+    for name, point, plus, minus in families:
+        for col in columns:
+            ci = contrast_interval(exp, plus, minus, col, n_boot=n_boot, seed=seed, alpha=alpha)
+            if ci is None:
+                continue
+            scale = proportion_scale(exp, col)
+            rows.append({"contrast": name, "point": point, "task": col[0], "metric": col[1],
+                         "benchmark": column_label(*col), "scale": scale, "n_seeds_plus": len(plus),
+                         "n_seeds_minus": len(minus), **ci})  # fmt: skip
+    return pd.DataFrame(
+        rows,
+        columns=["contrast", "point", "task", "metric", "benchmark", "scale", "n_seeds_plus", "n_seeds_minus",
+                 "estimate", "lo", "hi", "n_items", "interval"],
+    )  # fmt: skip
+
+
+FOREST_COLOURS = [OKABE_ITO[7], OKABE_ITO[5], OKABE_ITO[4], OKABE_ITO[2], OKABE_ITO[6], OKABE_ITO[0]]
+
+
+def plot_forest(data: pd.DataFrame, alpha: float, out_dir: Path) -> PlotResult:
+    """The report's first figure: a forest plot of the contrasts in `data` (see `forest_data`), one panel
+    per benchmark, one line per (contrast, grid point), intervals at level 1 − alpha."""
+    level = f"{100 * (1 - alpha):g}%"
+    caption = (
+        f"Differences with {level} CIs, paired on the same evaluation items, at every grid point: "
+        "the method comparison first, then each method against its base model. Points for proportions; "
+        "the dotted line is no difference."
+    )
+    if data.empty:
+        return PlotResult("forest", caption, missing="no contrast has per-item samples on both sides")
+    caption += f" Interval: {'; '.join(sorted(set(data['interval'])))}."
+    labels = list(
+        dict.fromkeys(f"{c} · {p}" if p else c for c, p in zip(data["contrast"], data["point"], strict=True))
+    )
+    contrasts = list(dict.fromkeys(data["contrast"]))
+    benchmarks = list(dict.fromkeys(data["benchmark"]))
+    fig = Figure(figsize=(3.2 + 3.0 * len(benchmarks), 1.0 + 0.28 * len(labels)), layout="constrained")
+    axes = fig.subplots(1, len(benchmarks), squeeze=False, sharey=True).ravel().tolist()
+    ys = {label: len(labels) - 1 - i for i, label in enumerate(labels)}
+    for ax, bench in zip(axes, benchmarks, strict=True):
+        part = data[data["benchmark"] == bench]
+        for row in part.itertuples():
+            label = f"{row.contrast} · {row.point}" if row.point else row.contrast
+            colour = FOREST_COLOURS[contrasts.index(row.contrast) % len(FOREST_COLOURS)]
+            est, lo, hi = (v * row.scale for v in (row.estimate, row.lo, row.hi))
+            xerr = [[est - lo], [hi - est]] if math.isfinite(lo) and math.isfinite(hi) else None
+            ax.errorbar(
+                est, ys[label], xerr=xerr, fmt="o", color=colour, ecolor=colour, capsize=2, markersize=4
+            )
+        ax.axvline(0.0, color="black", linestyle=":", linewidth=1)
+        bounds = np.abs(part[["estimate", "lo", "hi"]].to_numpy(dtype=float) * part[["scale"]].to_numpy())
+        if np.nanmax(bounds, initial=0.0) < 1e-9:  # every difference is exactly 0 (e.g. identical answers)
+            ax.set_xlim(-1.0, 1.0)
+        for i in range(1, len(contrasts)):  # a rule between contrast families
+            first = next(lab for lab in labels if lab.startswith(contrasts[i] + " ·") or lab == contrasts[i])
+            ax.axhline(ys[first] + 0.5, color="#bbbbbb", linewidth=0.6)
+        scale = part["scale"].iloc[0] if len(part) else 1.0
+        ax.set_title(bench + (" (Δ points)" if scale == 100.0 else " (Δ)"), fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks([ys[lab] for lab in labels], labels, fontsize=7)
+    axes[0].set_ylim(-0.7, len(labels) - 0.3)
+    return save(fig, out_dir, "forest", caption)
 
 
 # ---------------------------------------------------------------------------------------------- sweeps
@@ -155,8 +278,9 @@ def _draw_series(ax, s: pd.DataFrame, method: str, scale: float, label: str) -> 
 
 
 def _base_line(ax, exp: Experiment, col, scale: float) -> None:
-    bases = [r for r in exp.runs if r.is_base]
-    values = run_values(exp, bases[:1], col)
+    if len(exp.bases) != 1:  # one line only when the whole sweep shares one base model
+        return
+    values = run_values(exp, exp.bases, col)
     if values:
         ax.axhline(values[0] * scale, color=STYLE["base"][0], linestyle=":", label="base")
 

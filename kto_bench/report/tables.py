@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from kto_bench.report.aggregate import Experiment, Run, method_rank, training_summary
+from kto_bench.report.aggregate import Experiment, Run, dig, method_rank, training_summary
 from kto_bench.report.stats import BootCI, MeanCI, align_items, holm, mean_ci, paired_bootstrap, wilson
 
 TASK_LABELS = {
@@ -139,14 +139,15 @@ def headline_cells(
     if df.empty:
         return [], [], {}
     columns = column_order(sorted({(t, m) for t, m in zip(df["task"], df["metric"], strict=True)}))
-    bases = [r for r in exp.runs if r.is_base]
+    bases = exp.bases
     rows: list[tuple[str, str, str]] = [
-        ("base", r.run_id, row_label("base", "", r.run_id.removeprefix("base-") if len(bases) > 1 else ""))
+        ("base", r.run_id, row_label("base", "", (r.group or r.run_id) if len(bases) > 1 else ""))
         for r in bases
     ]
     reference = exp.reference_point()
     groups = {(r.method, r.point) for r in exp.trained}
-    ordered = sorted(groups, key=lambda g: (g[1] != reference, g[1], method_rank(g[0])))
+    # grouped by method (all KTO rows together), the reference point first within a method
+    ordered = sorted(groups, key=lambda g: (method_rank(g[0]), g[1] != reference, g[1]))
     rows += [(m, p, row_label(m, p)) for m, p in ordered]
     cells = {}
     for method, point, label in rows:
@@ -215,7 +216,8 @@ def headline_table(exp: Experiment, alpha: float) -> Table:
             "(the item-level standard error is shown where the harness reports one; win rates get a Wilson interval).",
             "Proportions are shown ×100 (points). Bold: best in its column with an interval that separates it "
             "from every other row.",
-            "Rows are per grid point (the fields that vary between runs); the base model row is shared.",
+            "Rows are grouped by method, one per grid point (the fields that vary between runs), the reference "
+            "point first; the base model row is shared by the runs trained from it.",
         ],
     )
     data = []
@@ -347,17 +349,6 @@ def paired_table(exp: Experiment, compare: tuple[str, str], alpha: float, n_boot
 # ---------------------------------------------------------------------------------------------- audit
 
 
-def dig(d: dict | None, *paths: str) -> Any:
-    """The first present value among dotted paths of a nested dict."""
-    for path in paths:
-        cur: Any = d or {}
-        for part in path.split("."):
-            cur = cur.get(part) if isinstance(cur, dict) else None
-        if cur is not None:
-            return cur
-    return None
-
-
 def effective_batch(spec: dict) -> Any:
     eff = dig(spec, "training.effective_batch_size", "training.effective_batch")
     if eff is not None:
@@ -392,11 +383,24 @@ def eval_settings(run: Run) -> dict:
 
 AUDIT_COLUMNS = [
     "run", "method", "seed", "point", "stages", "model hash", "data fingerprint", "n flipped", "class counts",
-    "λD/λU", "steps", "tokens", "eff. batch", "precision", "training cfg", "eval settings",
+    "λD/λU", "steps", "sequences", "tokens", "eff. batch", "world size", "precision", "budget", "training cfg",
+    "eval settings",
 ]  # fmt: skip
-# the columns a matched comparison should hold fixed; λD/λU, steps and tokens are per-method outcomes of the
-# shared data and budget rule (KTO sees two binary examples per pair), so they are shown but not required equal
-COMPARED = [c for c in AUDIT_COLUMNS[5:] if c not in ("λD/λU", "steps", "tokens")]
+# every column a matched comparison is checked on (all but the run's own labels)
+COMPARED = AUDIT_COLUMNS[5:]
+# what the compute a method received is made of: shown per method, and a difference is a confound
+COMPUTE_COLUMNS = ["steps", "sequences", "tokens", "eff. batch", "world size", "precision"]
+CONFOUND_WORDS = {
+    "steps": ("took", "optimizer steps", "the number of optimizer updates"),
+    "sequences": ("trained on", "completion sequences", "the number of sequences trained on"),
+    "tokens": ("trained on", "tokens", "the number of tokens trained on"),
+    "eff. batch": ("used an effective batch of", "", "the batch size"),
+    "world size": ("ran on", "processes", "the number of processes (world size)"),
+    "precision": ("trained in", "", "numeric precision"),
+    "model hash": ("started from model", "", "the base model"),
+    "training cfg": ("used training settings", "", "the training settings"),
+    "eval settings": ("was evaluated with settings", "", "the evaluation settings"),
+}
 
 
 def stages_label(run: Run) -> str:
@@ -406,32 +410,67 @@ def stages_label(run: Run) -> str:
     return "done" if "done" in done else f"{MISSING} after {done[-1]}" if done else MISSING
 
 
+def precision_label(run: Run) -> str:
+    """Precision semantics: mode with master/compute dtypes where train_summary records them."""
+    p = (run.train_summary or {}).get("precision")
+    if isinstance(p, dict) and p.get("mode"):
+        rounding = str(p.get("update_rounding") or "")
+        parts = [f"master {p['master_dtype']}" if p.get("master_dtype") else "",
+                 f"compute {p['compute_dtype']}" if p.get("compute_dtype") else "",
+                 f"{rounding} rounding" if rounding and not rounding.startswith("nearest") else ""]  # fmt: skip
+        detail = ", ".join(x for x in parts if x)
+        return f"{p['mode']} ({detail})" if detail else str(p["mode"])
+    if isinstance(p, str):
+        return p
+    spec = dig(run.spec, "training.precision", "training.dtype", "model.dtype", "model.precision")
+    return f"{spec} (spec)" if spec else "—"
+
+
+def budget_label(run: Run) -> str:
+    b = dig(run.train_summary, "budget") or dig(run.spec, "training.budget")
+    if not isinstance(b, dict) or not b:
+        return MISSING
+    per = f" per {b['per']}" if b.get("per") not in (None, "", "absolute") else ""
+    value = b.get("value")
+    return f"{b.get('rule', '?')}={f'{value:g}' if isinstance(value, int | float) else value}{per}"
+
+
+def world_size(run: Run) -> Any:
+    return dig(run.train_summary, "world_size") or dig(run.provenance, "identity.world_size", "world_size")
+
+
 def audit_row(run: Run) -> dict[str, str]:
     prov, rep, spec, summ = run.provenance or {}, run.data_report or {}, run.spec, run.train_summary or {}
     lam = rep.get("lambda") or {}
     training = dict(spec.get("training") or {})
+    trained = not run.is_base
+
+    def count(key: str) -> str:
+        return str(summ[key]) if summ.get(key) is not None else MISSING
+
     return {
         "run": run.run_id,
         "method": run.method,
         "seed": "—" if run.seed is None else str(run.seed),
         "point": run.point or "—",
         "stages": stages_label(run),
-        "model hash": short(prov.get("model_hash")),
-        "data fingerprint": "—"
-        if run.is_base
-        else short(rep.get("fingerprint") or prov.get("data_fingerprint")),
-        "n flipped": "—" if run.is_base else str(rep.get("n_flipped", MISSING)),
-        "class counts": "—" if run.is_base else final_counts(rep.get("counts")),
-        "λD/λU": "—"
-        if run.is_base
-        else (f"{fmt(lam.get('desirable'))}/{fmt(lam.get('undesirable'))}" if lam else MISSING),
-        "steps": "—" if run.is_base else str(summ.get("steps", MISSING)),
-        "tokens": "—" if run.is_base else str(summ.get("tokens", MISSING)),
-        "eff. batch": "—" if run.is_base else str(effective_batch(spec) or MISSING),
-        "precision": str(
-            dig(spec, "training.precision", "training.dtype", "model.dtype", "model.precision") or "—"
-        ),
-        "training cfg": "—" if run.is_base or not training else settings_hash(training),
+        "model hash": short(dig(prov, "identity.model_hash", "model_hash")),
+        "data fingerprint": short(rep.get("fingerprint") or prov.get("data_fingerprint")) if trained else "—",
+        "n flipped": str(rep.get("n_flipped", MISSING)) if trained else "—",
+        "class counts": final_counts(rep.get("counts")) if trained else "—",
+        "λD/λU": (f"{fmt(lam.get('desirable'))}/{fmt(lam.get('undesirable'))}" if lam else MISSING)
+        if trained
+        else "—",
+        "steps": count("steps") if trained else "—",
+        "sequences": count("sequences") if trained else "—",
+        "tokens": count("tokens") if trained else "—",
+        "eff. batch": str(summ.get("effective_batch") or effective_batch(spec) or MISSING)
+        if trained
+        else "—",
+        "world size": str(world_size(run) or MISSING) if trained else "—",
+        "precision": precision_label(run) if trained else "—",
+        "budget": budget_label(run) if trained else "—",
+        "training cfg": settings_hash(training) if trained and training else "—",
         "eval settings": settings_hash(eval_settings(run)) if run.results else MISSING,
     }
 
@@ -440,36 +479,119 @@ def differing(rows: list[dict[str, str]], columns: list[str]) -> list[str]:
     return [c for c in columns if len({r[c] for r in rows}) > 1]
 
 
-def audit_table(exp: Experiment) -> Table:
-    runs = sorted(exp.runs, key=lambda r: (not r.is_base, r.point, method_rank(r.method), str(r.seed)))
+def matched_groups(exp: Experiment) -> list[list[tuple[Run, dict[str, str]]]]:
+    """Trained runs compared with each other: same grid point and seed, more than one method."""
+    groups: dict[tuple[str, str], list[tuple[Run, dict[str, str]]]] = {}
+    for r in sorted(exp.trained, key=lambda r: (r.point != exp.reference_point(), r.point, str(r.seed),
+                                                method_rank(r.method))):  # fmt: skip
+        groups.setdefault((r.point, str(r.seed)), []).append((r, audit_row(r)))
+    return [g for g in groups.values() if len({r.method for r, _ in g}) > 1]
+
+
+# steps, sequences or tokens that differ by at most this fraction between compared runs count as matched
+# (an epoch's last partial batch moves tokens by a handful); the audit still names the column
+NEAR_EQUAL = 0.01
+TOLERANT_COLUMNS = ("steps", "sequences", "tokens")
+
+
+def _relative_spread(values: list[str]) -> float | None:
+    """(max − min) / max of numeric values, None when any is not a number."""
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return None
+    top = max(abs(x) for x in numbers)
+    return 0.0 if top == 0 else (max(numbers) - min(numbers)) / top
+
+
+def _material(col: str, group: list[tuple[Run, dict[str, str]]]) -> bool:
+    values = [row[col] for _, row in group]
+    if len(set(values)) < 2:
+        return False
+    spread = _relative_spread(values) if col in TOLERANT_COLUMNS else None
+    return spread is None or spread > NEAR_EQUAL
+
+
+def near_equal(exp: Experiment) -> list[str]:
+    """Notes for the compute columns that differ between compared runs only within NEAR_EQUAL."""
+    out = []
+    groups = matched_groups(exp)
+    for col in TOLERANT_COLUMNS:
+        differs = [g for g in groups if col in differing([row for _, row in g], [col])]
+        if differs and not any(_material(col, g) for g in differs):
+            worst = max(_relative_spread([row[col] for _, row in g]) or 0.0 for g in differs)
+            out.append(
+                f"{col} differ between compared runs by at most {100 * worst:.2g}% (within {NEAR_EQUAL:.0%}): "
+                "matched, not a confound."
+            )
+    return out
+
+
+def confounds(exp: Experiment, compare: tuple[str, str] | None = None) -> list[str]:
+    """One sentence per setting that differs materially between compared runs, with the values of the
+    first matched group where it does (the reference point first), e.g. "KTO took 87 optimizer steps,
+    DPO 43: a KTO − DPO difference is confounded with the number of optimizer updates". Steps,
+    sequences and tokens within NEAR_EQUAL of each other are matched (see `near_equal`)."""
+    out = []
+    groups = matched_groups(exp)
+    for col in [*COMPUTE_COLUMNS, "model hash", "training cfg", "eval settings"]:
+        where = next((g for g in groups if _material(col, g)), None)
+        if where is None:
+            continue
+        verb, unit, what = CONFOUND_WORDS[col]
+        order = list(compare or ())
+        values = sorted(((r.method, row[col]) for r, row in where),
+                        key=lambda v: (order.index(v[0]) if v[0] in order else len(order), method_rank(v[0])))  # fmt: skip
+        first, *rest = values
+        listed = f"{first[0].upper()} {verb} {first[1]}{' ' + unit if unit else ''}, " + ", ".join(
+            f"{m.upper()} {v}" for m, v in rest
+        )
+        n_groups = sum(_material(col, g) for g in groups)
+        r0 = where[0][0]
+        at = f"at {r0.point or 'the only grid point'}, seed {r0.seed}"
+        contrast_name = " − ".join(m.upper() for m, _ in values[:2])
+        out.append(
+            f"{listed} ({at}; {n_groups} of {len(groups)} compared groups differ): "
+            f"a {contrast_name} difference is confounded with {what}."
+        )
+    return out
+
+
+def audit_table(exp: Experiment, compare: tuple[str, str] | None = None) -> Table:
+    runs = sorted(exp.runs, key=lambda r: (not r.is_base, method_rank(r.method), r.point, str(r.seed)))
     rows = [audit_row(r) for r in runs]
     table = Table(
-        "audit", "Matched-settings audit", AUDIT_COLUMNS, [[r[c] for c in AUDIT_COLUMNS] for r in rows]
+        "audit",
+        "Matched-settings audit (per run)",
+        AUDIT_COLUMNS,
+        [[r[c] for c in AUDIT_COLUMNS] for r in rows],
     )
-    trained = [(r, row) for r, row in zip(runs, rows, strict=True) if not r.is_base]
-    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
-    for r, row in trained:
-        groups.setdefault((r.point, str(r.seed)), []).append(row)
-    within = sorted({c for g in groups.values() if len(g) > 1 for c in differing(g, ["method", *COMPARED])})
-    unexpected = [c for c in within if c not in ("method", "data fingerprint")]
-    compared = [g for g in groups.values() if len(g) > 1]
-    if not compared:
-        table.notes.append("No matched groups (runs sharing grid point and seed) to compare yet.")
-    elif unexpected:
+    groups = matched_groups(exp)
+    within = sorted(
+        {c for g in groups for c in differing([row for _, row in g], ["method", *COMPARED])},
+        key=["method", *COMPARED].index,
+    )
+    if not groups:
         table.notes.append(
-            f"WARNING: runs compared at the same grid point and seed differ in: {', '.join(within)}. "
-            "Only the method should differ; the comparison is not matched."
+            "No matched groups (runs of different methods sharing grid point and seed) to compare yet."
         )
+    elif within == ["method"]:
+        table.notes.append("Runs compared at the same grid point and seed differ only in: method.")
     else:
+        setup = [c for c in within if c not in ("method", "steps", "sequences", "tokens", "λD/λU")]
+        prefix = "WARNING: " if setup else ""
         table.notes.append(
-            f"Runs compared at the same grid point and seed differ only in: {', '.join(within) or 'nothing'}"
+            f"{prefix}Runs compared at the same grid point and seed differ in: {', '.join(within)}."
             + (
-                " (fingerprints differ by format: pairs vs binary examples)."
-                if "data fingerprint" in within
-                else "."
+                " Only the method (and the budget's outcome) should differ; the comparison is not matched."
+                if setup
+                else ""
             )
         )
-    across = differing([row for _, row in trained], ["point", "seed", *COMPARED])
+    table.notes += [f"Confound: {c}" for c in confounds(exp, compare)] + near_equal(exp)
+    across = (
+        differing([audit_row(r) for r in exp.trained], ["point", "seed", *COMPARED]) if exp.trained else []
+    )
     table.notes.append(f"Across all trained runs these columns vary: {', '.join(across) or 'none'}.")
     settings = {}
     for r in runs:
@@ -477,6 +599,53 @@ def audit_table(exp: Experiment) -> Table:
             settings.setdefault(settings_hash(eval_settings(r)), eval_settings(r))
     for h, s in settings.items():
         table.notes.append(f"eval settings {h}: {json.dumps(s, sort_keys=True, default=str)}")
+    return table
+
+
+def _distinct(values: list[str]) -> str:
+    seen = sorted(set(values), key=values.index)
+    if len(seen) == 1:
+        return seen[0]
+    numbers = [float(v) for v in seen if v.replace(".", "", 1).isdigit()]
+    if len(numbers) == len(seen):
+        return f"{min(numbers):g}–{max(numbers):g} (varies)"
+    return " / ".join(seen)
+
+
+def method_audit_table(exp: Experiment, compare: tuple[str, str] | None = None) -> Table:
+    """The compute each method received, one row per method (values that vary across its runs are
+    shown as a range): steps, sequences, tokens, effective batch, world size, precision, budget rule."""
+    columns = ["method", "runs", *COMPUTE_COLUMNS, "budget"]
+    table = Table("audit_methods", "Matched-settings audit (per method)", columns, [])
+    by_method: dict[str, list[dict[str, str]]] = {}
+    for r in sorted(exp.trained, key=lambda r: method_rank(r.method)):
+        by_method.setdefault(r.method, []).append(audit_row(r))
+    data = []
+    for method, rows in by_method.items():
+        line = [method, str(len(rows))] + [_distinct([row[c] for row in rows]) for c in columns[2:]]
+        table.rows.append(line)
+        data.append(dict(zip(columns, line, strict=True)))
+    table.data = pd.DataFrame(data) if data else None
+    groups = matched_groups(exp)
+    within = sorted(
+        {c for g in groups for c in differing([row for _, row in g], ["method", *COMPARED])},
+        key=["method", *COMPARED].index,
+    )
+    if groups:
+        table.notes.append(
+            "Compared runs (same grid point and seed) differ in: " + (", ".join(within) or "nothing") + "."
+        )
+    sentences = confounds(exp, compare)
+    table.notes += near_equal(exp)
+    table.notes += [f"Confound: {c}" for c in sentences] or (
+        [
+            "No confound: the compared methods received the same steps, sequences and tokens (within 1%), batch, processes and precision."
+        ]
+        if groups
+        else []
+    )
+    if not by_method:
+        table.notes.append(f"{MISSING}: no trained runs.")
     return table
 
 

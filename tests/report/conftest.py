@@ -59,7 +59,7 @@ def write_eval(
                 "item_id": f"{task}-{i}",
                 "scores": {key(m): float(s) for m in metrics},
                 "prompt": "p",
-                "output": "o",
+                "output": f"answer {'right' if s else 'wrong'}",
                 "target": "t",
             }
             for i, s in enumerate(solved)
@@ -88,14 +88,28 @@ class ResultsBuilder:
             for t, u in self.difficulty.items()
         }
 
-    def base(self, ability: float = 0.3) -> None:
-        d = self.root / "base-tiny"
+    def base(self, ability: float = 0.3, *, name: str = "base-tiny", model_hash: str = "m" * 64) -> Path:
+        d = self.root / name
         for task, solved in self.solve(ability).items():
             write_eval(d, task, TASKS[task], solved, "base", full_keys=True)
-        _dump(d / "provenance.json", {"model_hash": "m" * 64})
+        _dump(d / "provenance.json", {"model_hash": model_hash})
+        return d
 
-    def run(self, method: str, seed: int, grid: dict, ability: float, *, model_hash: str = "m" * 64) -> Path:
-        run_id = f"{method}-{seed}-" + "-".join(f"{k.split('.')[-1]}{v}" for k, v in sorted(grid.items()))
+    def run(
+        self,
+        method: str,
+        seed: int,
+        grid: dict,
+        ability: float,
+        *,
+        model_hash: str = "m" * 64,
+        summary: dict | None = None,
+        run_id: str | None = None,
+    ) -> Path:
+        """One finished run; `summary` adds or overrides train_summary.json fields."""
+        run_id = run_id or f"{method}-{seed}-" + "-".join(
+            f"{k.split('.')[-1]}{v}" for k, v in sorted(grid.items())
+        )
         d = self.root / run_id
         spec = {
             "model": {"name": "tiny"},
@@ -123,7 +137,10 @@ class ResultsBuilder:
               f"train/rewards/{undesirable_key}": -0.02 * s, "train/kl": 0.01 * s, "train/lr": 1e-6,
               "train/grad_norm": 1.0, "time/step_s": 0.5, "tokens/seen": 1000 * s} for s in range(1, 21)],
         )  # fmt: skip
-        _dump(d / "train_summary.json", {"steps": 20, "tokens": 20000, "wall_s": 10.0, "stopped": None})
+        _dump(
+            d / "train_summary.json",
+            {"steps": 20, "tokens": 20000, "wall_s": 10.0, "stopped": None, **(summary or {})},
+        )
         _dump_lines(
             d / "rewards.jsonl",
             [{"source_id": f"x{i}", "desirable": i % 2 == 0, "reward": float(self.rng.normal(0.5 if i % 2 == 0 else -0.5))}

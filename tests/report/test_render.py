@@ -1,8 +1,10 @@
 import base64
+import html as html_lib
 import json
 import re
 import shutil
 import subprocess
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -66,10 +68,10 @@ def check_self_contained(html: str, base_dir: Path) -> Refs:
 
 
 def test_report_files_tables_and_plots(rendered):
-    for name in ("headline", "claims", "paired", "audit", "training"):
+    for name in ("headline", "claims", "paired", "audit", "training", "audit_methods", "health"):
         for ext in ("md", "csv", "tex", "html"):
             assert (rendered / "tables" / f"{name}.{ext}").stat().st_size > 0, (name, ext)
-    for name in ("bars", "noise", "imbalance", "training", "rewards"):
+    for name in ("forest", "bars", "noise", "imbalance", "training", "rewards"):
         png, svg = rendered / "plots" / f"{name}.png", rendered / "plots" / f"{name}.svg"
         assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 5000, name
         assert "<svg" in svg.read_text()[:2000], name
@@ -86,12 +88,12 @@ def test_report_is_traceable_and_self_contained(rendered):
     html = (rendered / "index.html").read_text()
     parser = check_self_contained(html, rendered)
     imgs = [v for t, k, v in parser.refs if t == "img"]
-    assert len(imgs) == 5 and all(v.startswith("data:image/png;base64,") for v in imgs)
+    assert len(imgs) == 6 and all(v.startswith("data:image/png;base64,") for v in imgs)
     assert "script" not in parser.tags and "link" not in parser.tags
     for needle in ("dpo-0-desirable_fraction1.0-flip_rate0.0", "base-tiny", "s" * 16, "abc123", "torch 2.13"):
         assert needle in html, needle
     assert "name: sweep" in html  # the spec text
-    for table in ("headline", "claims", "paired", "audit", "training"):
+    for table in ("headline", "claims", "paired", "audit", "training", "audit_methods", "health"):
         assert f'id="table-{table}"' in html
     claims = (rendered / "tables" / "claims.csv").read_text()
     assert "demo_noise_robustness,reproduced" in claims  # DPO drops 20 points, KTO 6
@@ -101,10 +103,10 @@ def test_sweep_rows_are_per_grid_point(rendered):
     md = (rendered / "tables" / "headline.md").read_text()
     labels = re.findall(r"^\| (\+\w+ \([^)]*\)|base) \|", md, flags=re.M)
     assert labels[0] == "base" and len(labels) == 1 + 3 * 2
-    assert labels[1:3] == [
-        "+DPO (desirable_fraction=1.0, flip_rate=0.0)",
-        "+KTO (desirable_fraction=1.0, flip_rate=0.0)",
-    ]
+    # grouped by method (all DPO rows, then all KTO rows), the reference point first in each group
+    assert [lab[:4] for lab in labels[1:]] == ["+DPO"] * 3 + ["+KTO"] * 3
+    assert labels[1] == "+DPO (desirable_fraction=1.0, flip_rate=0.0)"
+    assert labels[4] == "+KTO (desirable_fraction=1.0, flip_rate=0.0)"
 
 
 def test_partial_results_render_with_missing_marks(tmp_path):
@@ -140,49 +142,182 @@ def test_empty_experiment_still_renders(tmp_path):
     assert "no trained runs found" in html and html.count("missing") >= 5
 
 
+# ---------------------------------------------------------------------------------------------- answer first
+
+
+class Order(HTMLParser):
+    """The text of the first h1 and of the block elements in document order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[tuple[str, str]] = []
+        self._open: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("h1", "h2", "p", "li", "figure"):
+            self.blocks.append((tag, ""))
+            self._open = tag
+
+    def handle_endtag(self, tag):
+        if tag == self._open:
+            self._open = None
+
+    def handle_data(self, data):
+        if self._open and self.blocks:
+            tag, text = self.blocks[-1]
+            self.blocks[-1] = (tag, text + data)
+
+
+def test_report_opens_with_the_answer_then_the_forest_plot(rendered):
+    html = (rendered / "index.html").read_text()
+    order = Order()
+    order.feed(html)
+    tags = [t for t, _ in order.blocks]
+    (h1, title), (p, first) = order.blocks[:2]
+    assert h1 == "h1" and "when does KTO beat DPO" in title
+    # planted: KTO 10 points above DPO at the reference point, on both benchmarks
+    assert p == "p" and first.startswith("KTO − DPO at desirable_fraction=1.0, flip_rate=0.0: "), first
+    assert re.search(r"Demo arith \(gen\) EM \+\d+\.\d points \[\+\d+\.\d, \+\d+\.\d\]", first), first
+    assert re.search(r"Across 3 grid points on [^:]*Demo arith \(gen\) EM: KTO ahead at 3 \(", html)  # when
+    # one sentence per claim, each with its verdict, before any table or curve
+    claims = [text for tag, text in order.blocks if tag == "li"][:2]
+    assert claims[0].startswith(("reproduced — ", "inconclusive — ", "contradicted — ", "missing — ")), claims
+    assert "demo_noise" not in claims[0] and "measured" in " ".join(claims)
+    forest = html.index("id='plot-forest'")
+    assert forest < html.index("id='curves'") < html.index("id='headline'") < html.index("id='provenance'")
+    assert html.index("id='table-provenance'") < html.index('id="table-audit"')  # run lists at the end
+    assert tags.index("figure") > tags.index("li")
+    md = (rendered / "report.md").read_text()
+    assert md.splitlines()[2].startswith("KTO − DPO at ") and md.index("![forest]") < md.index("## Curves")
+    forest_csv = (rendered / "tables" / "forest.csv").read_text().splitlines()
+    assert forest_csv[0].startswith("contrast,point,task,metric,benchmark,scale")
+    kinds = Counter(line.split(",")[0] for line in forest_csv[1:])
+    # every grid point (3) × benchmark column (3): the method contrast and each method against the base
+    assert kinds == {"KTO − DPO": 9, "DPO − base": 9, "KTO − base": 9}
+
+
+def test_score_dots_do_not_start_the_axis_at_zero(tmp_path, monkeypatch):
+    import kto_bench.report.plots as plots
+    from kto_bench.report.aggregate import load_experiment
+
+    figures = {}
+
+    def keep(fig, out_dir, name, caption):
+        figures[name] = fig
+        return plots.PlotResult(name, caption)
+
+    monkeypatch.setattr(plots, "save", keep)
+    exp = load_experiment(build(tmp_path / "exp", lambda m, g: {"dpo": 0.55, "kto": 0.6}[m], GRIDS[:1]))
+    plots.plot_bars(exp, 0.05, tmp_path)
+    axes = [ax for ax in figures["bars"].axes if ax.get_visible()]
+    assert len(axes) == 3
+    for ax in axes:  # base near 30, methods near 55-60 points: a zoomed axis, not one from 0
+        lo, hi = ax.get_xlim()
+        assert 10 < lo < 30 < hi < 80, (ax.get_title(), lo, hi)
+
+
+def test_every_health_row_and_claim_sentence_is_in_the_report(rendered):
+    md = (rendered / "report.md").read_text()
+    assert "## Did it train? (per-run health check)" in md
+    health = (rendered / "tables" / "health.csv").read_text().splitlines()
+    assert len(health) == 1 + 3 * 2 * 3 and all(",trained" in line for line in health[1:])
+    assert "All 18 checked runs moved from their base model" in md
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_rerendering_an_unchanged_store_is_byte_identical(tmp_path):
+    root = build(tmp_path / "sweep", ability, GRIDS)
+    spec = ReportSpec(bootstrap=200)
+    first, second = tmp_path / "a", tmp_path / "b"
+    render_report(root, first, spec, SPEC_TEXT, "sweep")
+    render_report(root, second, spec, SPEC_TEXT, "sweep")
+    a, b = _files(first), _files(second)
+    assert sorted(a) == sorted(b) and len(a) > 40
+    differ = [name for name in a if a[name] != b[name]]
+    assert not differ, f"files that changed between two renders of one store: {differ}"
+    svg = a["plots/forest.svg"].decode()
+    assert "<dc:date>" not in svg and "<svg" in svg
+    assert b"tIME" not in a["plots/forest.png"]  # no PNG timestamp chunk
+
+
+# ---------------------------------------------------------------------------------------------- browser
+
+
 def _chromium() -> str | None:
     return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
-CHECK_SCRIPT = """<script>
+PROBE = """<script>
 window.addEventListener('load', () => {
-  const imgs = [...document.images];
-  document.body.setAttribute('data-images', imgs.length);
-  document.body.setAttribute('data-decoded', imgs.filter(i => i.complete && i.naturalWidth > 0).length);
-  document.body.setAttribute('data-tables', document.querySelectorAll('table').length);
+  const imgs = [...document.images], root = document.documentElement, b = document.body;
+  b.setAttribute('data-images', imgs.length);
+  b.setAttribute('data-decoded', imgs.filter(i => i.complete && i.naturalWidth > 0).length);
+  b.setAttribute('data-tables', document.querySelectorAll('table').length);
+  b.setAttribute('data-scroll-width', root.scrollWidth);
+  b.setAttribute('data-client-width', root.clientWidth);
+  const first = document.querySelector('h1, h2, h3, p');
+  const para = document.querySelector('p');
+  b.setAttribute('data-first-block', first.tagName + ': ' + first.textContent);
+  b.setAttribute('data-first-paragraph', para ? para.textContent : '');
 });
 </script>"""
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--virtual-time-budget=5000", "--window-size=1280,900"]  # fmt: skip
+
+
+def _probe(html: str, tmp_path: Path, name: str) -> dict[str, str]:
+    """Loads `html` (with the probe) in headless Chromium at 1280 px; returns the probe's attributes."""
+    page = tmp_path / f"{name}.html"
+    page.write_text(html.replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run(
+        [
+            _chromium(),
+            *FLAGS,
+            f"--user-data-dir={tmp_path / ('profile-' + name)}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body, dom[:500]
+    attrs = {k: html_lib.unescape(v) for k, v in re.findall(r'data-([\w-]+)="([^"]*)"', body.group(1))}
+    assert "scroll-width" in attrs, f"the probe did not run: {dom[:300]}"
+    return attrs
 
 
 @pytest.mark.skipif(
     _chromium() is None, reason="no chromium binary (apt-get install -y chromium chromium-driver)"
 )
-def test_report_loads_in_headless_chromium(rendered, tmp_path):
-    # A copy with a probe script that records, after the load event, how many images the browser decoded.
-    probe = tmp_path / "probe.html"
+def test_report_in_headless_chromium_at_1280px(rendered, tmp_path):
     html = (rendered / "index.html").read_text()
-    probe.write_text(html.replace("</body>", CHECK_SCRIPT + "</body>"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]  # fmt: skip
-    dom = subprocess.run(
-        [_chromium(), *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
-    ).stdout
-    assert "<h1>Report: sweep</h1>" in dom, dom[:500]
-    body = re.search(r"<body([^>]*)>", dom).group(1)
-    attrs = dict(re.findall(r'data-(\w+)="(\d+)"', body))
-    assert attrs == {"images": "5", "decoded": "5", "tables": "6"}, attrs  # 5 report tables + provenance
-    check_self_contained(dom, rendered)
-    shot = tmp_path / "shot.png"
+    shot = tmp_path / "report-1280.png"
     subprocess.run(
-        [
-            _chromium(),
-            *flags,
-            "--window-size=1280,2000",
-            f"--screenshot={shot}",
-            (rendered / "index.html").as_uri(),
-        ],
+        [_chromium(), *FLAGS[:-1], "--window-size=1280,2400", f"--user-data-dir={tmp_path / 'profile-shot'}",
+         f"--screenshot={shot}", (rendered / "index.html").as_uri()],
         capture_output=True,
         timeout=120,
+    )  # fmt: skip
+    assert shot.exists() and shot.read_bytes().startswith(b"\x89PNG"), f"no screenshot at {shot}"
+    attrs = _probe(html, tmp_path, "report")
+    where = f"(screenshot: {shot})"
+    assert attrs["images"] == attrs["decoded"] == "6", (attrs, where)  # forest + 5 figures, all decoded
+    # 5 spec tables, the per-method audit, the health check and provenance
+    assert int(attrs["tables"]) == 8, (attrs, where)
+    assert int(attrs["scroll-width"]) <= int(attrs["client-width"]), (
+        f"page body overflows horizontally {where}: {attrs}"
     )
-    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
+    assert attrs["first-block"].startswith("H1: sweep: when does KTO beat DPO"), (attrs["first-block"], where)
+    assert attrs["first-paragraph"].startswith("KTO − DPO at "), (attrs["first-paragraph"], where)
+    assert shot.stat().st_size > 50_000, where
+    # the overflow check can fail: the same page without the tables' own scroll containers overflows
+    unwrapped = html.replace(".table-wrap{max-width:100%;overflow-x:auto;", ".table-wrap{")
+    assert unwrapped != html
+    control = _probe(unwrapped, tmp_path, "control")
+    assert int(control["scroll-width"]) > int(control["client-width"]), control
