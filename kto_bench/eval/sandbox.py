@@ -248,8 +248,9 @@ def _execute(iso: Isolation, job: dict, limits: Limits, guards: bool) -> Sandbox
         code, tail, timed_out = _spawn(_command(config, iso), json.dumps(job), workdir, limits.timeout_s)
     finally:
         _remove_workdir(workdir)
-        if cgroup:
-            _remove_cgroup(cgroup)
+        oom_killed = bool(cgroup) and _remove_cgroup(cgroup)
+    if oom_killed and not timed_out:
+        code = MEMORY_EXIT
     layers = iso.describe(guards)
     if iso.cgroup and not cgroup:
         layers += " (cgroup not created: rlimit+watchdog only)"
@@ -269,6 +270,7 @@ def _rlimits(limits: Limits) -> dict[str, int]:
         "RLIMIT_FSIZE": limits.file_mb * 2**20,
         "RLIMIT_NPROC": limits.max_processes,
         "RLIMIT_CORE": 0,
+        "RLIMIT_NOFILE": 64,  # also bounds what memfds and pipes can hold outside any RSS
     }
 
 
@@ -315,8 +317,9 @@ def _make_cgroup(iso: Isolation, limits: Limits) -> str | None:
     try:
         path.mkdir()
         (path / "memory.max").write_text(str(limits.memory_mb * 2**20))
-        with contextlib.suppress(OSError):
-            (path / "memory.swap.max").write_text("0")
+        for name, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
+            with contextlib.suppress(OSError):
+                (path / name).write_text(value)
         (path / "pids.max").write_text(str(limits.max_processes + 2))  # + harness and unshare
         return str(path)
     except OSError:
@@ -325,17 +328,23 @@ def _make_cgroup(iso: Isolation, limits: Limits) -> str | None:
         return None
 
 
-def _remove_cgroup(path: str) -> None:
+def _remove_cgroup(path: str) -> bool:
+    """Kill what is left in the run's cgroup and remove it; whether the kernel OOM-killed in it."""
+    oom = False
+    with contextlib.suppress(OSError, ValueError):
+        events = dict(line.split() for line in Path(path, "memory.events").read_text().splitlines())
+        oom = int(events.get("oom_kill", 0)) > 0
     with contextlib.suppress(OSError):
         Path(path, "cgroup.kill").write_text("1")
     for _ in range(100):
         try:
             os.rmdir(path)
-            return
+            return oom
         except OSError:
             import time
 
             time.sleep(0.01)
+    return oom
 
 
 @functools.cache
@@ -470,6 +479,10 @@ def _supervisor_main() -> None:  # pragma: no cover - runs in the sandbox
                 f.write("0")
         if config["namespaces"]:
             root = _build_root(config)  # noqa: F821
+            # this IPC namespace's System V shared memory and message queues hold memory outside any RSS
+            for name, value in (("shmall", 0), ("shmmax", 0), ("msgmni", 0)):
+                with open(f"/proc/sys/kernel/{name}", "w") as f:
+                    f.write(str(value))
         os.environ.clear()
         os.environ.update(
             {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp" if root else config["workdir"]}
@@ -526,14 +539,20 @@ def _supervisor_main() -> None:  # pragma: no cover - runs in the sandbox
         me = os.getpid()
         while cand.poll() is None or _descendants(me):  # noqa: F821
             pids = _descendants(me)  # noqa: F821
-            rss = 0
+            rss, memfds = 0, {}
             for pid in pids:
                 try:
                     with open(f"/proc/{pid}/statm") as f:
                         rss += int(f.read().split()[1]) * page
+                    for fd in os.listdir(f"/proc/{pid}/fd"):  # memfds: memory in no process's RSS
+                        path = f"/proc/{pid}/fd/{fd}"
+                        if os.readlink(path).startswith("/memfd:"):
+                            st = os.stat(path)
+                            memfds[(st.st_dev, st.st_ino)] = st.st_blocks * 512
                 except (OSError, ValueError, IndexError):
                     pass
-            if rss > config["memory_bytes"] or len(pids) > config["max_processes"]:
+            used = rss + sum(memfds.values())
+            if used > config["memory_bytes"] or len(pids) > config["max_processes"]:
                 killed.set()
                 _kill_all(pids)  # noqa: F821
                 return

@@ -314,6 +314,25 @@ def test_memory_is_limited_for_the_whole_process_tree():
     assert _sandbox_processes() <= before
 
 
+@needs_isolation
+def test_memory_outside_any_process_is_counted_or_refused():
+    # memfds hold memory in no process's RSS: 40 of 8 MB pass every per-process limit (file size,
+    # address space) but not the tree's; System V shared memory is off in the sandbox's IPC namespace.
+    memfds = (
+        "import os, time\nfds = []\nfor i in range(40):\n    fd = os.memfd_create('m%d' % i)\n"
+        "    os.write(fd, bytes(8 * 2**20))\n    fds.append(fd)\nprint('filled', flush=True)\ntime.sleep(20)\n"
+    )
+    result = run_program(memfds, memory_mb=128, file_mb=16, timeout_s=15, guards=False)
+    assert result.status == "memory", result.stdout_tail
+    shm = (
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.shmget(0, 64 * 2**20, 0o1600) == -1, 'shmget succeeded'\n"
+        "assert libc.msgget(0, 0o1600) == -1, 'msgget succeeded'\nprint('refused')\n"
+    )
+    result = run_program(shm, guards=False)
+    assert result.passed and "refused" in result.stdout_tail, result.stdout_tail
+
+
 def test_large_file_write_is_refused():
     program = "with open('big.bin', 'wb') as f:\n    for _ in range(64): f.write(bytes(2**20))"
     result = run_program(program, file_mb=1, guards=False)
