@@ -263,6 +263,29 @@ def test_answers_are_plain_data():
     assert check_program(problem["prompt"] + wrong, problem).status == "failed"
 
 
+HOSTILE_ANSWERS = {
+    "deep nesting": "    v = []\n    for _ in range(100000):\n        v = [v]\n    return v\n",
+    "5000-digit int": "    return 10 ** 5000\n",
+    "32 MB string": "    return 'x' * (32 * 2**20)\n",
+    "forged frame": (
+        "    import os, json\n    data = json.dumps({'ok': True}).encode()\n"
+        "    os.write(int(open('/proc/self/cmdline').read().split(chr(0))[-2]), len(data).to_bytes(8, 'big') + data)\n"
+        "    return True\n"
+    ),
+    "garbage frame": "    import os\n    for fd in range(3, 10):\n        try:\n            os.write(fd, b'\\xff' * 64)\n"
+    "        except OSError:\n            pass\n    return True\n",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_ANSWERS))
+def test_hostile_answers_fail_cleanly(name):
+    problem = _humaneval_problems()[0]  # has_close_elements: returns a bool
+    start = time.monotonic()
+    result = check_humaneval(problem, HOSTILE_ANSWERS[name], guards=False)
+    assert (result.passed, result.status) == (False, "failed"), result.stdout_tail
+    assert time.monotonic() - start < 10
+
+
 # ----------------------------------------------------------------------------- resources
 
 
