@@ -226,21 +226,34 @@ def test_reading_the_harness_memory_fails():
     assert result.status == "failed" and "memory refused" in result.stdout_tail, result.stdout_tail
 
 
+# name: (HumanEval problem, completion, does it "pass" when the program's own exit status is the verdict)
 MONKEYPATCHES = {
-    "always-equal object": "    class Yes:\n        def __eq__(self, other): return True\n    return Yes()\n",
-    "own check()": "    return None\ndef check(candidate):\n    pass\n",
-    "patched AssertionError": (
-        "    return None\nimport builtins\nclass Quiet(BaseException): pass\nbuiltins.AssertionError = Quiet\n"
-        "import sys\nsys.excepthook = lambda *a: None\n"
+    "always-equal object": (
+        0,
+        "    class Yes:\n        def __eq__(self, other): return True\n    return Yes()\n",
+        True,
     ),
-    "patched sys.exit/atexit": "    return None\nimport atexit, os\natexit.register(lambda: os._exit(0))\n",
+    "patched builtins.abs": (4, "    return 0.0\nimport builtins\nbuiltins.abs = lambda x: 0.0\n", True),
+    "own check()": (0, "    return None\ndef check(candidate):\n    pass\n", False),
+    "patched AssertionError": (
+        0,
+        "    return None\nimport builtins\nclass Quiet(BaseException): pass\nbuiltins.AssertionError = Quiet\n",
+        False,
+    ),
+    "atexit os._exit(0)": (
+        0,
+        "    return None\nimport atexit, os\natexit.register(lambda: os._exit(0))\n",
+        False,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(MONKEYPATCHES))
 def test_monkeypatching_the_harness_fails(name):
-    problem = _humaneval_problems()[0]
-    result = check_humaneval(problem, MONKEYPATCHES[name], guards=False)
+    index, completion, control = MONKEYPATCHES[name]
+    problem = _humaneval_problems()[index]
+    assert run_program(_whole_program(problem, completion), guards=False).passed is control
+    result = check_humaneval(problem, completion, guards=False)
     assert (result.passed, result.status) == (False, "failed"), result.stdout_tail
 
 
