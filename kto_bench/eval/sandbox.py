@@ -316,11 +316,13 @@ def _make_cgroup(iso: Isolation, limits: Limits) -> str | None:
     path = Path(iso.cgroup) / f"kto-bench-sandbox-{uuid.uuid4().hex[:12]}"
     try:
         path.mkdir()
-        (path / "memory.max").write_text(str(limits.memory_mb * 2**20))
+        # the harness and `unshare` are in the cgroup too: + 128 MB, so that one candidate process
+        # (RLIMIT_AS = memory_mb) gets MemoryError, as elsewhere, and only a tree over the limit is killed
+        (path / "memory.max").write_text(str((limits.memory_mb + 128) * 2**20))
         for name, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
             with contextlib.suppress(OSError):
                 (path / name).write_text(value)
-        (path / "pids.max").write_text(str(limits.max_processes + 2))  # + harness and unshare
+        (path / "pids.max").write_text(str(limits.max_processes + 4))  # + unshare, harness and its watchdog
         return str(path)
     except OSError:
         with contextlib.suppress(OSError):

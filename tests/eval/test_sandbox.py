@@ -350,6 +350,21 @@ def test_memory_is_limited_for_the_whole_process_tree():
     assert _sandbox_processes() <= before
 
 
+@pytest.mark.skipif(
+    not (ISOLATED and probe_isolation().cgroup),
+    reason="no cgroup v2 memory controller this process may delegate to (cgroup v1/hybrid host, or a "
+    "cgroup with processes and no delegation): the rlimit+watchdog fallback is tested instead",
+)
+def test_runs_are_placed_in_a_cgroup_v2_with_memory_and_pids_limits():
+    result = run_program("print(open('/proc/self/cgroup').read())", guards=False)
+    assert result.passed and "kto-bench-sandbox-" in result.stdout_tail, result.stdout_tail
+    assert "memory:cgroup-v2" in result.layers and "cgroup not created" not in result.layers
+    assert not list(Path(probe_isolation().cgroup).glob("kto-bench-sandbox-*"))  # removed afterwards
+    bomb = run_program("block = bytearray(300 * 2**20)\nfor i in range(0, len(block), 4096): block[i] = 1\n",
+                       memory_mb=128, guards=False)  # fmt: skip
+    assert bomb.status in ("failed", "memory") and not bomb.passed
+
+
 @needs_isolation
 def test_memory_outside_any_process_is_counted_or_refused():
     # memfds hold memory in no process's RSS: 40 of 8 MB pass every per-process limit (file size,
