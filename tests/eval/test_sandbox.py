@@ -638,3 +638,44 @@ def test_all_164_canonical_humaneval_solutions_pass():
     assert len(problems) == 164
     failed = [p["task_id"] for p in problems if not check_humaneval(p, p["canonical_solution"]).passed]
     assert failed == []
+
+
+# ----------------------------------------------------------------------------- through lm-eval
+
+
+def test_humaneval_through_lm_eval_scores_with_the_harness(tmp_path, monkeypatch):
+    """The whole path: lm-eval task -> our filter -> pass_at_1 -> harness; the level lands in the result."""
+    from types import SimpleNamespace
+
+    from kto_bench.eval import run_evaluation, tasks
+    from kto_bench.spec import EvaluationSpec
+
+    from . import char_tokenizer, tiny_llama
+
+    def predictions(resps, docs):  # what a model would write instead of the tiny model's noise:
+        # the first problem solved, the second "solved" by posix._exit(0)
+        bodies = {
+            0: lambda d: d["canonical_solution"],
+            1: lambda d: "    pass\nimport posix; posix._exit(0)\n",
+        }
+        return [[doc["prompt"] + bodies[docs.index(doc) % 2](doc)] for doc in docs]
+
+    monkeypatch.setattr(tasks, "build_predictions", predictions)
+    tok = char_tokenizer()
+    spec = SimpleNamespace(name="humaneval", variant="offline", num_fewshot=None, limit=None,
+                           apply_chat_template=False, max_new_tokens=4)  # fmt: skip
+    evaluation = EvaluationSpec.model_construct(
+        tasks=[spec], backend="engine", batch_size=2, seed=1234, allow_code_execution=True
+    )
+    fixture = Path(__file__).parents[1] / "fixtures" / "eval" / "HumanEval.jsonl.gz"
+    (result,) = run_evaluation(
+        tiny_llama(len(tok)), tok, evaluation, tmp_path, model_label="t", data_files={"humaneval": fixture}
+    )
+    samples = [json.loads(line) for line in (tmp_path / "humaneval.samples.jsonl").read_text().splitlines()]
+    scores = {
+        "posix._exit" in s["extracted"]["create_test"]: s["scores"]["pass_at_1,create_test"] for s in samples
+    }
+    assert scores == {False: 1.0, True: 0.0}
+    assert result["metrics"][0]["value"] == 0.5 and result["metrics"][0]["n"] == 2
+    assert result["settings"]["sandbox"] == sandbox.sandbox_report()
+    assert set(json.loads(samples[0]["target"])) == {"prompt", "test", "entry_point"}
