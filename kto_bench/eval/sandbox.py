@@ -462,6 +462,7 @@ def _supervisor_main() -> None:  # pragma: no cover - runs in the sandbox
     root, spawns the candidate (chroot, uid nobody, rlimits), runs the harness or waits for the
     program, and exits with the verdict, which makes the kernel kill everything left in it.
     """
+    import contextlib
     import json
     import os
     import resource
@@ -543,7 +544,12 @@ def _supervisor_main() -> None:  # pragma: no cover - runs in the sandbox
         page = os.sysconf("SC_PAGE_SIZE")
         me = os.getpid()
         while cand.poll() is None or _descendants(me):  # noqa: F821
-            pids = _descendants(me)  # noqa: F821
+            zombies = []
+            pids = _descendants(me, zombies)  # noqa: F821
+            for pid in zombies:  # orphans that exited: reap them (they hold RLIMIT_NPROC slots)
+                if pid != cand.pid:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)
             rss, memfds = 0, {}
             for pid in pids:
                 try:
@@ -633,7 +639,8 @@ def _build_root(config: dict) -> str:  # pragma: no cover - runs in the sandbox
     return root
 
 
-def _descendants(me: int) -> list[int]:  # pragma: no cover - runs in the sandbox
+def _descendants(me: int, zombies: list | None = None) -> list[int]:  # pragma: no cover - in the sandbox
+    """Live descendants of `me`; exited, unreaped children of `me` go to `zombies` when given."""
     import os
 
     parent = {}
@@ -642,7 +649,12 @@ def _descendants(me: int) -> list[int]:  # pragma: no cover - runs in the sandbo
             try:
                 with open(f"/proc/{name}/stat") as f:
                     stat = f.read()
-                parent[int(name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+                state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+                if state == "Z":
+                    if zombies is not None and int(ppid) == me:
+                        zombies.append(int(name))
+                    continue
+                parent[int(name)] = int(ppid)
             except (OSError, ValueError, IndexError):
                 pass
     found, frontier = [], [me]

@@ -440,6 +440,20 @@ def test_fork_bomb_is_bounded_and_cleaned_up():
 
 
 @needs_isolation
+def test_short_lived_orphans_do_not_use_up_the_process_limit():
+    # 30 orphans that exit at once: the harness (their new parent) reaps them, so a limit of 8
+    # processes is never reached by programs that fork responsibly
+    program = (
+        "import os, time\nfor i in range(30):\n    pid = os.fork()\n    if pid == 0:\n"
+        "        if os.fork() == 0:\n            os._exit(0)\n        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n    time.sleep(0.05)\nprint('done')\n"
+    )
+    result = run_program(program, max_processes=8, guards=False, timeout_s=20)
+    assert result.passed and "done" in result.stdout_tail, result.stdout_tail
+    assert "Error" not in result.stdout_tail, result.stdout_tail  # without reaping: EAGAIN from fork()
+
+
+@needs_isolation
 def test_daemon_does_not_outlive_the_run(tmp_path):
     program = (
         "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
