@@ -12,20 +12,24 @@ status. The candidate cannot exit "successfully" on the harness's behalf (`os._e
 `sys.exit`), monkeypatch the harness, or read its test values from frames, gc or memory: they live in
 another process that it cannot signal, trace or read.
 
-Isolation levels (`probe_isolation().level`, recorded in every result):
+Isolation levels (`probe_isolation().level`, the best one a trial run confirms; recorded in every
+result as `settings.sandbox`):
 
-* ``namespaces`` (Linux, root, `unshare` works; checked once by a trial run): the harness is PID 1 of
-  new PID, network, mount, IPC and UTS namespaces; the candidate runs as `nobody` chrooted into a
-  minimal read-only root (`/usr`, `/etc`, `/lib*`, `/bin`, `/sbin` bound read-only, a few `/dev`
-  nodes, a private `/proc`) whose only writable place is `/tmp`, a size-capped tmpfs. No host
-  sockets, no network, no view of host processes. Memory of the whole process tree: cgroup v2
-  `memory.max` + `pids.max` where this process may create a child cgroup, otherwise RLIMIT_AS per
-  process, RLIMIT_NPROC, and a watchdog in the harness that sums the resident memory of every
-  process in the namespace every 10 ms and kills them all when the sum passes the limit.
-* ``none``: no namespaces (not root, not Linux, no `unshare`). The candidate runs under the same uid
-  with rlimits and a scrubbed environment only; it could read your files and signal your processes.
-  Refused unless explicitly allowed: `--allow-unisolated-code-execution` on `kto-bench run`, the
-  environment variable KTO_BENCH_ALLOW_UNISOLATED_CODE_EXECUTION=1, or `allow_unisolated=True`.
+* ``namespaces`` (Linux, root, `unshare`): the harness is PID 1 of new PID, network, mount, IPC and
+  UTS namespaces; the candidate runs as `nobody` chrooted into a minimal read-only root (`/usr`,
+  `/etc`, `/lib*`, `/bin`, `/sbin` bound read-only, a few `/dev` nodes, a private `/proc`) whose
+  only writable place is `/tmp`, a size-capped tmpfs. No host sockets, no network, no view of host
+  processes. Memory of the whole process tree: cgroup v2 `memory.max` + `pids.max` where this
+  process may create a child cgroup, and always RLIMIT_AS per process, RLIMIT_NPROC, and a watchdog
+  in the harness that sums the resident memory (and memfds) of every process in the sandbox and
+  ends the sandbox when the sum passes the limit.
+* ``userns`` (Linux, not root, unprivileged user namespaces): the same, inside a new user namespace
+  (`unshare --user --map-root-user`); the candidate keeps our uid (root inside the namespace) but
+  has no capabilities (bounding set emptied, securebits `noroot`, `no_new_privs`).
+* ``none``: no namespaces. The candidate runs under our uid with rlimits and a scrubbed environment
+  only; it could read your files and signal your processes. Refused unless explicitly allowed:
+  `--allow-unisolated-code-execution` on `kto-bench run`, the environment variable
+  KTO_BENCH_ALLOW_UNISOLATED_CODE_EXECUTION=1, or `allow_unisolated=True`.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class SandboxResult:
     passed: bool  # run_program: exited 0 (the program's own claim); check_humaneval: the harness's verdict
     status: str  # "passed" | "failed" | "timeout" | "memory" | "error: ..."
     stdout_tail: str = ""
-    isolation: str = ""  # the level: "namespaces" or "none"
+    isolation: str = ""  # the level: "namespaces", "userns" or "none"
     layers: str = ""  # which layers were active, e.g. "netns+pidns+mountns+chroot+uid=65534+..."
 
 
@@ -67,16 +71,17 @@ class SandboxResult:
 class Isolation:
     """What the OS lets the sandbox do on this machine (probed once per process)."""
 
-    level: str  # "namespaces" | "none"
+    level: str  # "namespaces" | "userns" | "none"
     uid: int | None  # unprivileged uid the candidate runs as (None: our own uid)
     gid: int | None
-    reason: str  # why the level is "none", "" otherwise
+    reason: str  # why the level is not "namespaces" (the best), "" otherwise
     python: str  # the interpreter that runs harness and candidate
     cgroup: str | None = None  # cgroup v2 directory under which per-run cgroups are made
 
     @property
     def namespaces(self) -> bool:
-        return self.level == "namespaces"
+        """Isolated: a level with namespaces and the minimal root (`namespaces` or `userns`)."""
+        return self.level in ("namespaces", "userns")
 
     @property
     def memory(self) -> str:
@@ -84,11 +89,16 @@ class Isolation:
 
     def describe(self, guards: bool = True) -> str:
         layers = ["netns+pidns+mountns+ipcns+utsns", "chroot(ro-root,tmpfs-/tmp)"] if self.namespaces else []
+        if self.level == "userns":
+            layers.insert(0, "userns")
+            layers.append("no-capabilities")
         if self.uid is not None:
             layers.append(f"uid={self.uid}")
         layers += [f"memory:{self.memory}", "rlimits", "separate-harness"] + (["guards"] if guards else [])
         text = "+".join(layers)
-        return text if not self.reason else f"{text}; NOT isolated: {self.reason}"
+        if self.level == "none":
+            return f"{text}; NOT isolated: {self.reason}"
+        return text
 
 
 def require_opt_in(allowed: bool) -> None:
@@ -115,8 +125,10 @@ def require_isolation(allow_unisolated: bool | None = None) -> Isolation:
     if not iso.namespaces and not unisolated_allowed(allow_unisolated):
         raise EvalError(
             f"refusing to execute generated code without isolation: {iso.reason}. The program could "
-            "read your files and environment (API keys) and signal your processes. Run as root on "
-            "Linux with `unshare` (util-linux), e.g. in a container, or force it with "
+            "read your files and environment (API keys) and signal your processes. Isolation needs "
+            "Linux with `unshare` (util-linux) and either root (e.g. in a container) or unprivileged "
+            "user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu also "
+            "kernel.apparmor_restrict_unprivileged_userns=0); or force it with "
             f"`{ALLOW_UNISOLATED_FLAG}` on `kto-bench run` ({ALLOW_UNISOLATED_ENV}=1). See docs/SANDBOX.md."
         )
     return iso
@@ -240,6 +252,7 @@ def _execute(iso: Isolation, job: dict, limits: Limits, guards: bool) -> Sandbox
             "max_processes": limits.max_processes,
             "guards": guards,
             "namespaces": iso.namespaces,
+            "userns": iso.level == "userns",
             "uid": iso.uid,
             "gid": iso.gid,
             "python": iso.python,
@@ -351,38 +364,53 @@ def _remove_cgroup(path: str) -> bool:
 
 @functools.cache
 def probe_isolation() -> Isolation:
-    """`namespaces` when we are root on Linux and a trial run through them works, else `none`.
+    """The best level a trial run through the real sandbox confirms on this machine.
 
-    The harness and candidate interpreters must live under the read-only root's directories and be
-    usable by `nobody`: ours may be a venv under a 0700 home, so the trial tries it first and then
-    the system's python3 (programs need only the standard library).
+    `namespaces` as root (the candidate runs as `nobody`); else `userns` (an unprivileged user
+    namespace, the candidate keeps our uid mapped to root inside but has no capabilities); else
+    `none`. The interpreters must live under the read-only root's directories: ours may be a venv,
+    so each trial tries it first and then the system's python3 (programs need only the stdlib).
     """
     if sys.platform != "linux":
         return _fallback("not Linux: no namespaces")
-    if os.geteuid() != 0:
-        return _fallback("not root: no namespaces or uid drop")
-    missing = [tool for tool in ("unshare",) if shutil.which(tool) is None]
-    if missing:
-        return _fallback(f"{', '.join(missing)} not found (util-linux)")
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        return _fallback("no 'nobody' user to run as")
-    tail = ""
-    for python in dict.fromkeys([sys.executable, "/usr/bin/python3", shutil.which("python3") or ""]):
-        if not python or not os.path.exists(python):
-            continue
-        iso = Isolation("namespaces", nobody.pw_uid, nobody.pw_gid, "", python)
-        trial = "import os, json, socket, traceback; assert os.getuid() != 0; print('ok')"
+    if shutil.which("unshare") is None:
+        return _fallback("unshare not found (util-linux)")
+    reasons = []
+    candidates: list[tuple[str, int | None, int | None]] = []
+    if os.geteuid() == 0:
         try:
-            result = _execute(iso, {"mode": "program", "program": trial}, Limits(timeout_s=30), guards=False)
-        except OSError as exc:
-            tail = str(exc)
-            continue
-        if result.passed and result.stdout_tail == "ok\n":
-            return Isolation("namespaces", nobody.pw_uid, nobody.pw_gid, "", python, _cgroup_v2_parent())
-        tail = result.stdout_tail
-    return _fallback(f"namespace trial run failed: {tail.strip()[-300:]}")
+            nobody = pwd.getpwnam("nobody")
+            candidates.append(("namespaces", nobody.pw_uid, nobody.pw_gid))
+        except KeyError:
+            reasons.append("no 'nobody' user to run as")
+    else:
+        reasons.append("not root: no uid drop")
+    candidates.append(("userns", None, None))
+    # the trial checks the uid drop or the capability drop, and that fork works under RLIMIT_NPROC
+    trial = (
+        "import os, json, socket, traceback\n"
+        "assert os.getuid() != 0 or 'CapEff:\\t0000000000000000' in open('/proc/self/status').read()\n"
+        "pid = os.fork()\nif pid == 0:\n    os._exit(0)\nassert os.waitpid(pid, 0)[1] == 0\nprint('ok')\n"
+    )
+    for level, uid, gid in candidates:
+        tail = ""
+        for python in dict.fromkeys([sys.executable, "/usr/bin/python3", shutil.which("python3") or ""]):
+            if not python or not os.path.exists(python):
+                continue
+            iso = Isolation(level, uid, gid, "", python)
+            try:
+                result = _execute(
+                    iso, {"mode": "program", "program": trial}, Limits(timeout_s=30), guards=False
+                )
+            except OSError as exc:
+                tail = str(exc)
+                continue
+            if result.passed and result.stdout_tail == "ok\n":
+                reason = "; ".join(reasons) if level != "namespaces" else ""
+                return Isolation(level, uid, gid, reason, python, _cgroup_v2_parent())
+            tail = result.stdout_tail
+        reasons.append(f"{level} trial run failed: {tail.strip()[-300:]}")
+    return _fallback("; ".join(reasons))
 
 
 def _command(config: dict, iso: Isolation) -> list[str]:
@@ -390,8 +418,10 @@ def _command(config: dict, iso: Isolation) -> list[str]:
     if not iso.namespaces:
         return child
     # --fork makes the harness PID 1 of the new PID namespace; --kill-child ties it to unshare's life.
+    userns = ["--user", "--map-root-user"] if iso.level == "userns" else []
     return [
         "unshare",
+        *userns,
         "--net",
         "--pid",
         "--mount",
@@ -511,6 +541,8 @@ def _supervisor_main() -> None:  # pragma: no cover - runs in the sandbox
         for name, value in config["limits"].items():
             hard = value + 1 if name == "RLIMIT_CPU" else value  # soft CPU limit sends SIGXCPU first
             resource.setrlimit(getattr(resource, name), (value, hard))
+        if config["userns"]:
+            _drop_capabilities()  # noqa: F821
 
     requests_r, requests_w = os.pipe()
     answers_r, answers_w = os.pipe()
@@ -565,6 +597,9 @@ def _supervisor_main() -> None:  # pragma: no cover - runs in the sandbox
             used = rss + sum(memfds.values())
             if used > config["memory_bytes"] or len(pids) > config["max_processes"]:
                 killed.set()
+                if config["namespaces"]:  # PID 1 exits: the kernel kills everything in the namespace at once
+                    sys.stdout.flush()
+                    os._exit(96)
                 _kill_all(pids)  # noqa: F821
                 return
             time.sleep(0.02 if config["namespaces"] else 0.1)  # without a PID namespace it scans all of /proc
@@ -598,6 +633,27 @@ def _make_private() -> None:  # pragma: no cover - runs in the sandbox
         pass
 
 
+def _drop_capabilities() -> None:  # pragma: no cover - runs in the sandbox, between fork and exec
+    """Leave root-in-a-user-namespace with no capabilities now or after exec (securebits noroot)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def call(name: str, *args) -> None:
+        if getattr(libc, name)(*args) != 0 and ctypes.get_errno() != 22:  # EINVAL: no such capability
+            raise OSError(ctypes.get_errno(), f"{name}{args}")
+
+    # SECBIT_NOROOT, NO_SETUID_FIXUP, NO_CAP_AMBIENT_RAISE and their locks (KEEP_CAPS locked off)
+    call("prctl", 8, 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80, 0, 0, 0)  # PR_SET_SECUREBITS
+    call("prctl", 47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    for cap in range(64):
+        call("prctl", 24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable x 2: all empty
+    call("capset", header, data)
+    call("prctl", 38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+
+
 def _build_root(config: dict) -> str:  # pragma: no cover - runs in the sandbox
     """A minimal root in the (private) mount namespace: read-only system dirs, tmpfs /tmp, few devices."""
     import ctypes
@@ -622,7 +678,10 @@ def _build_root(config: dict) -> str:  # pragma: no cover - runs in the sandbox
         elif os.path.isdir(src):
             os.mkdir(os.path.join(root, name))
             mount(src, os.path.join(root, name), None, bind | rec)
-            mount("none", os.path.join(root, name), None, remount | bind | rdonly | nosuid | nodev)
+            # keep the source's flags: in a user namespace they are locked and a remount must repeat them
+            kept = os.statvfs(src).f_flag & (8 | 1024 | 2048)  # noexec, noatime, nodiratime
+            kept |= (1 << 21) if os.statvfs(src).f_flag & 4096 else 0  # relatime
+            mount("none", os.path.join(root, name), None, remount | bind | rdonly | nosuid | nodev | kept)
     os.mkdir(os.path.join(root, "dev"))
     for name in ("null", "zero", "random", "urandom"):
         target = os.path.join(root, "dev", name)
@@ -875,6 +934,15 @@ _CANDIDATE_SOURCE = "\n".join(inspect.getsource(f) for f in [*_SHARED, _python_g
 _CANDIDATE_SOURCE += "\n_candidate_main()\n"
 _SUPERVISOR_SOURCE = "\n".join(
     inspect.getsource(f)
-    for f in [*_SHARED, _make_private, _build_root, _descendants, _kill_all, _harness, _supervisor_main]
+    for f in [
+        *_SHARED,
+        _make_private,
+        _drop_capabilities,
+        _build_root,
+        _descendants,
+        _kill_all,
+        _harness,
+        _supervisor_main,
+    ]
 )
 _SUPERVISOR_SOURCE += f"\n_CANDIDATE_SOURCE = {_CANDIDATE_SOURCE!r}\n_supervisor_main()\n"

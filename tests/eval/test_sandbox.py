@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -693,3 +694,98 @@ def test_humaneval_through_lm_eval_scores_with_the_harness(tmp_path, monkeypatch
     assert result["metrics"][0]["value"] == 0.5 and result["metrics"][0]["n"] == 2
     assert result["settings"]["sandbox"] == sandbox.sandbox_report()
     assert set(json.loads(samples[0]["target"])) == {"prompt", "test", "entry_point"}
+
+
+# ----------------------------------------------------------------------------- the userns level
+
+
+USERNS_BATTERY = r"""
+import importlib.util, json, os, socket, sys, tempfile
+spec = importlib.util.spec_from_file_location("kto_sandbox", sys.argv[1])
+sb = importlib.util.module_from_spec(spec)
+sys.modules["kto_sandbox"] = sb
+spec.loader.exec_module(sb)
+iso = sb.probe_isolation()
+out = {"level": iso.level, "reason": iso.reason, "uid": os.getuid()}
+secret = "secret-" + os.urandom(16).hex()
+problem = {"prompt": "def answer(x):\n    'the secret'\n",
+           "test": "def check(candidate):\n    assert candidate(1) == %r\n" % secret, "entry_point": "answer"}
+def check(body):
+    return sb.check_program(problem["prompt"] + body, problem, guards=False).status
+out["correct"] = check("    return %r\n" % secret)
+out["posix_exit"] = check("    return None\nimport posix; posix._exit(0)\n")
+out["frames"] = check("    import gc\n    for o in gc.get_objects():\n        c = getattr(o, '__code__', None)\n"
+                      "        for k in (c.co_consts if c else ()):\n            if isinstance(k, str) and k.startswith('secret-') and len(k) == 39:\n"
+                      "                return k\n    return None\n")
+out["harness_memory"] = check("    import os\n    try:\n        open('/proc/%d/mem' % os.getppid(), 'rb')\n        return 'opened'\n"
+                              "    except OSError as e:\n        print('mem refused', e.errno)\n    return None\n")
+out["kill_harness_then_answer"] = check("    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n    return %r\n" % secret)
+run = lambda program, **kw: sb.run_program(program, guards=False, **kw)
+env = run("import os\nseen = []\nfor p in os.listdir('/proc'):\n    try:\n        seen.append(open('/proc/%s/environ' % p).read())\n"
+          "    except (OSError, ValueError):\n        pass\nprint(seen)\n")
+out["environ_hidden"] = env.passed and "KTO_PLANTED_KEY" not in env.stdout_tail
+kill = run("import os\ntry:\n    os.kill(%d, 9)\n    print('KILLED')\nexcept OSError as e:\n    print('errno', e.errno)\n" % os.getpid())
+out["evaluator_unkillable"] = kill.passed and "errno 3" in kill.stdout_tail
+caps = run("import os\nprint(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
+           "for f in (lambda: os.chroot('/tmp'), lambda: os.setuid(1)):\n    try:\n        f()\n        print('ALLOWED')\n"
+           "    except OSError as e:\n        print('refused', e.errno)\n")
+out["no_capabilities"] = caps.passed and caps.stdout_tail.startswith("0000000000000000") and "ALLOWED" not in caps.stdout_tail
+host = tempfile.mkdtemp(prefix="kto-bench-userns-")
+os.chmod(host, 0o777)
+server = socket.socket(socket.AF_UNIX)
+server.bind(host + "/s.sock")
+server.listen(1)
+tcp = socket.socket()
+tcp.bind(("127.0.0.1", 0))
+tcp.listen(1)
+net = run("import socket\nfor a, f in ((%r, socket.AF_UNIX), (('127.0.0.1', %d), socket.AF_INET)):\n"
+          "    try:\n        socket.socket(f).connect(a)\n        print('CONNECTED')\n    except OSError:\n        print('refused')\n"
+          "try:\n    open(%r, 'w').write('x')\n    print('WROTE')\nexcept OSError:\n    print('refused')\n"
+          % (host + "/s.sock", tcp.getsockname()[1], host + "/x"))
+out["sockets_and_host_tmp_hidden"] = net.passed and net.stdout_tail.count("refused") == 3 and not os.path.exists(host + "/x")
+tree = run("import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        break\n"
+           "b = bytearray(100 * 2**20)\nfor i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(20)\n", memory_mb=256, timeout_s=15)
+out["tree_memory"] = tree.status
+disk = run("n = 0\ntry:\n    for i in range(64):\n        open('f%d' % i, 'wb').write(bytes(2**20))\n        n += 1\n"
+           "except OSError as e:\n    print('stopped', n, e.errno)\n", file_mb=2, disk_mb=8)
+out["disk_capped"] = "stopped" in disk.stdout_tail and " 28" in disk.stdout_tail
+server.close()
+import shutil
+shutil.rmtree(host, ignore_errors=True)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become nobody (setpriv)"
+)
+def test_userns_level_for_an_unprivileged_user():
+    """Run as `nobody` (no root): the sandbox uses an unprivileged user namespace and holds."""
+    import subprocess
+
+    folder = Path(tempfile.mkdtemp(prefix="kto-bench-userns-test-"))
+    try:
+        folder.chmod(0o755)
+        script = folder / "battery.py"
+        script.write_text(USERNS_BATTERY)
+        script.chmod(0o644)
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", "-i", "PATH=/usr/bin:/bin",
+               "HOME=/tmp", f"PYTHONPATH={Path(sandbox.__file__).parents[2]}", "KTO_PLANTED_KEY=sk-planted-42",
+               "/usr/bin/python3", str(script), sandbox.__file__]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if out["level"] != "userns":
+        pytest.skip(f"no unprivileged user namespaces for nobody here: {out['reason']}")
+    assert out["uid"] == 65534 and "not root" in out["reason"]
+    assert (out["correct"], out["posix_exit"], out["frames"], out["harness_memory"]) == (
+        "passed",
+        "failed",
+        "failed",
+        "failed",
+    )
+    assert out["kill_harness_then_answer"] == "passed"  # the harness (PID 1) ignores the kill and judges
+    assert out["environ_hidden"] and out["evaluator_unkillable"] and out["no_capabilities"]
+    assert out["sockets_and_host_tmp_hidden"] and out["tree_memory"] == "memory" and out["disk_capped"]
