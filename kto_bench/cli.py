@@ -100,7 +100,7 @@ def run(
     allow_unisolated: bool = typer.Option(
         False,
         "--allow-unisolated-code-execution",
-        help="run generated code even where the sandbox has no isolation (not root / no namespaces): "
+        help="run generated code even where the sandbox has no isolation (no unshare / user namespaces): "
         "the code can then read your files and environment; see docs/SANDBOX.md",
     ),
     report_after: bool = typer.Option(
