@@ -235,7 +235,20 @@ def _run(
             raise EvalError(f"refusing to execute generated code without isolation ({iso.reason})")
     else:
         iso = require_isolation(allow)
+    if not iso.namespaces:
+        _protect_evaluator()
     return _execute(iso, job, limits, guards)
+
+
+@functools.cache
+def _protect_evaluator() -> None:
+    """Without namespaces the program runs under our uid: make this process non-dumpable, so that a
+    non-root program cannot read /proc/<evaluator>/environ (API keys) or its memory, nor trace it.
+    (It also turns off core dumps of the evaluator; root programs are not stopped by it.)"""
+    with contextlib.suppress(ImportError, OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
 
 
 def _execute(iso: Isolation, job: dict, limits: Limits, guards: bool) -> SandboxResult:

@@ -749,6 +749,10 @@ out["tree_memory"] = tree.status
 disk = run("n = 0\ntry:\n    for i in range(64):\n        open('f%d' % i, 'wb').write(bytes(2**20))\n        n += 1\n"
            "except OSError as e:\n    print('stopped', n, e.errno)\n", file_mb=2, disk_mb=8)
 out["disk_capped"] = "stopped" in disk.stdout_tail and " 28" in disk.stdout_tail
+pid = os.getpid()
+plain = sb.run_program("import os\ntry:\n    print('READ', open('/proc/%d/environ').read())\nexcept OSError as e:\n"
+                       "    print('refused', e.errno)\n" % pid, namespaces=False, allow_unisolated=True)
+out["unisolated_environ_hidden"] = "refused 13" in plain.stdout_tail and "KTO_PLANTED_KEY" not in plain.stdout_tail
 server.close()
 import shutil
 shutil.rmtree(host, ignore_errors=True)
@@ -761,7 +765,14 @@ print(json.dumps(out))
 )
 def test_userns_level_for_an_unprivileged_user():
     """Run as `nobody` (no root): the sandbox uses an unprivileged user namespace and holds."""
+    import stat
     import subprocess
+
+    source = Path(sandbox.__file__)
+    hidden = [p for p in [*source.parents[:-1], source, source.parents[1] / "errors.py"]
+              if not p.stat().st_mode & (stat.S_IXOTH if p.is_dir() else stat.S_IROTH)]  # fmt: skip
+    if hidden or not Path("/usr/bin/python3").exists():
+        pytest.skip(f"nobody cannot read the sandbox's source ({hidden}) or there is no /usr/bin/python3")
 
     folder = Path(tempfile.mkdtemp(prefix="kto-bench-userns-test-"))
     try:
@@ -789,3 +800,5 @@ def test_userns_level_for_an_unprivileged_user():
     assert out["kill_harness_then_answer"] == "passed"  # the harness (PID 1) ignores the kill and judges
     assert out["environ_hidden"] and out["evaluator_unkillable"] and out["no_capabilities"]
     assert out["sockets_and_host_tmp_hidden"] and out["tree_memory"] == "memory" and out["disk_capped"]
+    # forced `none` level, same uid: the evaluator made itself non-dumpable, its environment is unreadable
+    assert out["unisolated_environ_hidden"]
