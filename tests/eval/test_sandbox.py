@@ -36,6 +36,14 @@ UNISOLATED = {"namespaces": False, "allow_unisolated": True}
 LEVELS = [pytest.param({}, id="best"), pytest.param(UNISOLATED, id="unisolated")]
 
 
+@pytest.fixture(autouse=True)
+def _forced_none_level_where_nothing_else(monkeypatch):
+    """Where this machine offers no isolation, the behaviour tests run at the forced `none` level
+    (tests of the isolation itself skip); the refusal is tested with the variable removed."""
+    if not ISOLATED:
+        monkeypatch.setenv(sandbox.ALLOW_UNISOLATED_ENV, "1")
+
+
 def _sandbox_processes() -> set[int]:
     """Pids of live processes started by the sandbox (their command line carries a marker)."""
     pids = set()
