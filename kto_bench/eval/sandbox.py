@@ -55,6 +55,8 @@ ALLOW_UNISOLATED_ENV = "KTO_BENCH_ALLOW_UNISOLATED_CODE_EXECUTION"
 ALLOW_UNISOLATED_FLAG = "--allow-unisolated-code-execution"
 SETUP_FAILED_EXIT = 97  # the sandbox's own setup (mounts, uid, limits) failed before the program ran
 MEMORY_EXIT = 96  # the tree-wide memory (or process-count) watchdog killed the program
+TIMEOUT_EXIT = 124  # the harness's own wall clock ran out and it killed the program's whole tree
+_GRACE_S = 5.0  # the evaluator kills the sandbox's process group this long after the harness's deadline
 _TAIL_CHARS = 2000
 
 
@@ -271,7 +273,10 @@ def _execute(iso: Isolation, job: dict, limits: Limits, guards: bool) -> Sandbox
             "python": iso.python,
             "cgroup": cgroup,
         }
-        code, tail, timed_out = _spawn(_command(config, iso), json.dumps(job), workdir, limits.timeout_s)
+        config["timeout_s"] = limits.timeout_s
+        code, tail, timed_out = _spawn(
+            _command(config, iso), json.dumps(job), workdir, limits.timeout_s + _GRACE_S
+        )
     finally:
         _remove_workdir(workdir)
         oom_killed = bool(cgroup) and _remove_cgroup(cgroup)
@@ -488,6 +493,8 @@ def _status(code: int, timed_out: bool, tail: str) -> str:
         return f"error: sandbox setup failed: {tail.strip()[-300:]}"
     if code == MEMORY_EXIT:
         return "memory"
+    if code == TIMEOUT_EXIT:
+        return "timeout"
     sig = -code if code < 0 else code - 128 if code > 128 else 0
     return "timeout" if sig == signal.SIGXCPU else "failed"  # CPU-time limit counts as a timeout
 
@@ -619,12 +626,24 @@ def _supervisor_main() -> None:  # pragma: no cover - runs in the sandbox
 
     threading.Thread(target=watchdog, daemon=True).start()
 
+    def deadline() -> None:
+        """The wall clock, enforced here too: without a PID namespace a program in its own session
+        would outlive the evaluator's kill of our process group."""
+        time.sleep(config["timeout_s"])
+        if not config["namespaces"]:
+            _kill_all(_descendants(os.getpid()))  # noqa: F821
+        sys.stdout.flush()
+        os._exit(124)  # with namespaces, PID 1 exiting kills everything left
+
+    threading.Thread(target=deadline, daemon=True).start()
+
     verdict = 1
     if job["mode"] == "program":
         _send(requests_w, {"program": job["program"], "guards": config["guards"]})  # noqa: F821
         os.close(requests_w)
         code = cand.wait()
         verdict = code if code >= 0 else 128 - code
+        verdict = 1 if verdict in (96, 97, 124) else verdict  # the program cannot pose as the sandbox
     else:
         verdict = _harness(job, requests_w, answers_r, config["guards"])  # noqa: F821
     _kill_all(_descendants(os.getpid()))  # noqa: F821

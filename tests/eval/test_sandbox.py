@@ -462,16 +462,22 @@ def test_short_lived_orphans_do_not_use_up_the_process_limit():
     assert "Error" not in result.stdout_tail, result.stdout_tail  # without reaping: EAGAIN from fork()
 
 
-@needs_isolation
-def test_daemon_does_not_outlive_the_run(tmp_path):
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("ending", ["exits", "times out"])
+def test_daemon_does_not_outlive_the_run(level, ending):
+    # a double-forked daemon in its own session; the program then ends or hangs past the timeout
     program = (
         "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-        "        time.sleep(30)\n        os._exit(0)\n    os._exit(0)\ntime.sleep(0.3)\nprint('parent done')\n"
+        "        time.sleep(30)\n        os._exit(0)\n    os._exit(0)\ntime.sleep(0.3)\nprint('parent done', flush=True)\n"
+        + ("time.sleep(30)\n" if ending == "times out" else "")
     )
     before = _sandbox_processes()
-    result = run_program(program, guards=False)
-    assert result.passed and "parent done" in result.stdout_tail
-    time.sleep(0.2)
+    start = time.monotonic()
+    result = run_program(program, guards=False, timeout_s=2, **level)
+    assert "parent done" in result.stdout_tail
+    assert result.status == ("passed" if ending == "exits" else "timeout")
+    assert time.monotonic() - start < 6  # the harness's own deadline, not the evaluator's grace kill
+    time.sleep(0.3)
     assert _sandbox_processes() <= before
 
 
