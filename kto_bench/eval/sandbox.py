@@ -35,6 +35,7 @@ result as `settings.sandbox`):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -425,10 +426,26 @@ def probe_isolation() -> Isolation:
                 continue
             if result.passed and result.stdout_tail == "ok\n":
                 reason = "; ".join(reasons) if level != "namespaces" else ""
-                return Isolation(level, uid, gid, reason, python, _cgroup_v2_parent())
+                return _with_cgroup(Isolation(level, uid, gid, reason, python))
             tail = result.stdout_tail
         reasons.append(f"{level} trial run failed: {tail.strip()[-300:]}")
     return _fallback("; ".join(reasons))
+
+
+def _with_cgroup(iso: Isolation) -> Isolation:
+    """`iso` with per-run cgroups when cgroup v2 allows them and a trial run lands in one."""
+    parent = _cgroup_v2_parent()
+    if parent is None:
+        return iso
+    with_cgroup = dataclasses.replace(iso, cgroup=parent)
+    trial = "print(open('/proc/self/cgroup').read())"
+    try:
+        result = _execute(
+            with_cgroup, {"mode": "program", "program": trial}, Limits(timeout_s=30), guards=False
+        )
+    except OSError:
+        return iso
+    return with_cgroup if result.passed and "kto-bench-sandbox-" in result.stdout_tail else iso
 
 
 def _command(config: dict, iso: Isolation) -> list[str]:
@@ -531,8 +548,11 @@ def _supervisor_main() -> None:  # pragma: no cover - runs in the sandbox
     try:
         _make_private()  # noqa: F821 - defined in the same source
         if config["cgroup"]:
-            with open(os.path.join(config["cgroup"], "cgroup.procs"), "w") as f:
-                f.write("0")
+            try:
+                with open(os.path.join(config["cgroup"], "cgroup.procs"), "w") as f:
+                    f.write("0")
+            except OSError as exc:  # the watchdog still bounds the tree
+                print(f"sandbox: not moved into its cgroup ({exc})", file=sys.stderr, flush=True)
         if config["namespaces"]:
             root = _build_root(config)  # noqa: F821
             # this IPC namespace's System V shared memory and message queues hold memory outside any RSS
