@@ -17,7 +17,7 @@ result as `settings.sandbox`):
 
 * ``namespaces`` (Linux, root, `unshare`): the harness is PID 1 of new PID, network, mount, IPC and
   UTS namespaces; the candidate runs as `nobody` chrooted into a minimal read-only root (`/usr`,
-  `/etc`, `/lib*`, `/bin`, `/sbin` bound read-only, a few `/dev` nodes, a private `/proc`) whose
+  `/lib*`, `/bin`, `/sbin` and a few `/etc` files bound read-only, a few `/dev` nodes, a private `/proc`) whose
   only writable place is `/tmp`, a size-capped tmpfs. No host sockets, no network, no view of host
   processes. Memory of the whole process tree: cgroup v2 `memory.max` + `pids.max` where this
   process may create a child cgroup, and always RLIMIT_AS per process, RLIMIT_NPROC, and a watchdog
@@ -723,17 +723,30 @@ def _build_root(config: dict) -> str:  # pragma: no cover - runs in the sandbox
     mount("none", "/", None, rec | private)
     root = config["workdir"]
     mount("tmpfs", root, "tmpfs", nosuid | nodev, "size=1m,nr_inodes=200,mode=0755")
-    for name in ("usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32", "etc"):
+
+    def bind_ro(src: str, dst: str) -> None:
+        mount(src, dst, None, bind | rec)
+        # keep the source's flags: in a user namespace they are locked and a remount must repeat them
+        kept = os.statvfs(src).f_flag & (8 | 1024 | 2048)  # noexec, noatime, nodiratime
+        kept |= (1 << 21) if os.statvfs(src).f_flag & 4096 else 0  # relatime
+        mount("none", dst, None, remount | bind | rdonly | nosuid | nodev | kept)
+
+    for name in ("usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"):
         src = "/" + name
         if os.path.islink(src):
             os.symlink(os.readlink(src), os.path.join(root, name))
         elif os.path.isdir(src):
             os.mkdir(os.path.join(root, name))
-            mount(src, os.path.join(root, name), None, bind | rec)
-            # keep the source's flags: in a user namespace they are locked and a remount must repeat them
-            kept = os.statvfs(src).f_flag & (8 | 1024 | 2048)  # noexec, noatime, nodiratime
-            kept |= (1 << 21) if os.statvfs(src).f_flag & 4096 else 0  # relatime
-            mount("none", os.path.join(root, name), None, remount | bind | rdonly | nosuid | nodev | kept)
+            bind_ro(src, os.path.join(root, name))
+    # of /etc only what the loader and the standard library read (not e.g. /etc/environment)
+    os.mkdir(os.path.join(root, "etc"))
+    for name in ("ld.so.cache", "localtime", "passwd", "group", "nsswitch.conf", "hosts", "mime.types"):
+        src, dst = "/etc/" + name, os.path.join(root, "etc", name)
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+        elif os.path.isfile(src):
+            open(dst, "w").close()
+            bind_ro(src, dst)
     os.mkdir(os.path.join(root, "dev"))
     for name in ("null", "zero", "random", "urandom"):
         target = os.path.join(root, "dev", name)

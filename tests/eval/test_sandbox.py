@@ -514,6 +514,16 @@ def test_writes_outside_the_working_dir_fail(tmp_path):
 
 
 @needs_isolation
+def test_the_root_holds_only_system_dirs_and_a_few_etc_files():
+    program = "import os\nprint(sorted(os.listdir('/')))\nprint(sorted(os.listdir('/etc')))\n"
+    result = run_program(program, guards=False)
+    top, etc = (set(eval(line)) for line in result.stdout_tail.splitlines()[:2])
+    assert top <= {"usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32", "etc", "dev", "proc", "tmp"}
+    assert etc <= {"ld.so.cache", "localtime", "passwd", "group", "nsswitch.conf", "hosts", "mime.types"}
+    assert "environment" not in etc and "home" not in top and "root" not in top and "run" not in top
+
+
+@needs_isolation
 def test_host_unix_sockets_are_hidden(tmp_path):
     open_dir = tmp_path / "sock"
     open_dir.mkdir()
