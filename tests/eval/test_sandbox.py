@@ -682,6 +682,7 @@ def test_all_164_canonical_humaneval_solutions_pass():
 # ----------------------------------------------------------------------------- through lm-eval
 
 
+@pytest.mark.slow
 def test_humaneval_through_lm_eval_scores_with_the_harness(tmp_path, monkeypatch):
     """The whole path: lm-eval task -> our filter -> pass_at_1 -> harness; the level lands in the result."""
     from types import SimpleNamespace
