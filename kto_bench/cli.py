@@ -6,6 +6,7 @@ and overrides fields with `--set a.b=c`.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,12 @@ def run(
     allow_code_execution: bool = typer.Option(
         False, "--allow-code-execution", help="let HumanEval execute generated code in the sandbox"
     ),
+    allow_unisolated: bool = typer.Option(
+        False,
+        "--allow-unisolated-code-execution",
+        help="run generated code even where the sandbox has no isolation (no unshare / user namespaces): "
+        "the code can then read your files and environment; see docs/SANDBOX.md",
+    ),
     report_after: bool = typer.Option(
         True, "--report/--no-report", help="render the report when all runs are done"
     ),
@@ -118,6 +125,10 @@ def run(
 
     if stage not in STAGES:
         _fail(KtoBenchError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}"))
+    if allow_unisolated:  # read by kto_bench.eval.sandbox here and in submitted jobs (which inherit it)
+        from kto_bench.eval.sandbox import ALLOW_UNISOLATED_ENV
+
+        os.environ[ALLOW_UNISOLATED_ENV] = "1"
     t0 = time.time()
     try:
         spec = _load(spec_path, set_)

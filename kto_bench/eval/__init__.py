@@ -73,6 +73,8 @@ def run_evaluation(
             atomic_write_text(path, json.dumps(result, indent=2) + "\n")
             results.append(result)
             continue
+        if entry.needs_code_execution:
+            settings["sandbox"] = code_execution_settings()  # refuses here, before generation, if unisolated
         if entry.runner is not None:  # a task outside lm-eval (AlpacaEval): it writes its own result files
             import importlib
 
@@ -131,6 +133,18 @@ def run_evaluation(
 def result_key(spec) -> str:
     """File stem of a task's result: its name (the spec validator keeps names unique per evaluation)."""
     return spec.name
+
+
+def code_execution_settings() -> dict[str, Any]:
+    """The sandbox a code-executing task runs in (recorded as the result's `settings.sandbox`).
+
+    Raises EvalError when the machine offers no isolation and running without it was not forced
+    (`--allow-unisolated-code-execution`); see docs/SANDBOX.md.
+    """
+    from kto_bench.eval.sandbox import require_isolation, sandbox_report
+
+    require_isolation()
+    return sandbox_report()
 
 
 def skipped_result(spec, model_label: str, settings: dict[str, Any]) -> dict:

@@ -206,26 +206,39 @@ def build_mmlu(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, 
     return fields, len(rows), notes
 
 
+def _humaneval_fields(stock: str, filter_fn: str) -> dict[str, Any]:
+    """lm-eval's HumanEval task with our scorer: the sandbox's harness, apart from the completion."""
+    fields = {k: v for k, v in _load_stock_yaml(stock).items() if k not in ("task", "tag")}
+    # The reference carries prompt, tests and entry point: the sandbox's harness runs them in a
+    # process of its own, apart from the completion (kto_bench.eval.sandbox.check_program).
+    fields["doc_to_target"] = _Function("kto_bench.eval.tasks.humaneval_reference")
+    fields["filter_list"] = [
+        {"name": "create_test", "filter": [{"function": "custom", "filter_fn": _Function(filter_fn)}]}
+    ]
+    fields["metric_list"] = [
+        {
+            "metric": _Function("kto_bench.eval.tasks.pass_at_1"),
+            "aggregation": "mean",
+            "higher_is_better": True,
+        }
+    ]
+    return fields
+
+
+HUMANEVAL_SCORER = "kto_bench.eval.sandbox.check_program (greedy pass@1)"
+
+
 def _build_humaneval(stock: str, filter_fn: str) -> Callable[[Path, Path, bool], tuple[dict, int, dict]]:
     def build(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
         rows = read_jsonl(source)
         _require_fields(source, rows, ("task_id", "prompt", "test", "entry_point"))
         data = include_dir / "humaneval.jsonl"
         write_jsonl(data, rows)
-        fields = {k: v for k, v in _load_stock_yaml(stock).items() if k not in ("task", "tag")}
+        fields = _humaneval_fields(stock, filter_fn)
         fields.update(_json_source(data))
-        fields["filter_list"] = [
-            {"name": "create_test", "filter": [{"function": "custom", "filter_fn": _Function(filter_fn)}]}
-        ]
-        fields["metric_list"] = [
-            {
-                "metric": _Function("kto_bench.eval.tasks.pass_at_1"),
-                "aggregation": "mean",
-                "higher_is_better": True,
-            }
-        ]
-        return fields, len(rows), {"scorer": "kto_bench.eval.sandbox.run_program (greedy pass@1)"}
+        return fields, len(rows), {"scorer": HUMANEVAL_SCORER}
 
+    build.stock_fields = lambda: _humaneval_fields(stock, filter_fn)  # type: ignore[attr-defined]
     return build
 
 
@@ -259,12 +272,25 @@ def build_predictions_instruct(resps: list[list[str]], docs: list[dict]) -> list
     ]
 
 
-def pass_at_1(references: list[str], predictions: list[list[str]], **_: Any) -> float:
-    """Greedy pass@1 of one item: run prediction + tests in the sandbox. Reached only after opt-in."""
-    from kto_bench.eval.sandbox import run_program
+def humaneval_reference(doc: dict) -> str:
+    """The reference of one HumanEval item: what the sandbox's harness needs, as JSON."""
+    return json.dumps({k: doc[k] for k in ("prompt", "test", "entry_point")})
 
-    program = predictions[0][0] + "\n" + references[0]  # reference = test + "\ncheck(entry_point)"
-    return float(run_program(program).passed)
+
+def pass_at_1(references: list[str], predictions: list[list[str]], **_: Any) -> float:
+    """Greedy pass@1 of one item: the sandbox's harness runs the tests against the prediction (prompt +
+    completion) in another process; only its verdict counts. Reached only after opt-in."""
+    from kto_bench.eval.sandbox import check_program
+
+    try:
+        problem = json.loads(references[0])
+        problem = {k: problem[k] for k in ("prompt", "test", "entry_point")}
+    except (ValueError, TypeError, KeyError) as e:
+        raise EvalError(
+            "HumanEval reference is not the JSON of prompt/test/entry_point that "
+            "kto_bench.eval.tasks.humaneval_reference makes; rebuild the task with prepare_task"
+        ) from e
+    return float(check_program(predictions[0][0], problem).passed)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -357,6 +383,17 @@ def prepare_task(
             )
         variant = "demo"
     elif variant == "stock":
+        if entry.needs_code_execution:
+            # lm-eval's own scorer (HF code_eval) would run generated code outside our sandbox: the
+            # stock task (hub data, prompt, generation) with our scorer instead.
+            task_dir = include_dir / name
+            task_dir.mkdir(parents=True, exist_ok=True)
+            task_name = f"kto_{name}_stock"
+            fields = {**entry.build.stock_fields(), "task": task_name, "num_fewshot": shots}
+            (task_dir / f"{task_name}.yaml").write_text(
+                yaml.dump(fields, Dumper=_Dumper, sort_keys=False, allow_unicode=True), encoding="utf-8"
+            )
+            return PreparedTask(entry, task_name, "stock", shots, task_dir, {"scorer": HUMANEVAL_SCORER})
         return PreparedTask(entry, entry.lm_eval_task, "stock", shots, None)
     elif variant != "offline":
         raise EvalError(f"task {name!r}: unknown variant {variant!r}; use 'stock' or 'offline'")

@@ -98,7 +98,7 @@ def test_offline_humaneval_scores_with_our_functions(tmp_path):
     cfg = load_generated(task)  # resolves !function tags without touching lm-eval's hub-loading utils
     assert cfg["metric_list"][0]["metric"] is tasks.pass_at_1
     assert cfg["filter_list"][0]["filter"][0]["filter_fn"] is tasks.build_predictions
-    assert cfg["doc_to_target"] == "{{test}}\ncheck({{entry_point}})" and cfg["unsafe_code"] is True
+    assert cfg["doc_to_target"] is tasks.humaneval_reference and cfg["unsafe_code"] is True
     assert len(read_jsonl(Path(cfg["dataset_kwargs"]["data_files"]["test"]))) == 2
     instruct = load_generated(
         prepare_task("humaneval_instruct", "offline", tmp_path, data_file=FIXTURES / "HumanEval.jsonl.gz")
@@ -107,16 +107,50 @@ def test_offline_humaneval_scores_with_our_functions(tmp_path):
     assert "gen_prefix" in instruct
 
 
-def test_humaneval_pass_at_1_runs_in_the_sandbox():
-    pytest.importorskip("kto_bench.eval.sandbox")
-    from kto_bench.eval.tasks import build_predictions, pass_at_1
+def test_humaneval_pass_at_1_runs_in_the_sandbox(monkeypatch):
+    from kto_bench.eval import sandbox
+    from kto_bench.eval.tasks import build_predictions, humaneval_reference, pass_at_1
+
+    if not sandbox.probe_isolation().namespaces:  # the refusal is tested in test_sandbox.py
+        monkeypatch.setenv(sandbox.ALLOW_UNISOLATED_ENV, "1")
 
     doc = read_jsonl(FIXTURES / "HumanEval.jsonl.gz")[0]
-    reference = doc["test"] + f"\ncheck({doc['entry_point']})"
+    reference = humaneval_reference(doc)
+    assert json.loads(reference) == {k: doc[k] for k in ("prompt", "test", "entry_point")}
     right = build_predictions([[doc["canonical_solution"]]], [doc])[0]
     wrong = build_predictions([["    return a - b\n"]], [doc])[0]
+    cheat = build_predictions([["    return None\nimport posix; posix._exit(0)\n"]], [doc])[0]
     assert pass_at_1([reference], [right]) == 1.0
     assert pass_at_1([reference], [wrong]) == 0.0
+    assert pass_at_1([reference], [cheat]) == 0.0
+    with pytest.raises(EvalError, match="humaneval_reference"):
+        pass_at_1([doc["test"] + f"\ncheck({doc['entry_point']})"], [right])
+
+
+@pytest.mark.parametrize("name", ["humaneval", "humaneval_instruct"])
+def test_stock_humaneval_is_scored_by_our_sandbox(tmp_path, name):
+    """lm-eval's stock scorer (HF code_eval) would run generated code outside the sandbox."""
+    from kto_bench.eval import tasks
+
+    task = prepare_task(name, "stock", tmp_path)
+    cfg = load_generated(task)
+    assert task.lm_eval_task == f"kto_{name}_stock" and cfg["dataset_path"] == "openai/openai_humaneval"
+    assert cfg["metric_list"][0]["metric"] is tasks.pass_at_1
+    assert cfg["doc_to_target"] is tasks.humaneval_reference
+
+
+def test_code_execution_settings_record_the_isolation(monkeypatch):
+    from kto_bench.eval import code_execution_settings, sandbox
+
+    settings = code_execution_settings() if sandbox.probe_isolation().namespaces else None
+    if settings is not None:
+        assert settings["isolation"] == "namespaces" and "uid=" in settings["layers"]
+    monkeypatch.delenv(sandbox.ALLOW_UNISOLATED_ENV, raising=False)
+    monkeypatch.setattr(sandbox, "probe_isolation", lambda: sandbox._fallback("not root"))
+    with pytest.raises(EvalError, match="--allow-unisolated-code-execution"):
+        code_execution_settings()
+    monkeypatch.setenv(sandbox.ALLOW_UNISOLATED_ENV, "1")
+    assert code_execution_settings()["isolation"] == "none"
 
 
 def test_demo_tasks_need_data_and_follow_the_chat_setting(tmp_path):
