@@ -45,11 +45,11 @@ img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;over
 def build_tables(exp: Experiment, report: ReportSpec) -> list[Table]:
     builders = {
         "headline": lambda: headline_table(exp, report.alpha),
-        "paired": lambda: paired_table(exp, report.compare, report.alpha, report.bootstrap, report.seed),
+        "paired": lambda: paired_table(exp, report.compare, report.alpha),
         "audit": lambda: audit_table(exp),
         "training": lambda: training_table(exp),
         "claims": lambda: claims_table(
-            evaluate_claims(report.claims, ClaimContext(exp, report.alpha, report.bootstrap, report.seed)),
+            evaluate_claims(report.claims, ClaimContext(exp, report.alpha)),
             report.alpha,
         ),
     }

@@ -19,7 +19,7 @@ import pytest
 
 from kto_bench.report.stats import Term, contrast_variance, pivot_interval
 
-N_SIMS = 600
+N_SIMS = 500
 N_ITEMS = 1319
 SEED_SDS = (0.0, 0.01, 0.02, 0.03)  # 0-3 points
 INTERACTION, NOISE, RHO, DELTA = 0.05, 0.1, 0.5, 0.03
@@ -57,7 +57,9 @@ def coverage_table(n_sims: int = N_SIMS, seed: int = 0) -> dict[tuple[str, int, 
                 out[("items only", 1, sd)] = coverage([Term(1, plus), Term(-1, minus)], False, DELTA)
                 continue
             out[("seed-paired", seeds, sd)] = coverage([Term(1, plus), Term(-1, minus)], True, DELTA)
-            out[("method - base", seeds, sd)] = coverage([Term(1, plus), Term(-1, base, fixed=True)], True, 0.08)
+            out[("method - base", seeds, sd)] = coverage(
+                [Term(1, plus), Term(-1, base, fixed=True)], True, 0.08
+            )
             plus, minus, _ = simulate(rng, n_sims, seeds, sd, 0.0)  # independent seeds
             out[("unpaired seeds", seeds, sd)] = coverage([Term(1, plus), Term(-1, minus)], False, DELTA)
     return out

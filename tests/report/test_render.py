@@ -11,7 +11,7 @@ import pytest
 from kto_bench.report import ReportSpec, render_report
 from tests.report.conftest import build
 
-SPEC_TEXT = "name: sweep\nreport:\n  bootstrap: 300\n"
+SPEC_TEXT = "name: sweep\nreport:\n  alpha: 0.05\n"
 GRIDS = [
     {"corruption.flip_rate": 0.0, "corruption.desirable_fraction": 1.0},
     {"corruption.flip_rate": 0.2, "corruption.desirable_fraction": 1.0},
@@ -29,7 +29,7 @@ def ability(method: str, grid: dict) -> float:
 def rendered(tmp_path_factory) -> Path:
     root = build(tmp_path_factory.mktemp("results") / "sweep", ability, GRIDS)
     out = tmp_path_factory.mktemp("reports") / "sweep"
-    index = render_report(root, out, ReportSpec(bootstrap=300), SPEC_TEXT, "sweep")
+    index = render_report(root, out, ReportSpec(), SPEC_TEXT, "sweep")
     assert index == out / "index.html"
     return out
 
@@ -119,7 +119,7 @@ def test_partial_results_render_with_missing_marks(tmp_path):
     for f in (runs[4] / "eval").glob("*.samples.jsonl"):
         f.unlink()
     out = tmp_path / "out"
-    spec = ReportSpec(plots=["rewards", "imbalance"], bootstrap=200)
+    spec = ReportSpec(plots=["rewards", "imbalance"])
     html = render_report(root, out, spec, "name: partial\n", "partial").read_text()
     assert "Missing and skipped" in html
     assert f"{runs[0].name} (" in html and "no evaluation results" in html
