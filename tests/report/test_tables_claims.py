@@ -323,3 +323,65 @@ def test_named_tables_and_plots_match_their_builders(tmp_path):
     (tmp_path / "empty").mkdir()
     tables = build_tables(load_experiment(tmp_path / "empty"), ReportSpec())
     assert [t.name for t in tables] == list(TABLES)
+
+
+# ---------------------------------------------------------------------------------------------- spec: claims vs tasks
+
+SPEC = """\
+name: t
+model: {source: hub, name: some/model}
+data: {source: local_pairs, path: x.jsonl}
+methods:
+  - {type: kto}
+  - {type: dpo}
+seeds: [1, 2]
+evaluation:
+  tasks:
+    - {name: gsm8k_cot}
+"""
+
+
+def test_validate_rejects_claims_the_spec_cannot_measure():
+    from kto_bench.errors import SpecError
+    from kto_bench.spec import parse_spec
+
+    assert parse_spec(SPEC + "report: {claims: [table2_gsm8k]}\n", "s.yaml").report.claims == ["table2_gsm8k"]
+    with pytest.raises(SpecError, match=r"s\.yaml:14: report\.claims: claim 'table2_mmlu' is measured on mmlu.*add "
+                                        r"`- \{name: mmlu\}` to evaluation.tasks or remove the claim"):  # fmt: skip
+        parse_spec(SPEC + "report:\n  claims:\n    - table2_gsm8k\n    - table2_mmlu\n", "s.yaml")
+    with pytest.raises(
+        SpecError, match="imbalance_90pct' is measured on alpaca_eval"
+    ):  # no fallback to GSM8K
+        parse_spec(SPEC + "report: {claims: [imbalance_90pct]}\n", "s.yaml")
+    judged = SPEC + "    - {name: alpaca_eval}\n  judge: {type: api}\n"
+    with pytest.raises(SpecError, match="imbalance_90pct' cannot be measured: no KTO run keeps ≤ 10%"):
+        parse_spec(judged + "report: {claims: [imbalance_90pct]}\n", "s.yaml")
+    with pytest.raises(SpecError, match="demo_noise_robustness' cannot be measured: .*flip rate 0"):
+        parse_spec(SPEC + "report: {claims: [demo_noise_robustness]}\n", "s.yaml")
+    parse_spec(SPEC + "grid: {corruption.flip_rate: [0.0, 0.2]}\nreport: {claims: [demo_noise_robustness]}\n")
+    with pytest.raises(SpecError, match="evaluate_base: true"):
+        parse_spec(
+            SPEC.replace("  tasks:", "  evaluate_base: false\n  tasks:")
+            + "report: {claims: [table2_kto_vs_sft_gsm8k]}\n"
+        )
+
+
+def test_validate_rejects_a_judge_without_its_task_and_the_task_without_a_judge():
+    from kto_bench.errors import SpecError
+    from kto_bench.spec import parse_spec
+
+    with pytest.raises(SpecError, match=r"s\.yaml:11: evaluation\.judge: set, but no task uses it"):
+        parse_spec(SPEC + "  judge: {type: api}\n", "s.yaml")
+    with pytest.raises(SpecError, match="alpaca_eval needs evaluation.judge"):
+        parse_spec(SPEC + "    - {name: alpaca_eval}\n", "s.yaml")
+
+
+def test_every_shipped_spec_validates_with_its_claims():
+    from pathlib import Path
+
+    from kto_bench.spec import load_spec
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml")):
+        spec = load_spec(path)
+        tasks = {t.name for t in spec.evaluation.tasks}
+        assert all(tasks & set(CLAIMS.get(c).tasks) for c in spec.report.claims), path
