@@ -141,13 +141,16 @@ class Variance:
 
 
 def _two_way(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """MS_seed and MS_residual of a (..., S, I) matrix (two-way layout, one score per cell)."""
+    """MS_seed and MS_residual of a (..., S, I) matrix (two-way layout, one score per cell), from sums
+    of squares: SS_res = Σy² − I·Σ_s ȳ_s² − S·Σ_i ȳ_i² + S·I·ȳ² (no residual matrix is built)."""
     s, i = m.shape[-2:]
-    seed_means, item_means, grand = m.mean(-1), m.mean(-2), m.mean((-2, -1))
-    ms_seed = i * ((seed_means - grand[..., None]) ** 2).sum(-1) / (s - 1)
-    resid = m - seed_means[..., None] - item_means[..., None, :] + grand[..., None, None]
-    ms_res = (resid**2).sum((-2, -1)) / ((s - 1) * (i - 1))
-    return ms_seed, ms_res
+    seed_means, item_means = m.mean(-1), m.mean(-2)
+    grand = seed_means.mean(-1)
+    ss_seed = i * ((seed_means - grand[..., None]) ** 2).sum(-1)
+    ss_item = s * ((item_means - grand[..., None]) ** 2).sum(-1)
+    ss_total = np.einsum("...si,...si->...", m, m) - s * i * grand**2
+    ss_res = np.maximum(ss_total - ss_seed - ss_item, 0.0)
+    return ss_seed / (s - 1), ss_res / ((s - 1) * (i - 1))
 
 
 def contrast_variance(terms: Sequence[Term], *, paired_seeds: bool) -> Variance:

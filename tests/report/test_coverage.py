@@ -19,7 +19,7 @@ import pytest
 
 from kto_bench.report.stats import Term, contrast_variance, pivot_interval
 
-N_SIMS = 500
+N_SIMS = 800
 N_ITEMS = 1319
 SEED_SDS = (0.0, 0.01, 0.02, 0.03)  # 0-3 points
 INTERACTION, NOISE, RHO, DELTA = 0.05, 0.1, 0.5, 0.03
@@ -29,14 +29,14 @@ LEVEL = 0.95
 def simulate(rng: np.random.Generator, n: int, seeds: int, seed_sd: float, rho: float):
     """(plus, minus, base) scores of n simulated experiments: (n, seeds, items) twice and (n, 1, items)."""
     acc = rng.uniform(0.4, 0.6, size=(n, 1, 1))
-    u = rng.random((n, 1, N_ITEMS))
+    u = rng.random((n, 1, N_ITEMS), dtype=np.float32)
     z = rng.normal(size=(n, seeds, 2))
     shift_plus = seed_sd * z[..., :1]
     shift_minus = seed_sd * (rho * z[..., :1] + np.sqrt(1 - rho**2) * z[..., 1:])
 
     def runs(ability: np.ndarray, s: int) -> np.ndarray:
-        g = rng.normal(0, INTERACTION, size=(n, 1, N_ITEMS))
-        return (u + g + rng.normal(0, NOISE, size=(n, s, N_ITEMS)) < ability).astype(np.float32)
+        g = INTERACTION * rng.standard_normal((n, 1, N_ITEMS), dtype=np.float32)
+        return (u + g + NOISE * rng.standard_normal((n, s, N_ITEMS), dtype=np.float32) < ability.astype(np.float32)).astype(float)
 
     return runs(acc + DELTA + shift_plus, seeds), runs(acc + shift_minus, seeds), runs(acc - 0.05, 1)
 
