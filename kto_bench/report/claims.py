@@ -130,7 +130,6 @@ class Measurement:
     setting: str  # model and data of the runs measured
     proxy: str  # how the benchmark differs from the paper's ('' when it is the paper's)
     seeds: str  # seeds per side, by name
-    detail: str = ""
 
     @property
     def estimate(self) -> float:
@@ -459,9 +458,9 @@ _add(Claim("imbalance_90pct", "KTO with ≤ 10% of the desirable data ≥ DPO on
 
 _add(Claim("demo_noise_robustness", "KTO's score drops less than DPO's from flip rate 0 to the largest flip rate "
            "(DPO drop − KTO drop)", "theory only (Prop. 4.1); Gao et al.: +10% flips cost DPO ≈30 win-rate points",
-           "none (new evidence)", (GSM8K, DEMO, MMLU), _noise, needs=_needs_flips))  # fmt: skip
+           "", (GSM8K, DEMO, MMLU), _noise, needs=_needs_flips))  # fmt: skip
 _add(Claim("demo_kto_vs_dpo", "KTO ≥ DPO on the demo world's verifiable arithmetic", "no paper number (demo)",
-           "none (demo world)", (DEMO,), versus("kto", "dpo")))  # fmt: skip
+           "", (DEMO,), versus("kto", "dpo")))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -483,12 +482,11 @@ def verdict_text(r: ClaimResult) -> str:
     m = r.measurement
     if m is None:
         return r.verdict
-    paper = r.claim.paper_delta
-    size = f"size {format_measurement(m)}"
-    if paper is not None:
-        size += f" vs paper {_pts(paper, m.scale)} ({r.size})"
     head = f"{r.verdict}: sign" if r.verdict in ("reproduced", "contradicted") else r.verdict
-    return f"{head}; {size}"
+    paper = r.claim.paper_delta
+    if paper is None:
+        return f"{head}; no paper number for the size"
+    return f"{head}; size {format_measurement(m)} vs paper {_pts(paper, m.scale)} ({r.size})"
 
 
 def claim_sentence(r: ClaimResult) -> str:
@@ -503,7 +501,7 @@ def claim_sentence(r: ClaimResult) -> str:
     return (
         f"{r.claim.id}{where}: {r.statement}. Measured {format_measurement(m)} {'points' if m.scale == 100 else ''}"
         f" ({level} interval, {iv.interval}; {iv.n_items} items; seeds {m.seeds}); {verdict_text(r)}."
-        f" Paper ({r.claim.paper_setting}): {r.claim.paper}.{proxy}"
+        f" Paper{f' ({r.claim.paper_setting})' if r.claim.paper_setting else ''}: {r.claim.paper}.{proxy}"
     ).replace("  (", " (")
 
 
@@ -550,7 +548,7 @@ def claims_table(results: list[ClaimResult], alpha: float) -> Table:
         p = f"{iv.p:.3g}" if iv else "—"
         p_holm = f"{r.p_holm:.3g}" if math.isfinite(r.p_holm) else "—"
         claim_id = f"{r.claim.id} ({r.group})" if r.group else r.claim.id
-        paper = f"{r.claim.paper} ({r.claim.paper_setting})"
+        paper = f"{r.claim.paper} ({r.claim.paper_setting})" if r.claim.paper_setting else r.claim.paper
         table.rows.append(
             [claim_id, r.statement, paper, format_measurement(m), iv.interval if iv else "—", p, p_holm,
              verdict_text(r), on]

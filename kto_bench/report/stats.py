@@ -38,6 +38,7 @@ from scipy.special import ndtr
 # Labels of the interval methods (shown beside every difference of a report).
 SEED_PAIRED = "seeds × items, seed-paired"
 SEED_UNPAIRED = "seeds × items, unpaired seeds"
+SEED_VS_FIXED = "seeds × items, vs a fixed run"  # method − base model
 ITEMS_ONLY = "items only (one seed: no seed variance)"
 N_PIVOT = 256  # fiducial draws of the seed variance (stratified χ² quantiles; fixed, so reports are stable)
 
@@ -177,7 +178,7 @@ def contrast_variance(terms: Sequence[Term], *, paired_seeds: bool) -> Variance:
         ms_seed, ms_res = _two_way(d)
         seed = [(ms_seed / (s * n_items), s - 1)]
         resid = ms_res / (s * n_items)
-        method = SEED_PAIRED
+        method = SEED_PAIRED if len(seeded) > 1 else SEED_VS_FIXED
     else:
         seed, resid = [], 0.0
         for t, m in seeded:

@@ -246,6 +246,7 @@ def test_scale_sweep_is_judged_per_model_against_its_own_base(tmp_path):
     for name, (_, delta) in sizes.items():  # each size against its own base: +10 (+15) points
         assert vs_base[f"name={name}"].measurement.estimate == pytest.approx(0.1 + delta, abs=0.05)
         assert vs_base[f"name={name}"].measurement.seeds == "kto: 3, base: fixed"
+        assert vs_base[f"name={name}"].measurement.interval.interval == "seeds × items, vs a fixed run"
 
 
 # ---------------------------------------------------------------------------------------------- audit/training
