@@ -275,9 +275,14 @@ def seed_pairing(groups: list[list[Run]]) -> tuple[list[list[Run]], bool]:
     common = sorted(set.intersection(*(set(m) for m in by_seed)), key=str)
     if len(common) < 2:
         return groups, False
-    it = iter(by_seed)
-    return [g if any(r.is_base for r in g) else [m[s] for s in common] for g in groups for m in [
-        None if any(r.is_base for r in g) else next(it)]], True  # fmt: skip
+    out, paired_groups = [], iter(by_seed)
+    for g in groups:
+        if any(r.is_base for r in g):
+            out.append(g)
+        else:
+            runs = next(paired_groups)
+            out.append([runs[s] for s in common])
+    return out, True
 
 
 def contrast_terms(

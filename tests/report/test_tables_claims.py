@@ -386,3 +386,22 @@ def test_every_shipped_spec_validates_with_its_claims():
         spec = load_spec(path)
         tasks = {t.name for t in spec.evaluation.tasks}
         assert all(tasks & set(CLAIMS.get(c).tasks) for c in spec.report.claims), path
+
+
+def test_contrast_pairs_seeds_only_where_they_are_shared(tmp_path):
+    from kto_bench.report.tables import contrast
+
+    b = ResultsBuilder(tmp_path / "seeds")
+    b.base()
+    for m, seeds in (("kto", (0, 1, 2)), ("dpo", (0, 1)), ("sft", (5, 6))):
+        for s in seeds:
+            b.run(m, s, CLEAN[0], 0.5)
+    exp = load_experiment(tmp_path / "seeds")
+    runs = {m: [r for r in exp.trained if r.method == m] for m in ("kto", "dpo", "sft")}
+    col = ("gsm8k_cot", "exact_match,strict-match")
+    shared = contrast(exp, runs["kto"], runs["dpo"], *col)
+    assert shared.interval == "seeds × items, seed-paired" and shared.n_seeds == (2, 2)  # seeds 0 and 1
+    apart = contrast(exp, runs["kto"], runs["sft"], *col)
+    assert apart.interval == "seeds × items, unpaired seeds" and apart.n_seeds == (3, 2)
+    one = contrast(exp, runs["kto"][:1], runs["dpo"], *col)
+    assert one.item_level_only and one.n_seeds == (1, 2) and one.n_items == 200
