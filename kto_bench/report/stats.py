@@ -13,8 +13,8 @@ seed s of the others (same seed → same corrupted data), the per-seed contrast 
 instead (pairing by seed). A fixed group (the base model: one run, no seeds) adds item terms only.
 
 Estimates come from the two-way (seeds × items) mean squares of each group (or of the paired
-contrast matrix): a seed part with S−1 degrees of freedom and an item part with I−1 (precise for
-benchmark-sized I). The interval is the generalized pivotal (fiducial) interval for "a mean whose
+contrast matrix): a seed part with S−1 degrees of freedom (unpaired groups: their sum, with
+Welch-Satterthwaite degrees of freedom) and an item part with I−1 (precise for benchmark-sized I). The interval is the generalized pivotal (fiducial) interval for "a mean whose
 variance is a few-degrees-of-freedom part plus a precisely known part": the seed part is drawn from
 its scaled-χ² fiducial distribution on a fixed stratified grid (deterministic), and the half-width
 solves mean coverage = 1 − α. With the item part zero this is exactly Student's t over seeds; with
