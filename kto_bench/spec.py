@@ -529,7 +529,31 @@ def parse_spec(text: str, source: str = "<spec>", overrides: dict[str, Any] | No
         raise SpecError(_format_errors(e, source, lines)) from None
     _check_grid(spec, source, lines)
     expand(spec, source=source)  # every grid point must validate as a run
+    _check_measurable(spec, source, lines)
     return spec
+
+
+def _check_measurable(spec: ExperimentSpec, source: str, lines: dict[tuple, int]) -> None:
+    """The spec runs what it claims to measure: each named claim's task, methods and grid points
+    (report/claims.py `spec_problems`), and the AlpacaEval task and its judge go together."""
+    tasks = {t.name for t in spec.evaluation.tasks}
+    problems = []
+    if spec.evaluation.judge is not None and "alpaca_eval" not in tasks:
+        problems.append(
+            (("evaluation", "judge"), "evaluation.judge: set, but no task uses it; add `- {name: alpaca_eval}` to "
+             "evaluation.tasks, or remove the judge")
+        )  # fmt: skip
+    if spec.evaluation.judge is None and "alpaca_eval" in tasks:
+        problems.append(
+            (("evaluation", "tasks"), "evaluation.tasks: alpaca_eval needs evaluation.judge: {type: api} (OPENAI_API_KEY) "
+             "or {type: local, model: <causal LM path>}")
+        )  # fmt: skip
+    if spec.report.claims:
+        from kto_bench.report.claims import spec_problems
+
+        problems += [(("report", "claims", i), f"report.claims: {msg}") for i, msg in spec_problems(spec)]
+    if problems:
+        raise SpecError("\n".join(f"{source}:{_line_for(loc, lines) or '?'}: {msg}" for loc, msg in problems))
 
 
 # ----------------------------------------------------------------------------- grid expansion

@@ -26,8 +26,6 @@ class ReportSpec(BaseModel):
     plots: list[str] = Field(default_factory=lambda: list(PLOTS))
     claims: list[str] = Field(default_factory=list)
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    bootstrap: int = Field(2000, ge=100)
-    seed: int = 0
     compare: tuple[str, str] = ("kto", "dpo")
 
     @field_validator("tables")

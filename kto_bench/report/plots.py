@@ -156,20 +156,18 @@ def plot_bars(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
 # ---------------------------------------------------------------------------------------------- forest
 
 
-def contrast_interval(exp: Experiment, plus: list[Run], minus: list[Run], col: tuple[str, str], *, n_boot: int,
-                      seed: int, alpha: float) -> dict | None:  # fmt: skip
-    """The one place the report's figures call `tables.contrast` (paired on items): estimate, lo, hi,
-    n_items and the interval's method (the contrast's own label where it carries one)."""
-    r = contrast(exp, plus, minus, *col, n_boot=n_boot, seed=seed, alpha=alpha)
+def contrast_interval(
+    exp: Experiment, plus: list[Run], minus: list[Run], col: tuple[str, str], *, alpha: float
+) -> dict | None:
+    """The one place the report's figures call `tables.contrast` (seeds × items, paired on items):
+    estimate, lo, hi, n_items and the interval's method."""
+    r = contrast(exp, plus, minus, *col, alpha=alpha)
     if r is None:
         return None
-    interval = getattr(r, "interval", None) or "paired bootstrap (items; seeds within method)"
-    return {"estimate": r.estimate, "lo": r.lo, "hi": r.hi, "n_items": r.n_items, "interval": interval}
+    return {"estimate": r.estimate, "lo": r.lo, "hi": r.hi, "n_items": r.n_items, "interval": r.interval}
 
 
-def forest_data(
-    exp: Experiment, compare: tuple[str, str], alpha: float, n_boot: int, seed: int
-) -> pd.DataFrame:
+def forest_data(exp: Experiment, compare: tuple[str, str], alpha: float) -> pd.DataFrame:
     """Every contrast the forest plot shows: compare[0] − compare[1] at each grid point where both ran,
     then each method − its base at each grid point; one row per (contrast, point, benchmark)."""
     columns = headline_cells(exp, alpha)[1]
@@ -189,7 +187,7 @@ def forest_data(
     rows = []
     for name, point, plus, minus in families:
         for col in columns:
-            ci = contrast_interval(exp, plus, minus, col, n_boot=n_boot, seed=seed, alpha=alpha)
+            ci = contrast_interval(exp, plus, minus, col, alpha=alpha)
             if ci is None:
                 continue
             scale = proportion_scale(exp, col)

@@ -12,7 +12,6 @@ provenance, the per-run audit and the run lists come last.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import json
 import math
@@ -30,7 +29,6 @@ from kto_bench.report.claims import (
     ClaimResult,
     claims_table,
     evaluate_claims,
-    format_measurement,
 )
 from kto_bench.report.config import ReportSpec
 from kto_bench.report.health import Health, health_checks, health_table, untrained_runs
@@ -75,17 +73,9 @@ FRONT_TABLES = (
 
 
 def claim_context(exp: Experiment, report: ReportSpec, untrained: set[str]) -> ClaimContext:
-    """The one place the report builds the claims' context. The runs that did not train are passed
-    (`ClaimContext.untrained`), so a claim resting on one says "not trained"; the bootstrap settings
-    where the context takes them. (Keyed by the context's fields while the claims module changes.)"""
-    fields = {f.name for f in dataclasses.fields(ClaimContext)}
-    kwargs = {
-        "alpha": report.alpha,
-        "n_boot": report.bootstrap,
-        "seed": report.seed,
-        "untrained": frozenset(untrained),
-    }
-    return ClaimContext(exp, **{k: v for k, v in kwargs.items() if k in fields})  # type: ignore[arg-type]
+    """The one place the report builds the claims' context. The runs that did not train are passed, so a
+    claim resting on one says "not trained"."""
+    return ClaimContext(exp, alpha=report.alpha, untrained=frozenset(untrained))
 
 
 def build_tables(
@@ -104,7 +94,7 @@ def build_tables(
 
     builders = {
         "headline": lambda: headline_table(exp, report.alpha),
-        "paired": lambda: paired_table(exp, report.compare, report.alpha, report.bootstrap, report.seed),
+        "paired": lambda: paired_table(exp, report.compare, report.alpha),
         "audit": lambda: audit_table(exp, report.compare),
         "training": lambda: training_table(exp),
         "claims": claims,
@@ -222,18 +212,8 @@ def comparison_sentences(forest: pd.DataFrame, exp: Experiment, report: ReportSp
 
 
 def claim_sentence(r: ClaimResult, alpha: float) -> str:
-    """One sentence per claim: the statement, the measured difference with its interval, the paper's
-    number (the verdict is shown beside it). The claims module's own sentence is used where it has one."""
-    own = getattr(claims_module, "claim_sentence", None)
-    if own is not None:
-        return own(r)
-    if r.measurement is None:
-        return f"{r.claim.statement} ({r.reason or 'no measurement'})."
-    m = r.measurement
-    return (
-        f"{r.claim.statement}: measured {format_measurement(m, alpha)}"
-        f"{' points' if m.scale == 100.0 else ''} ({m.detail}; {m.n}); paper: {r.claim.paper}."
-    )
+    """One sentence per claim: the claims module's own (statement, measured setting, interval, paper)."""
+    return claims_module.claim_sentence(r)
 
 
 def health_sentence(checks: list[Health]) -> str:
@@ -427,7 +407,7 @@ def render_report(
     checks = health_checks(exp)
     untrained = untrained_runs(checks)
     claim_results = evaluate_claims(report.claims, claim_context(exp, report, untrained))
-    forest = forest_data(exp, report.compare, report.alpha, report.bootstrap, report.seed)
+    forest = forest_data(exp, report.compare, report.alpha)
     spec_tables = build_tables(exp, report, claim_results, untrained)
     tuning = tuning_table(exp)
     front = [t for t in spec_tables if t.name in FRONT_TABLES]

@@ -19,7 +19,16 @@ from typing import Any
 import pandas as pd
 
 from kto_bench.report.aggregate import Experiment, Run, dig, method_rank, training_summary
-from kto_bench.report.stats import BootCI, MeanCI, align_items, holm, mean_ci, paired_bootstrap, wilson
+from kto_bench.report.stats import (
+    Interval,
+    MeanCI,
+    Term,
+    align_items,
+    contrast_interval,
+    holm,
+    mean_ci,
+    wilson,
+)
 
 TASK_LABELS = {
     "mmlu": "MMLU",
@@ -250,9 +259,64 @@ def headline_table(exp: Experiment, alpha: float) -> Table:
 # ---------------------------------------------------------------------------------------------- paired
 
 
-def group_scores(exp: Experiment, runs: list[Run], task: str, metric: str) -> list[dict[str, float]] | None:
-    scores = [exp.item_scores(r.run_id, task, metric) for r in runs]
+def group_scores(
+    exp: Experiment, runs: list[Run], task: str, metric: str, item_key: str | None = None
+) -> list[dict[str, float]] | None:
+    scores = [exp.item_scores(r.run_id, task, item_key or metric) for r in runs]
     return None if not scores or any(s is None for s in scores) else scores  # type: ignore[return-value]
+
+
+def seed_pairing(groups: list[list[Run]]) -> tuple[list[list[Run]], bool]:
+    """Pairs the seeded groups of a contrast by seed where they allow it: when every seeded group has
+    one run per seed and at least two seeds are common to all, keep the common seeds (same seed → same
+    corrupted data and flips) in one order; otherwise keep every run, unpaired. Base runs are fixed."""
+    seeded = [g for g in groups if not any(r.is_base for r in g)]
+    by_seed = [{r.seed: r for r in g} for g in seeded]
+    if not seeded or any(len(m) != len(g) or None in m for m, g in zip(by_seed, seeded, strict=True)):
+        return groups, False
+    common = sorted(set.intersection(*(set(m) for m in by_seed)), key=str)
+    if len(common) < 2:
+        return groups, False
+    out, paired_groups = [], iter(by_seed)
+    for g in groups:
+        if any(r.is_base for r in g):
+            out.append(g)
+        else:
+            runs = next(paired_groups)
+            out.append([runs[s] for s in common])
+    return out, True
+
+
+def contrast_terms(
+    exp: Experiment,
+    terms: list[tuple[float, list[Run]]],
+    task: str,
+    metric: str,
+    *,
+    alpha: float = 0.05,
+    threshold: float = 0.0,
+    item_key: str | None = None,
+) -> Interval | None:
+    """sum coef·mean(score of runs) on the items every run shares, with its interval (see
+    `stats.contrast_interval`): paired by item, by seed where the groups share their seeds, a base
+    model as a fixed term. None without per-item samples or shared items."""
+    if any(r.is_base for _, runs in terms for r in runs) and any(
+        len(runs) != 1 for _, runs in terms if any(r.is_base for r in runs)
+    ):
+        raise ValueError("a base-model term holds exactly one run")
+    groups, paired = seed_pairing([runs for _, runs in terms])
+    scores = [group_scores(exp, runs, task, metric, item_key) for runs in groups]
+    if any(s is None for s in scores):
+        return None
+    items, mats = align_items(scores)  # type: ignore[arg-type]
+    if len(items) < 2:
+        return None
+    return contrast_interval(
+        [Term(c, m, fixed=runs[0].is_base) for (c, _), m, runs in zip(terms, mats, groups, strict=True)],
+        paired_seeds=paired,
+        alpha=alpha,
+        threshold=threshold,
+    )
 
 
 def contrast(
@@ -262,25 +326,20 @@ def contrast(
     task: str,
     metric: str,
     *,
-    n_boot: int,
-    seed: int,
-    alpha: float,
-) -> BootCI | None:
-    """Paired bootstrap of mean(plus) − mean(minus) on their common items; None without samples."""
-    a, b = group_scores(exp, plus, task, metric), group_scores(exp, minus, task, metric)
-    if a is None or b is None:
-        return None
-    items, (ma, mb) = align_items([a, b])
-    if not items:
-        return None
-    return paired_bootstrap([(1.0, ma), (-1.0, mb)], n_boot=n_boot, seed=seed, alpha=alpha)
+    alpha: float = 0.05,
+    item_key: str | None = None,
+) -> Interval | None:
+    """mean(plus) − mean(minus) on their common items with its 1−α interval and p-value: the one
+    function that gives a difference of two methods (or a method and its base model, `minus` = [base
+    run]) at a grid point. None without per-item samples."""
+    return contrast_terms(exp, [(1.0, plus), (-1.0, minus)], task, metric, alpha=alpha, item_key=item_key)
 
 
 def runs_of(exp: Experiment, method: str, point: str) -> list[Run]:
     return [r for r in exp.trained if r.method == method and r.point == point]
 
 
-def paired_table(exp: Experiment, compare: tuple[str, str], alpha: float, n_boot: int, seed: int) -> Table:
+def paired_table(exp: Experiment, compare: tuple[str, str], alpha: float) -> Table:
     a, b = compare
     _, columns, _ = headline_cells(exp, alpha)
     reference = exp.reference_point()
@@ -297,48 +356,54 @@ def paired_table(exp: Experiment, compare: tuple[str, str], alpha: float, n_boot
     level = f"{100 * (1 - alpha):g}%"
     table = Table(
         "paired",
-        f"Paired differences on the same items ({level} bootstrap CI, Holm across benchmarks)",
+        f"Paired differences on the same items ({level} intervals over seeds × items, Holm across benchmarks)",
         [
             "contrast",
             "point",
             "benchmark",
             "Δ",
             f"{level} CI",
+            "interval",
             "items",
             "seeds",
             "p",
             "p (Holm)",
             "significant",
-        ],
+        ],  # fmt: skip
         [],
         notes=[
-            f"Paired bootstrap ({n_boot} replicates, seed {seed}): items resampled jointly for both sides (paired by "
-            "item_id), training seeds resampled within each method; Δ in points for proportions.",
-            "Holm correction within each contrast and grid point, across the benchmarks of this table.",
+            "Intervals count both the evaluation items and the training seeds: per-item differences on the items "
+            "both sides share (paired by item_id), with the seed variance from the spread of the runs "
+            "(seed-paired where both methods ran the same seeds, which share their corrupted data and flips); the "
+            "base model is one fixed run. 'items only': a method has one seed, so the interval does not cover "
+            "seed variance and 'significant' is not claimed.",
+            "Holm correction within each contrast and grid point, across the benchmarks of this table (seeded "
+            "intervals only). Δ in points for proportions.",
         ],
     )
     data = []
     for name, point, plus, minus in families:
-        results = [
-            (col, contrast(exp, plus, minus, *col, n_boot=n_boot, seed=seed, alpha=alpha)) for col in columns
-        ]
-        adjusted = holm([r.p_value if r else math.nan for _, r in results])
+        results = [(col, contrast(exp, plus, minus, *col, alpha=alpha)) for col in columns]
+        adjusted = holm([r.p if r and not r.item_level_only else math.nan for _, r in results])
         for (col, r), padj in zip(results, adjusted, strict=True):
             label = column_label(*col)
             if r is None:
                 table.rows.append(
-                    [name, point or "—", label, MISSING, "no per-item samples", "", "", "", "", ""]
+                    [name, point or "—", label, MISSING, "no per-item samples", "", "", "", "", "", ""]
                 )
                 continue
             s = proportion_scale(exp, col)
-            seeds = "/".join(str(n) for n in r.n_seeds)
+            seeds = "/".join("fixed" if n == 0 else str(n) for n in r.n_seeds)
+            significant = "items only" if r.item_level_only else "yes" if padj < alpha else "no"
             table.rows.append(
                 [name, point or "—", label, f"{r.estimate * s:+.2f}", f"[{r.lo * s:+.2f}, {r.hi * s:+.2f}]",
-                 str(r.n_items), seeds, f"{r.p_value:.3g}", f"{padj:.3g}", "yes" if padj < alpha else "no"]
+                 r.interval, str(r.n_items), seeds, f"{r.p:.3g}", "—" if math.isnan(padj) else f"{padj:.3g}",
+                 significant]
             )  # fmt: skip
             data.append(
                 {"contrast": name, "point": point, "task": col[0], "metric": col[1], "estimate": r.estimate,
-                 "ci_lo": r.lo, "ci_hi": r.hi, "n_items": r.n_items, "n_seeds": seeds, "p": r.p_value, "p_holm": padj}
+                 "ci_lo": r.lo, "ci_hi": r.hi, "interval": r.interval, "n_items": r.n_items, "n_seeds": seeds,
+                 "p": r.p, "p_holm": padj}
             )  # fmt: skip
     if not families:
         table.notes.append(f"missing: no grid point has runs of both {a!r} and {b!r} (nor a base model).")

@@ -37,7 +37,7 @@ def test_only_the_runs_the_spec_resolves_to_are_compared(tmp_path):
     assert exp.stale == stale and len(stale) == 6
     assert any(missing in i and "no results yet" in i for i in exp.issues)
     out = tmp_path / "out"
-    render_report(root, out, ReportSpec(bootstrap=200), "name: exp\n", "exp", [*current, missing])
+    render_report(root, out, ReportSpec(), "name: exp\n", "exp", [*current, missing])
     headline = (out / "tables" / "headline.md").read_text()
     assert "flip_rate=0.2" not in headline and "flip_rate" not in exp.varying
     md = (out / "report.md").read_text()
@@ -91,7 +91,7 @@ def test_a_model_sweep_gets_one_base_row_per_model(tmp_path):
     labels = [row[0] for row in headline_table(exp, 0.05).rows if row[0].startswith("base")]
     assert labels == ["base (name=large)", "base (name=small)"]
     out = tmp_path / "out"
-    render_report(tmp_path / "scale", out, ReportSpec(bootstrap=200), "name: scale\n", "scale")
+    render_report(tmp_path / "scale", out, ReportSpec(), "name: scale\n", "scale")
     forest = (out / "tables" / "forest.csv").read_text()
     # planted: the large model's base solves 40%, the small one's 20%; KTO 60% at both sizes
     kto_base = {
@@ -145,7 +145,7 @@ def test_health_check_flags_a_run_that_did_not_move(tmp_path):
     assert ok.dlogp_desirable > 0 > ok.dlogp_undesirable  # rewards ~ N(±0.5) / β 0.1
     assert untrained_runs(list(checks.values())) == {still.name}
     out = tmp_path / "out"
-    render_report(tmp_path / "exp", out, ReportSpec(bootstrap=200), "name: exp\n", "exp")
+    render_report(tmp_path / "exp", out, ReportSpec(), "name: exp\n", "exp")
     md = (out / "report.md").read_text()
     assert f"1 of 5 runs did not move from their base model: {still.name}" in md
     assert f"| {still.name} | kto | 0 |" in md and "did not move: 0 of 400 answers changed" in md
@@ -260,7 +260,7 @@ def test_hyperparameter_selection_is_rendered_when_recorded(tmp_path):
     }
     (root / "tuning.json").write_text(json.dumps(tuning))
     out = tmp_path / "out"
-    render_report(root, out, ReportSpec(bootstrap=200), "name: exp\n", "exp")
+    render_report(root, out, ReportSpec(), "name: exp\n", "exp")
     md = (out / "tables" / "tuning.md").read_text()
     assert '| kto | {"training.lr": 2e-05} | 0.71 | yes |' in md
     assert '| kto | {"training.lr": 5e-06} | 0.64 |  |' in md

@@ -2,14 +2,20 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from kto_bench.report.stats import (
+    ITEMS_ONLY,
+    SEED_PAIRED,
+    SEED_UNPAIRED,
+    Term,
     align_items,
+    contrast_interval,
     holm,
     mean_ci,
-    paired_bootstrap,
+    sign_verdict,
+    size_verdict,
     t_quantile,
-    verdict,
     wilson,
 )
 
@@ -62,15 +68,15 @@ def test_holm_known_example():
     assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
 
 
-def test_verdict_directions():
-    assert verdict(0.01, 0.2, "greater") == "reproduced"
-    assert verdict(-0.2, -0.01, "greater") == "contradicted"
-    assert verdict(-0.1, 0.1, "greater") == "inconclusive"
-    assert verdict(-0.2, -0.01, "less") == "reproduced"
-    assert verdict(0.5, 0.6, "greater", threshold=0.55) == "inconclusive"
-    assert verdict(math.nan, math.nan, "greater") == "inconclusive"
+def test_sign_verdict_directions():
+    assert sign_verdict(0.01, 0.2, "greater") == "reproduced"
+    assert sign_verdict(-0.2, -0.01, "greater") == "contradicted"
+    assert sign_verdict(-0.1, 0.1, "greater") == "inconclusive"
+    assert sign_verdict(-0.2, -0.01, "less") == "reproduced"
+    assert sign_verdict(0.5, 0.6, "greater", threshold=0.55) == "inconclusive"
+    assert sign_verdict(math.nan, math.nan, "greater") == "inconclusive"
     with pytest.raises(ValueError):
-        verdict(0, 1, "bigger")
+        sign_verdict(0, 1, "bigger")
 
 
 def test_align_items_keeps_common_items_in_one_order():
@@ -79,33 +85,70 @@ def test_align_items_keeps_common_items_in_one_order():
     assert a.tolist() == [[1, 0]] and b.tolist() == [[0, 1], [1, 1]]
 
 
-def test_paired_bootstrap_pairing_cancels_item_difficulty():
+def test_contrast_interval_pairing_cancels_item_difficulty():
     rng = np.random.default_rng(0)
     difficulty = rng.normal(0, 10, size=300)  # huge between-item spread
     a, b = (difficulty + 1.0)[None, :], difficulty[None, :]
-    r = paired_bootstrap([(1.0, a), (-1.0, b)], n_boot=500, seed=1)
+    r = contrast_interval([Term(1.0, a), Term(-1.0, b)], paired_seeds=False)
     assert r.estimate == pytest.approx(1.0)
     assert r.lo == pytest.approx(1.0) and r.hi == pytest.approx(1.0)  # constant per-item difference
-    assert r.p_value == pytest.approx(1 / 501) and r.n_items == 300 and r.n_seeds == (1, 1)
+    assert r.p == 0.0 and r.n_items == 300 and r.n_seeds == (1, 1) and r.item_level_only
 
 
-def test_paired_bootstrap_null_contains_zero_and_seeds_widen():
-    rng = np.random.default_rng(0)
+def test_one_seed_is_a_paired_t_over_items():
+    rng = np.random.default_rng(1)
     a = rng.integers(0, 2, size=(1, 400)).astype(float)
     b = rng.integers(0, 2, size=(1, 400)).astype(float)
-    r = paired_bootstrap([(1.0, a), (-1.0, b)], n_boot=1000, seed=0)
-    assert r.lo < 0 < r.hi and r.p_value > 0.05
+    r = contrast_interval([Term(1.0, a), Term(-1.0, b)], paired_seeds=False)
+    d = a[0] - b[0]
+    half = stats.t.ppf(0.975, 399) * d.std(ddof=1) / math.sqrt(400)
+    assert (r.lo, r.hi) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert r.p == pytest.approx(stats.ttest_rel(a[0], b[0]).pvalue)
+    assert r.interval == ITEMS_ONLY
+
+
+def test_seed_paired_without_item_part_is_students_t_over_seeds():
+    # every seed's runs differ by a per-seed constant: no item × method interaction, no residual
+    rng = np.random.default_rng(2)
     base = rng.normal(size=200)
-    same = np.stack([base, base, base])
-    spread = np.stack([base - 1, base, base + 1])  # seeds disagree by a constant
-    narrow = paired_bootstrap([(1.0, same), (-1.0, same)], n_boot=500, seed=0)
-    wide = paired_bootstrap([(1.0, spread), (-1.0, same)], n_boot=500, seed=0)
-    assert narrow.hi - narrow.lo < 1e-9 and wide.hi - wide.lo > 0.5
+    shifts = np.array([0.5, 0.9, 1.6])
+    plus, minus = base + shifts[:, None], np.stack([base] * 3)
+    r = contrast_interval([Term(1.0, plus), Term(-1.0, minus)], paired_seeds=True)
+    half = stats.t.ppf(0.975, 2) * shifts.std(ddof=1) / math.sqrt(3)
+    assert r.interval == SEED_PAIRED and r.n_seeds == (3, 3)
+    assert r.estimate == pytest.approx(shifts.mean())  # the pivot's 256 fixed draws: t quantile to 0.5%
+    assert (r.hi - r.lo) / 2 == pytest.approx(half, rel=5e-3)
+    assert r.p == pytest.approx(stats.ttest_1samp(shifts, 0.0).pvalue, rel=2e-2)
 
 
-def test_paired_bootstrap_is_seeded():
-    x = np.random.default_rng(3).normal(size=(2, 50))
-    y = np.random.default_rng(4).normal(size=(3, 50))
-    r1 = paired_bootstrap([(1.0, x), (-1.0, y)], n_boot=300, seed=7)
-    r2 = paired_bootstrap([(1.0, x), (-1.0, y)], n_boot=300, seed=7)
-    assert r1 == r2
+def test_seed_variance_widens_and_the_p_value_matches_the_interval():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 2, size=(1, 500)).astype(float)
+    same = np.repeat(base, 3, axis=0)
+    noisy = same.copy()
+    noisy[0, :40], noisy[2, :40] = 1.0, 0.0  # seeds disagree on 40 items
+    narrow = contrast_interval([Term(1.0, same), Term(-1.0, base, fixed=True)], paired_seeds=True)
+    wide = contrast_interval([Term(1.0, noisy), Term(-1.0, base, fixed=True)], paired_seeds=True)
+    assert narrow.hi - narrow.lo < 1e-9 < wide.hi - wide.lo and wide.n_seeds == (3, 0)
+    for threshold in (wide.lo - 1e-6, wide.hi + 1e-6):
+        assert contrast_interval([Term(1.0, noisy), Term(-1.0, base, fixed=True)], paired_seeds=True,
+                                 threshold=threshold).p < 0.05  # fmt: skip
+    inside = contrast_interval([Term(1.0, noisy), Term(-1.0, base, fixed=True)], paired_seeds=True,
+                               threshold=wide.lo + 1e-3)  # fmt: skip
+    assert inside.p > 0.05
+
+
+def test_unpaired_seeds_and_determinism():
+    x = np.random.default_rng(3).integers(0, 2, size=(2, 50)).astype(float)
+    y = np.random.default_rng(4).integers(0, 2, size=(3, 50)).astype(float)
+    r1 = contrast_interval([Term(1.0, x), Term(-1.0, y)], paired_seeds=False)
+    r2 = contrast_interval([Term(1.0, x), Term(-1.0, y)], paired_seeds=False)
+    assert r1 == r2 and r1.interval == SEED_UNPAIRED and r1.n_seeds == (2, 3)
+    assert r1.lo < r1.estimate < r1.hi
+
+
+def test_size_verdict():
+    assert size_verdict(0.01, 0.07, 0.135) == "smaller"
+    assert size_verdict(0.10, 0.20, 0.135) == "consistent"
+    assert size_verdict(0.2, 0.3, 0.135) == "larger"
+    assert size_verdict(0.2, 0.3, None) == ""

@@ -7,10 +7,17 @@ from pydantic import ValidationError
 
 from kto_bench.errors import KtoBenchError, StoreError
 from kto_bench.report.aggregate import load_experiment, training_summary
-from kto_bench.report.claims import CLAIMS, ClaimContext, evaluate_claim, evaluate_claims
+from kto_bench.report.claims import (
+    CLAIMS,
+    ClaimContext,
+    claim_sentence,
+    claims_table,
+    evaluate_claims,
+    verdict_text,
+)
 from kto_bench.report.config import ReportSpec
 from kto_bench.report.render import build_tables
-from kto_bench.report.stats import wilson
+from kto_bench.report.stats import holm, wilson
 from kto_bench.report.tables import (
     audit_table,
     format_cell,
@@ -105,17 +112,23 @@ def test_bold_only_where_the_interval_separates(tmp_path):
 
 
 def test_paired_table_holm_and_significance(tmp_path):
-    table = paired_table(planted(tmp_path, 0.1), ("kto", "dpo"), 0.05, 500, 0)
+    table = paired_table(planted(tmp_path, 0.2), ("kto", "dpo"), 0.05)
     kd = [r for r in table.rows if r[0] == "kto − dpo"]
-    assert len(kd) == 3 and all(r[-1] == "yes" for r in kd)
-    assert all(float(r[3]) == pytest.approx(10, abs=4) for r in kd)  # planted +10 points
+    assert len(kd) == 3 and all(r[-1] == "yes" and r[5] == "seeds × items, seed-paired" for r in kd)
+    assert all(float(r[3]) == pytest.approx(20, abs=4) for r in kd)  # planted +20 points
     df = table.data[table.data["contrast"] == "kto − dpo"]
-    # Holm over 3 benchmarks with equal p: each adjusted p is 3x the raw one
-    assert df["p_holm"].tolist() == pytest.approx([min(1.0, 3 * p) for p in df["p"]])
+    # Holm over the 3 benchmarks of one contrast and grid point
+    assert df["p_holm"].tolist() == pytest.approx(holm(df["p"].tolist()))
+    assert max(df["p_holm"]) > max(df["p"])
     assert {r[0] for r in table.rows} == {"kto − dpo", "kto − base", "dpo − base"}
 
 
 # ---------------------------------------------------------------------------------------------- claims
+
+
+def one(name: str, ctx: ClaimContext):
+    (result,) = evaluate_claims([name], ctx)
+    return result
 
 
 @pytest.mark.parametrize(
@@ -123,20 +136,59 @@ def test_paired_table_holm_and_significance(tmp_path):
 )
 def test_planted_effects_give_the_right_verdict(tmp_path, delta, expected):
     exp = planted(tmp_path, delta)
-    ctx = ClaimContext(exp, alpha=0.05, n_boot=1000, seed=0)
+    ctx = ClaimContext(exp, alpha=0.05)
     for name in ("demo_kto_vs_dpo", "table2_gsm8k"):
-        result = evaluate_claim(CLAIMS.get(name), ctx)
+        result = one(name, ctx)
         assert result.verdict == expected, (name, result.measurement)
-        m = result.measurement
-        assert m.estimate == pytest.approx(delta, abs=0.04) and m.lo <= m.estimate <= m.hi
-        assert "200 items" in m.n
+        iv = result.measurement.interval
+        assert iv.estimate == pytest.approx(delta, abs=0.04) and iv.lo <= iv.estimate <= iv.hi
+        assert iv.n_items == 200 and iv.n_seeds == (3, 3) and iv.interval == "seeds × items, seed-paired"
+        assert result.p_holm == pytest.approx(iv.p)  # one test: Holm changes nothing
+    gsm = one("table2_gsm8k", ctx)
+    assert gsm.statement == "KTO ≥ DPO on GSM8K (8-shot CoT, strict-match) — tiny"  # the model actually run
+    assert (
+        "Zephyr" in claims_table([gsm], 0.05).rows[0][2]
+    )  # the paper's setting stays with the paper's number
+    if expected == "reproduced":
+        assert verdict_text(gsm).startswith(
+            "reproduced: sign; size +"
+        ) and "vs paper +13.5 (consistent)" in verdict_text(gsm)
+
+
+def test_holm_across_the_claims_of_a_report(tmp_path):
+    ctx = ClaimContext(planted(tmp_path, 0.1))
+    results = evaluate_claims(["demo_kto_vs_dpo", "table2_gsm8k"], ctx)
+    raw = [r.measurement.interval.p for r in results]
+    assert [r.p_holm for r in results] == pytest.approx(holm(raw))
+    table = claims_table(results, 0.05)
+    assert any("Holm's correction across the 2 seeded tests" in n for n in table.notes)
+
+
+def test_one_seed_is_item_level_only(tmp_path):
+    b = ResultsBuilder(tmp_path / "one")
+    b.base()
+    for m, ability in (("dpo", 0.4), ("kto", 0.6)):
+        b.run(m, 0, CLEAN[0], ability)
+    r = one("table2_gsm8k", ClaimContext(load_experiment(tmp_path / "one")))
+    assert r.verdict == "item-level only" and r.measurement.interval.item_level_only
+    assert math.isnan(r.p_holm)  # no sign verdict, so not in the Holm family
+    assert "item-level only" in claim_sentence(r)
+
+
+def test_untrained_runs_give_not_trained(tmp_path):
+    exp = planted(tmp_path, 0.1)
+    kto = next(r.run_id for r in exp.trained if r.method == "kto")
+    r = one("demo_kto_vs_dpo", ClaimContext(exp, untrained=frozenset({kto})))
+    assert r.verdict == "not trained" and kto in r.reason
 
 
 def test_claims_without_results_are_missing(tmp_path):
     exp = planted(tmp_path, 0.1)
-    results = {r.claim.id: r for r in evaluate_claims([], ClaimContext(exp, n_boot=200))}
+    results = {r.claim.id: r for r in evaluate_claims([], ClaimContext(exp))}
     assert set(results) == set(CLAIMS.names())  # [] means every registered claim
-    assert results["table2_mmlu"].verdict == "missing" and "no matching task" in results["table2_mmlu"].reason
+    assert (
+        results["table2_mmlu"].verdict == "missing" and "no results of mmlu" in results["table2_mmlu"].reason
+    )
     assert results["demo_noise_robustness"].verdict == "missing"
     assert "does not vary" in results["demo_noise_robustness"].reason
     assert results["table2_one_y_per_x"].verdict == "missing"
@@ -152,12 +204,12 @@ def test_noise_robustness_claim(tmp_path, kto_drop, expected):
     )
     exp = load_experiment(root)
     assert exp.varying == ["corruption.flip_rate"] and exp.reference_point() == "flip_rate=0.0"
-    r = evaluate_claim(CLAIMS.get("demo_noise_robustness"), ClaimContext(exp, n_boot=1000))
+    r = one("demo_noise_robustness", ClaimContext(exp))
     assert r.verdict == expected
     assert r.measurement.estimate == pytest.approx(0.2 - kto_drop, abs=0.05)
 
 
-def test_imbalance_claim_compares_kto_at_10pct_with_dpo_on_full_data(tmp_path):
+def test_imbalance_claim_needs_a_win_rate(tmp_path):
     b = ResultsBuilder(tmp_path / "imb")
     b.base()
     for s in SEEDS:
@@ -165,9 +217,36 @@ def test_imbalance_claim_compares_kto_at_10pct_with_dpo_on_full_data(tmp_path):
         for frac, ability in ((1.0, 0.65), (0.5, 0.62), (0.1, 0.6)):
             b.run("kto", s, {"corruption.desirable_fraction": frac}, ability)
     exp = load_experiment(tmp_path / "imb")
-    r = evaluate_claim(CLAIMS.get("imbalance_90pct"), ClaimContext(exp, n_boot=1000))
-    assert r.verdict == "reproduced"
-    assert r.measurement.estimate == pytest.approx(0.1, abs=0.04) and "KTO keeps 0.1" in r.measurement.detail
+    r = one("imbalance_90pct", ClaimContext(exp))
+    assert r.verdict == "missing" and "alpaca_eval" in r.reason  # no silent fallback to GSM8K
+
+
+def test_scale_sweep_is_judged_per_model_against_its_own_base(tmp_path):
+    b = ResultsBuilder(tmp_path / "scale")
+    sizes = {"small": (0.3, 0.0), "large": (0.5, 0.15)}  # (base ability, KTO − DPO)
+    for name, (base_ability, delta) in sizes.items():
+        b.base(base_ability)
+        (tmp_path / "scale" / "base-tiny").rename(tmp_path / "scale" / f"base-{name}")
+        for s in SEEDS:
+            grid = {"model.name": name}
+            for m, ability in (("dpo", base_ability + 0.1), ("kto", base_ability + 0.1 + delta)):
+                d = b.run(m, s, grid, ability, model_hash=name * 8)
+                spec = json.loads((d / "run.json").read_text())
+                spec["spec"]["model"]["name"] = name
+                (d / "run.json").write_text(json.dumps(spec))
+        (tmp_path / "scale" / f"base-{name}" / "provenance.json").write_text(
+            json.dumps({"model_hash": name * 8})
+        )
+    exp = load_experiment(tmp_path / "scale")
+    kd = {r.group: r for r in evaluate_claims(["table2_gsm8k"], ClaimContext(exp))}
+    assert set(kd) == {"name=small", "name=large"}
+    assert kd["name=large"].verdict == "reproduced" and kd["name=small"].verdict == "inconclusive"
+    assert kd["name=large"].statement.endswith("— large")
+    vs_base = {r.group: r for r in evaluate_claims(["table2_kto_vs_sft_gsm8k"], ClaimContext(exp))}
+    for name, (_, delta) in sizes.items():  # each size against its own base: +10 (+15) points
+        assert vs_base[f"name={name}"].measurement.estimate == pytest.approx(0.1 + delta, abs=0.05)
+        assert vs_base[f"name={name}"].measurement.seeds == "kto: 3, base: fixed"
+        assert vs_base[f"name={name}"].measurement.interval.interval == "seeds × items, vs a fixed run"
 
 
 # ---------------------------------------------------------------------------------------------- audit/training
@@ -186,8 +265,8 @@ def test_audit_says_only_method_differs_and_warns_otherwise(tmp_path):
     b = ResultsBuilder(tmp_path / "bad")
     b.run("dpo", 0, CLEAN[0], 0.5)
     b.run("kto", 0, CLEAN[0], 0.6, model_hash="x" * 64)
-    bad = audit_table(load_experiment(tmp_path / "bad"))
-    assert any(n.startswith("WARNING") and "model hash" in n for n in bad.notes)
+    with pytest.raises(StoreError, match="different base models"):  # never one comparison of two models
+        load_experiment(tmp_path / "bad")
 
 
 def test_training_table_marks_missing_metrics(tmp_path):
@@ -208,9 +287,7 @@ def test_report_spec_defaults_and_validation():
     spec = ReportSpec()
     assert spec.tables == ["headline", "claims", "paired", "audit", "training"]
     assert spec.plots == ["bars", "noise", "imbalance", "training", "rewards"]
-    assert (
-        spec.claims == [] and spec.alpha == 0.05 and spec.bootstrap == 2000 and spec.compare == ("kto", "dpo")
-    )
+    assert spec.claims == [] and spec.alpha == 0.05 and spec.compare == ("kto", "dpo")
     assert ReportSpec(claims=["table2_gsm8k"]).claims == ["table2_gsm8k"]
     with pytest.raises(ValidationError, match="did you mean 'noise'"):
         ReportSpec(plots=["nois"])
@@ -245,5 +322,86 @@ def test_named_tables_and_plots_match_their_builders(tmp_path):
 
     assert set(PLOTS.names()) == set(PLOT_NAMES)
     (tmp_path / "empty").mkdir()
-    tables = build_tables(load_experiment(tmp_path / "empty"), ReportSpec(bootstrap=100))
+    tables = build_tables(load_experiment(tmp_path / "empty"), ReportSpec())
     assert [t.name for t in tables] == list(TABLES)
+
+
+# ---------------------------------------------------------------------------------------------- spec: claims vs tasks
+
+SPEC = """\
+name: t
+model: {source: hub, name: some/model}
+data: {source: local_pairs, path: x.jsonl}
+methods:
+  - {type: kto}
+  - {type: dpo}
+seeds: [1, 2]
+evaluation:
+  tasks:
+    - {name: gsm8k_cot}
+"""
+
+
+def test_validate_rejects_claims_the_spec_cannot_measure():
+    from kto_bench.errors import SpecError
+    from kto_bench.spec import parse_spec
+
+    assert parse_spec(SPEC + "report: {claims: [table2_gsm8k]}\n", "s.yaml").report.claims == ["table2_gsm8k"]
+    with pytest.raises(SpecError, match=r"s\.yaml:14: report\.claims: claim 'table2_mmlu' is measured on mmlu.*add "
+                                        r"`- \{name: mmlu\}` to evaluation.tasks or remove the claim"):  # fmt: skip
+        parse_spec(SPEC + "report:\n  claims:\n    - table2_gsm8k\n    - table2_mmlu\n", "s.yaml")
+    with pytest.raises(
+        SpecError, match="imbalance_90pct' is measured on alpaca_eval"
+    ):  # no fallback to GSM8K
+        parse_spec(SPEC + "report: {claims: [imbalance_90pct]}\n", "s.yaml")
+    judged = SPEC + "    - {name: alpaca_eval}\n  judge: {type: api}\n"
+    with pytest.raises(SpecError, match="imbalance_90pct' cannot be measured: no KTO run keeps ≤ 10%"):
+        parse_spec(judged + "report: {claims: [imbalance_90pct]}\n", "s.yaml")
+    with pytest.raises(SpecError, match="demo_noise_robustness' cannot be measured: .*flip rate 0"):
+        parse_spec(SPEC + "report: {claims: [demo_noise_robustness]}\n", "s.yaml")
+    parse_spec(SPEC + "grid: {corruption.flip_rate: [0.0, 0.2]}\nreport: {claims: [demo_noise_robustness]}\n")
+    with pytest.raises(SpecError, match="evaluate_base: true"):
+        parse_spec(
+            SPEC.replace("  tasks:", "  evaluate_base: false\n  tasks:")
+            + "report: {claims: [table2_kto_vs_sft_gsm8k]}\n"
+        )
+
+
+def test_validate_rejects_a_judge_without_its_task_and_the_task_without_a_judge():
+    from kto_bench.errors import SpecError
+    from kto_bench.spec import parse_spec
+
+    with pytest.raises(SpecError, match=r"s\.yaml:11: evaluation\.judge: set, but no task uses it"):
+        parse_spec(SPEC + "  judge: {type: api}\n", "s.yaml")
+    with pytest.raises(SpecError, match="alpaca_eval needs evaluation.judge"):
+        parse_spec(SPEC + "    - {name: alpaca_eval}\n", "s.yaml")
+
+
+def test_every_shipped_spec_validates_with_its_claims():
+    from pathlib import Path
+
+    from kto_bench.spec import load_spec
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml")):
+        spec = load_spec(path)
+        tasks = {t.name for t in spec.evaluation.tasks}
+        assert all(tasks & set(CLAIMS.get(c).tasks) for c in spec.report.claims), path
+
+
+def test_contrast_pairs_seeds_only_where_they_are_shared(tmp_path):
+    from kto_bench.report.tables import contrast
+
+    b = ResultsBuilder(tmp_path / "seeds")
+    b.base()
+    for m, seeds in (("kto", (0, 1, 2)), ("dpo", (0, 1)), ("sft", (5, 6))):
+        for s in seeds:
+            b.run(m, s, CLEAN[0], 0.5)
+    exp = load_experiment(tmp_path / "seeds")
+    runs = {m: [r for r in exp.trained if r.method == m] for m in ("kto", "dpo", "sft")}
+    col = ("gsm8k_cot", "exact_match,strict-match")
+    shared = contrast(exp, runs["kto"], runs["dpo"], *col)
+    assert shared.interval == "seeds × items, seed-paired" and shared.n_seeds == (2, 2)  # seeds 0 and 1
+    apart = contrast(exp, runs["kto"], runs["sft"], *col)
+    assert apart.interval == "seeds × items, unpaired seeds" and apart.n_seeds == (3, 2)
+    one = contrast(exp, runs["kto"][:1], runs["dpo"], *col)
+    assert one.item_level_only and one.n_seeds == (1, 2) and one.n_items == 200
