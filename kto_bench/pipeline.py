@@ -90,7 +90,12 @@ def resolved(run: RunSpec) -> tuple[str, str]:
 
 def stage_data(run: RunSpec, store: RunStore) -> None:
     d, c = run.data, run.corruption
-    src = _source(d.source, d.path, d.split, d.limit, d.revision, d.on_bad_row)
+    path = d.path
+    if d.source == "demo_arith":  # the feedback of the model's own world, never a default one
+        from kto_bench.data.synthetic import world_of
+
+        path = str(world_of(run.model))
+    src = _source(d.source, path, d.split, d.limit, d.revision, d.on_bad_row)
     views = corrupt(
         src.items,
         flip_rate=c.flip_rate,
@@ -361,13 +366,10 @@ def demo_data_files(run: RunSpec) -> dict[str, Path] | None:
     """The demo world's own held-out files for the demo tasks (None for real models)."""
     if run.model.source != "demo":
         return None
-    from kto_bench.data.synthetic import ensure_world, world_config
+    from kto_bench.data.synthetic import world_of
 
-    folder = ensure_world(world_config(run.model.name)) / "eval"
-    return {
-        "demo_arith_gen": folder / "demo_arith_gen.jsonl",
-        "demo_arith_mc": folder / "demo_arith_mc.jsonl",
-    }
+    folder = world_of(run.model) / "eval"
+    return {f"demo_arith_{k}": folder / f"demo_arith_{k}.jsonl" for k in ("gen", "mc", "dev")}
 
 
 def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> None:
@@ -460,6 +462,10 @@ def run_one(
         if not store.file("provenance.json").exists():
             store.update_provenance(**base_provenance(spec.spec_hash, run.run_id))
         store.update_provenance(model_hash=mhash)
+        if run.model.source == "demo":
+            from kto_bench.data.synthetic import world_hash
+
+            store.update_provenance(demo_world_hash=world_hash(run.model.world))
     actions: dict[str, Callable[[], None]] = {
         "data": lambda: stage_data(run, store),
         "reference": lambda: stage_reference(run, store, results_root),
