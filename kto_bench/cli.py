@@ -205,7 +205,8 @@ def tune(
         _fail(e)
     for c in record["candidates"]:
         out.print(f"{c['method']:>6} {param}={c['params'][param]:g}: {c['score']:.3f}")
-    out.print(f"[green]chosen[/] {record['chosen']} → {results / spec_path.stem}/tuning.json")
+    name = record["tuning_experiment"].removesuffix("-tuning")
+    out.print(f"[green]chosen[/] {record['chosen']} → {results / name / 'tuning.json'}")
 
 
 @app.command("ls")

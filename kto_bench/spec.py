@@ -48,10 +48,10 @@ class DemoWorldSpec(Strict):
     seed: int = 0
     max_term: int = Field(12, ge=2, description="operands are drawn from 1..max_term")
     n_sft: int = Field(3000, gt=0, description="SFT problems with a worked solution")
-    sft_steps: int = Field(1500, gt=0)
+    sft_steps: int = Field(800, gt=0)
     sft_batch: int = Field(32, gt=0)
     sft_lr: float = Field(3e-3, gt=0)
-    hidden: int = Field(96, gt=0)
+    hidden: int = Field(64, gt=0)
     layers: int = Field(3, gt=0)
     flaw_ending: float = Field(
         0.5,
