@@ -102,8 +102,7 @@ def tune(
         "base_score": _score(base[0], metric)[0] if base else None,
         "chosen": {param: chosen},
         "rule": "best mean dev score over methods (one value for every method); ties go to the smaller value",
-        "tuning_experiment": tuning.name,
-        "spec_hash": spec.spec_hash,
+        "tuning_experiment": tuning.name,  # its runs (ids above) say exactly what was trained
     }
     atomic_write_json(results_root / spec.name / "tuning.json", record)
     return record

@@ -205,6 +205,13 @@ BUILD_ENV = {
 }
 
 
+# Content hashes of shipped worlds as built on the reference machine (x86-64, torch 2.13 CPU wheel with
+# MKL): a build elsewhere that differs is flagged in world.json and the log (provenance keeps its hash).
+REFERENCE_HASHES = {
+    "64c4507829ee": "72c6c134c40a7e48fae9d1f701b09fdbbdc07b8c163f2ed3d17ab2888f2ffdfd",  # arith-sft (demo)
+}
+
+
 def world_config(name: str, **overrides) -> DemoWorldSpec:
     """The world of a preset name (spec.DEMO_WORLDS), with field overrides."""
     return ModelSpec(source="demo", name=name, world=overrides or None).world
@@ -455,6 +462,14 @@ def build_world(cfg: DemoWorldSpec, out: Path, log=print) -> dict:
         "build_s": round(time.time() - t0, 1),
         "build_env": {k: os.environ.get(k) for k in BUILD_ENV} | {"torch_threads": torch.get_num_threads()},
     }
+    if (reference := REFERENCE_HASHES.get(info["key"])) is not None:
+        info["reference_hash"], info["matches_reference"] = reference, reference == info["content_hash"]
+        if not info["matches_reference"]:
+            log(
+                f"WARNING: this machine built demo world {info['key']} with content hash "
+                f"{info['content_hash'][:16]}…, not the reference {reference[:16]}…: its numbers will differ "
+                "from the published ones (different CPU family or library versions?)"
+            )
     atomic_write_text(out / "world.json", json.dumps(info, indent=2) + "\n")
     log(
         f"demo world built: sample accuracy {info['sample_rates']['correct']:.3f}, {info['n_pairs']} pairs, "

@@ -4,10 +4,7 @@ the same bytes whatever the caller's thread settings."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -155,49 +152,46 @@ def test_feedback_source_has_no_default_world():
         synthetic.feedback_source(path="/no/such/world")
 
 
-BUILD = """
-import json, os, sys, torch
-torch.set_num_threads(int(sys.argv[1]))
-from kto_bench.data.synthetic import content_hash, ensure_world, world_config, world_hash
-cfg = world_config("arith-tiny", **json.loads(sys.argv[2]))
-folder = ensure_world(cfg, log=lambda *a: None)
-print(json.dumps({"recorded": world_hash(cfg), "recomputed": content_hash(folder, cfg),
-                  "threads": torch.get_num_threads()}))
-"""
+def test_world_builds_bit_identically_whatever_the_callers_thread_count(tmp_path, monkeypatch):
+    """Two builds of one small world into two empty caches, by a caller set to 1 and then 2 threads, give
+    the same content hash (every weight tensor and data file), as recorded and as recomputed."""
+    import shutil
 
+    import torch
 
-def test_world_builds_bit_identically_whatever_the_callers_thread_count(tmp_path):
-    """Two builds of one small world into two empty caches, by callers with 1 and 2 threads, give the same
-    content hash (weights and every data file), recorded and recomputed."""
-    procs = []
+    from kto_bench.data.synthetic import content_hash, ensure_world, world_hash
+
+    cfg = world_config("arith-tiny", **MICRO)
+    hashes, folders = [], []
+    before = torch.get_num_threads()
     for threads in (1, 2):
-        env = {
-            **os.environ,
-            "KTO_BENCH_CACHE": str(tmp_path / f"cache{threads}"),
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-            "PYTHONPATH": str(ROOT),
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", BUILD, str(threads), json.dumps(MICRO)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
-        outs.append(json.loads(out.strip().splitlines()[-1]))
-    assert [o["threads"] for o in outs] == [1, 2]
-    assert outs[0]["recorded"] == outs[0]["recomputed"] == outs[1]["recorded"] == outs[1]["recomputed"]
-    world = json.loads(next((tmp_path / "cache2" / "demo-world").glob("*/world.json")).read_text())
+        monkeypatch.setenv("KTO_BENCH_CACHE", str(tmp_path / f"cache{threads}"))
+        monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
+        torch.set_num_threads(threads)
+        try:
+            folder = ensure_world(cfg, log=lambda *a: None)
+        finally:
+            torch.set_num_threads(before)
+        hashes += [world_hash(cfg), content_hash(folder, cfg)]
+        folders.append(folder)
+    assert len(set(hashes)) == 1, hashes
+    world = json.loads((folders[1] / "world.json").read_text())
     assert world["build_env"]["torch_threads"] == 1 and world["config"]["flaw_sign"] == 0.5
-    rows = [
-        json.loads(ln)
-        for ln in next((tmp_path / "cache1" / "demo-world").glob("*/feedback.jsonl")).read_text().splitlines()
-    ]
+    rows = [json.loads(ln) for ln in (folders[0] / "feedback.jsonl").read_text().splitlines()]
     assert len(rows) == MICRO["n_feedback_prompts"] and all(len(r["samples"]) == 2 for r in rows)
+    # the hash sees the content: one changed sample changes it
+    copy = tmp_path / "copy"
+    shutil.copytree(folders[0], copy)
+    rows[0]["samples"][0] += " "
+    (copy / "feedback.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert content_hash(copy, cfg) != hashes[0]
+
+
+def test_the_demo_world_has_a_reference_hash():
+    """Changing the demo preset (or VERSION) without rebuilding and recording its hash would leave other
+    machines nothing to compare their build against."""
+    from kto_bench.spec import load_spec
+
+    cfg = load_spec(ROOT / "experiments" / "demo.yaml").model.world
+    assert cfg == world_config("arith-sft")
+    assert world_key(cfg) in synthetic.REFERENCE_HASHES
