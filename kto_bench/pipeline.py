@@ -414,6 +414,10 @@ def evaluate_base(spec: ExperimentSpec, run: RunSpec, results_root: Path, allow_
             },
         )
         store.update_provenance(**base_provenance(spec.spec_hash, key), model_hash=mhash)
+        if run.model.source == "demo":
+            from kto_bench.data.synthetic import world_hash
+
+            store.update_provenance(demo_world_hash=world_hash(run.model.world))
         tok = models.load_tokenizer(run.model, where)
         model = models.load_model(run.model, where, device()).eval()
         evaluation = run.evaluation.model_copy(
