@@ -1,6 +1,6 @@
 """The demo's small but honest world: verifiable arithmetic, a character tokenizer, a tiny SFT model.
 
-Everything here runs offline on a CPU in about a minute and is cached under a key of its
+Everything here runs offline on a CPU in a few minutes and is cached under a key of its
 `DemoWorldSpec` (the spec's `model.world`):
   1. problems like "Compute 7+5-9." with a checkable chain of thought ending "The answer is 3.";
   2. a character-level tokenizer with a chat template, built locally;
