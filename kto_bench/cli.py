@@ -190,6 +190,38 @@ def report(
         _fail(e)
 
 
+@app.command()
+def tune(
+    spec_path: Path = typer.Argument(..., metavar="SPEC"),
+    values: str = typer.Option(..., "--values", help="comma-separated candidates, e.g. 5e-6,1e-5,2e-5"),
+    param: str = typer.Option("training.lr", "--param", help="the dotted field to tune"),
+    task: str = typer.Option("demo_arith_dev", "--task", help="the dev task (disjoint from reported items)"),
+    seed: int = typer.Option(None, "--seed", help="training seed (default: the spec's first)"),
+    results: Path = RESULTS,
+    set_: list[str] = SET,
+) -> None:
+    """Choose a hyperparameter on a dev split; writes results/<experiment>/tuning.json (see kto_bench/tune.py)."""
+    from kto_bench.spec import parse_overrides
+    from kto_bench.tune import tune as run_tuning
+
+    try:
+        record = run_tuning(
+            spec_path,
+            param,
+            [float(v) for v in values.split(",") if v.strip()],
+            results,
+            task=task,
+            seed=seed,
+            overrides=parse_overrides(set_ or []),
+        )
+    except (KtoBenchError, ValueError) as e:
+        _fail(e)
+    for c in record["candidates"]:
+        out.print(f"{c['method']:>6} {param}={c['params'][param]:g}: {c['score']:.3f}")
+    name = record["tuning_experiment"].removesuffix("-tuning")
+    out.print(f"[green]chosen[/] {record['chosen']} → {results / name / 'tuning.json'}")
+
+
 @app.command("ls")
 def ls(kind: str = typer.Argument("all", help="sources, methods, tasks, claims, assets or all")) -> None:
     """List the named things specs can refer to."""

@@ -53,9 +53,9 @@ MIRROR_ASSETS = {"smollm2_135m_instruct": "smollm2_135m_instruct_gguf"}  # model
 def resolve(spec: ModelSpec) -> str:
     """A local directory or a hub id that `from_pretrained` accepts."""
     if spec.source == "demo":
-        from kto_bench.data.synthetic import ensure_world, world_config
+        from kto_bench.data.synthetic import world_of
 
-        return str(ensure_world(world_config(spec.name)) / "model")
+        return str(world_of(spec) / "model")
     if spec.source == "mirror":
         from kto_bench import assets
 

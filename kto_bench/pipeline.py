@@ -85,6 +85,17 @@ def resolved(run: RunSpec) -> tuple[str, str]:
     return _resolved(run.model.model_dump_json())
 
 
+def source_of(run: RunSpec) -> sources.SourceData:
+    """The run's source data (once per process); the demo's feedback is its own model's world's."""
+    d = run.data
+    path = d.path
+    if d.source == "demo_arith":  # the feedback of the model's own world, never a default one
+        from kto_bench.data.synthetic import world_of
+
+        path = str(world_of(run.model))
+    return _source(d.source, path, d.split, d.limit, d.revision, d.on_bad_row)
+
+
 def run_identity(run: RunSpec, world_size: int) -> dict:
     """Everything outside the run spec that makes a run's results what they are. A finished run is reused
     only when this equals what it recorded (`provenance.json` "identity"); the spec itself is in the run id.
@@ -93,13 +104,21 @@ def run_identity(run: RunSpec, world_size: int) -> dict:
     hash: `source_info`), the spec (in the run id) and the tokenizer (in the model hash)."""
     from kto_bench.train import precision
 
-    d, t = run.data, run.training
+    t = run.training
     _, mhash = resolved(run)
-    src = _source(d.source, d.path, d.split, d.limit, d.revision, d.on_bad_row)
+    world = None
+    if run.model.source == "demo":
+        from kto_bench.data.synthetic import world_hash
+
+        world = world_hash(run.model.world)
+    source = dict(source_of(run).source_info)
+    if world or "file_sha256" in source:  # content-identified: where this machine keeps it does not matter
+        source.pop("path", None)
     return {
         "model_hash": mhash,
         "model_commit": models.revision(run.model),
-        "data_source": src.source_info,
+        "demo_world_hash": world,
+        "data_source": source,
         "world_size": world_size,
         "effective_batch": t.batch_size * t.grad_accum * world_size,
         "precision": precision.semantics(run),
@@ -166,7 +185,7 @@ def _missing_mirrors(spec: ExperimentSpec) -> list[str]:
 
 def stage_data(run: RunSpec, store: RunStore) -> None:
     d, c = run.data, run.corruption
-    src = _source(d.source, d.path, d.split, d.limit, d.revision, d.on_bad_row)
+    src = source_of(run)
     views = corrupt(
         src.items,
         flip_rate=c.flip_rate,
@@ -434,13 +453,10 @@ def demo_data_files(run: RunSpec) -> dict[str, Path] | None:
     """The demo world's own held-out files for the demo tasks (None for real models)."""
     if run.model.source != "demo":
         return None
-    from kto_bench.data.synthetic import ensure_world, world_config
+    from kto_bench.data.synthetic import world_of
 
-    folder = ensure_world(world_config(run.model.name)) / "eval"
-    return {
-        "demo_arith_gen": folder / "demo_arith_gen.jsonl",
-        "demo_arith_mc": folder / "demo_arith_mc.jsonl",
-    }
+    folder = world_of(run.model) / "eval"
+    return {f"demo_arith_{k}": folder / f"demo_arith_{k}.jsonl" for k in ("gen", "mc", "dev")}
 
 
 def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> None:
@@ -485,6 +501,10 @@ def evaluate_base(spec: ExperimentSpec, run: RunSpec, results_root: Path, allow_
             },
         )
         store.update_provenance(**base_provenance(spec.spec_hash, key), model_hash=mhash)
+        if run.model.source == "demo":
+            from kto_bench.data.synthetic import world_hash
+
+            store.update_provenance(demo_world_hash=world_hash(run.model.world))
         tok = models.load_tokenizer(run.model, where)
         model = models.load_model(run.model, where, device()).eval()
         evaluation = run.evaluation.model_copy(

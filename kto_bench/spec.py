@@ -38,6 +38,56 @@ class LoraSpec(Strict):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+class DemoWorldSpec(Strict):
+    """The demo world (model.source: demo): problems, SFT model, sampled feedback and held-out splits.
+
+    `model.name` picks a preset from DEMO_WORLDS (its fields become the defaults); fields given here override
+    it. Validation writes the resolved world into the spec, so run ids hash every field that shapes the
+    world. See kto_bench/data/synthetic.py and docs/DEMO.md."""
+
+    seed: int = 0
+    max_term: int = Field(12, ge=2, description="operands are drawn from 1..max_term")
+    n_sft: int = Field(3000, gt=0, description="SFT problems with a worked solution")
+    sft_steps: int = Field(800, gt=0)
+    sft_batch: int = Field(32, gt=0)
+    sft_lr: float = Field(3e-3, gt=0)
+    hidden: int = Field(64, gt=0)
+    layers: int = Field(3, gt=0)
+    flaw_ending: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="fraction of SFT solutions ending 'The result is N.' (the verifier rejects it)",
+    )
+    flaw_sign: float = Field(
+        0.0, ge=0, le=1, description="fraction of SFT solutions that drop the minus sign of negative steps"
+    )
+    n_feedback_prompts: int = Field(600, gt=0, description="prompts sampled for feedback")
+    samples_per_prompt: int = Field(4, ge=2)
+    temperature: float = Field(0.6, gt=0)
+    n_eval: int = Field(1000, gt=0, description="held-out generative items (reported)")
+    n_eval_mc: int = Field(500, gt=0, description="held-out multiple-choice items (reported)")
+    n_dev: int = Field(300, gt=0, description="dev items for tuning, disjoint from the reported ones")
+
+
+# presets: model.name -> DemoWorldSpec fields that differ from the defaults ("arith-sft" is the demo)
+DEMO_WORLDS: dict[str, dict[str, Any]] = {
+    "arith-sft": {},
+    "arith-tiny": {  # seconds-long, for tests: same code path, tiny sizes
+        "n_sft": 1000,
+        "sft_steps": 200,
+        "hidden": 48,
+        "layers": 2,
+        "n_feedback_prompts": 64,
+        "samples_per_prompt": 6,
+        "temperature": 1.0,
+        "n_eval": 24,
+        "n_eval_mc": 24,
+        "n_dev": 16,
+    },
+}
+
+
 class ModelSpec(Strict):
     """The base model: also the reference model and the policy's starting point."""
 
@@ -46,6 +96,23 @@ class ModelSpec(Strict):
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     lora: LoraSpec | None = None
+    world: DemoWorldSpec | None = Field(None, description="source demo: the world (preset = name)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_world(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("source") != "demo":
+            if isinstance(data, dict) and data.get("world") is not None:
+                raise ValueError("model.world is for model.source: demo only")
+            return data
+        name, given = data.get("name"), data.get("world")
+        if name not in DEMO_WORLDS and given is None:
+            raise ValueError(
+                f"unknown demo world {name!r}{did_you_mean(str(name), DEMO_WORLDS)}; known presets: "
+                f"{', '.join(DEMO_WORLDS)} (or give model.world fields for a new world)"
+            )
+        given = given.model_dump() if isinstance(given, BaseModel) else dict(given or {})
+        return {**data, "world": {**DEMO_WORLDS.get(name, {}), **given}}
 
 
 class DataSpec(Strict):
@@ -338,6 +405,17 @@ class RunSpec(Strict):
             raise ValueError(
                 "training.kl_pass: fused computes each microbatch's KL rows in its own forward, but "
                 "method.z0_scope: step needs the whole step's KL rows first; use kl_pass: separate"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _demo_feedback_from_its_world(self) -> RunSpec:
+        if self.data.source == "demo_arith" and (
+            self.model.source != "demo" or self.data.path not in (None, self.model.name)
+        ):
+            raise ValueError(
+                "data.source demo_arith reads the feedback of the model's own demo world: use model.source: "
+                "demo and leave data.path unset (or equal to model.name)"
             )
         return self
 

@@ -1,12 +1,23 @@
 """The demo's small but honest world: verifiable arithmetic, a character tokenizer, a tiny SFT model.
 
-Everything here runs offline on a CPU in about a minute and is cached by the content hash of
-`WorldConfig`:
-  1. problems like "Compute 23+45-12." with a checkable chain of thought ending "The answer is 56.";
+Everything here runs offline on a CPU in a few minutes and is cached under a key of its
+`DemoWorldSpec` (the spec's `model.world`):
+  1. problems like "Compute 7+5-9." with a checkable chain of thought ending "The answer is 3.";
   2. a character-level tokenizer with a chat template, built locally;
-  3. a small Llama built from a config and supervised-trained from scratch to a middling accuracy;
+  3. a small Llama built from a config and supervised-trained from scratch on a *mixture* of a correct
+     and a systematically flawed procedure: a `flaw_ending` fraction of the demonstrations end "The result
+     is N." (the verifier only accepts "The answer is N."), a `flaw_sign` fraction drop the minus sign of
+     negative steps. The SFT model samples from both modes, so the verifier's feedback says which mode is
+     wanted: preference optimization shifts probability between modes it already has (docs/DEMO.md);
   4. binary feedback the way production makes it: sample several completions per prompt from the SFT
-     model, label each with the verifier (correct = desirable), and form a pair wherever a prompt has both.
+     model, label each with the verifier (correct = desirable), and form a pair wherever a prompt has both;
+  5. held-out splits, disjoint from everything above and from each other: the reported generative items,
+     the reported multiple-choice items (four full worked answers scored by log-likelihood), and a dev
+     split that hyperparameter tuning reads (`kto_bench.tune`).
+
+The build runs in a subprocess with a fixed environment (one thread, MKL/oneDNN/ATen pinned to their AVX2
+code paths, deterministic algorithms), so it gives the same bytes whatever the caller's thread settings;
+`world_hash` returns the content hash recorded for provenance.
 """
 
 from __future__ import annotations
@@ -17,15 +28,19 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from filelock import FileLock
 
 from kto_bench.data.canonical import Pair, messages
-from kto_bench.io import atomic_write_text
+from kto_bench.errors import DataError, KtoBenchError
+from kto_bench.io import atomic_write_text, stable_hash
+from kto_bench.spec import DEMO_WORLDS, DemoWorldSpec, ModelSpec
 
 SPECIALS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
 CHARS = (
@@ -39,6 +54,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 ANSWER_RE = re.compile(r"The answer is (-?\d+)")
+FINAL_RE = re.compile(r"The (?:answer|result) is (-?\d+)")
 
 
 # ----------------------------------------------------------------------------- problems
@@ -63,12 +79,21 @@ class Problem:
 
     @property
     def solution(self) -> str:
+        return self.worked()
+
+    def worked(self, *, flaw_ending: bool = False, flaw_sign: bool = False, last: int | None = None) -> str:
+        """The step-by-step solution; the flaws are the SFT data's systematic errors, `last` replaces the
+        final result (the multiple-choice distractors)."""
         steps, value = [], self.terms[0]
-        for op, t in zip(self.ops, self.terms[1:], strict=True):
+        for i, (op, t) in enumerate(zip(self.ops, self.terms[1:], strict=True)):
             new = value + t if op == "+" else value - t
+            if flaw_sign:
+                new = abs(new)  # the flawed procedure drops the minus sign and carries on
+            if last is not None and i == len(self.ops) - 1:
+                new = last
             steps.append(f"{value}{op}{t}={new}.")
             value = new
-        return " ".join(steps) + f" The answer is {value}."
+        return " ".join(steps) + (f" The result is {value}." if flaw_ending else f" The answer is {value}.")
 
 
 def sample_problem(rng: random.Random, n_terms: int | None = None, max_term: int = 12) -> Problem:
@@ -94,18 +119,11 @@ def distractors(answer: int, rng: random.Random) -> list[int]:
 
 
 def mc_item(p: Problem, rng: random.Random) -> tuple[list[str], int]:
-    choices = [p.answer, *distractors(p.answer, rng)]
-    rng.shuffle(choices)
-    return [str(c) for c in choices], choices.index(p.answer)
-
-
-def mc_prompt(question: str, choices: list[str]) -> str:
-    """MMLU's shape: question, lettered options, 'Answer:'."""
-    return (
-        question
-        + "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", choices, strict=True))
-        + "\nAnswer:"
-    )
+    """Four full worked answers that differ in the last step's result; the model scores each whole answer
+    (a letter it never learned would test nothing)."""
+    finals = [p.answer, *distractors(p.answer, rng)]
+    rng.shuffle(finals)
+    return [p.worked(last=f) for f in finals], finals.index(p.answer)
 
 
 def problems(
@@ -169,117 +187,113 @@ def tiny_config(vocab_size: int, hidden: int = 96, layers: int = 3):
 
 # ----------------------------------------------------------------------------- the world
 
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """Everything that decides the demo world; its hash names the cache folder."""
-
-    version: int = 2  # bump when the generator code changes, so stale cached worlds are not reused
-    seed: int = 0
-    n_sft: int = 3000  # SFT problems (CoT) + as many MC items
-    sft_steps: int = 600
-    sft_batch: int = 32
-    sft_lr: float = 3e-3
-    hidden: int = 96
-    layers: int = 3
-    n_feedback_prompts: int = 600
-    samples_per_prompt: int = 4
-    temperature: float = 0.6
-    n_eval: int = 200
-
-    def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-WORLDS = {
-    "arith-sft": WorldConfig(),
-    # a seconds-long world for tests: same code path, tiny sizes
-    "arith-tiny": WorldConfig(
-        n_sft=1000,
-        sft_steps=200,
-        hidden=48,
-        layers=2,
-        n_feedback_prompts=64,
-        samples_per_prompt=6,
-        temperature=1.0,
-        n_eval=24,
-    ),
+VERSION = 3  # bump when the generator code changes, so stale cached worlds are not reused
+# Fields added after a world version shipped, with the value that reproduces the old worlds: at that value
+# they stay out of the cache key, so adding a field does not rename (and rebuild) every existing world.
+KEY_NEUTRAL: dict[str, object] = {"flaw_sign": 0.0}
+# The build's fixed environment: one thread, and the math libraries held to one code path (AVX2; MKL's
+# conditional numerical reproducibility), so the bytes do not depend on the caller's settings or the CPU.
+BUILD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MKL_CBWR": "AVX2,STRICT",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "DNNL_MAX_CPU_ISA": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "CUDA_VISIBLE_DEVICES": "",
+    "PYTHONHASHSEED": "0",
 }
 
 
-def world_config(name: str) -> WorldConfig:
-    from kto_bench.errors import KtoBenchError
-    from kto_bench.registry import did_you_mean
+# Content hashes of shipped worlds as built on the reference machine (x86-64, torch 2.13 CPU wheel with
+# MKL): a build elsewhere that differs is flagged in world.json and the log (provenance keeps its hash).
+REFERENCE_HASHES = {
+    "64c4507829ee": "72c6c134c40a7e48fae9d1f701b09fdbbdc07b8c163f2ed3d17ab2888f2ffdfd",  # arith-sft (demo)
+}
 
-    if name not in WORLDS:
-        raise KtoBenchError(
-            f"unknown demo world {name!r}{did_you_mean(name, WORLDS)}; known: {sorted(WORLDS)}"
-        )
-    return WORLDS[name]
+
+def world_config(name: str, **overrides) -> DemoWorldSpec:
+    """The world of a preset name (spec.DEMO_WORLDS), with field overrides."""
+    return ModelSpec(source="demo", name=name, world=overrides or None).world
+
+
+def world_key(cfg: DemoWorldSpec) -> str:
+    """The cache key: a hash of the generator version and every field (key-neutral ones at their neutral
+    value left out)."""
+    fields = {k: v for k, v in cfg.model_dump().items() if not (k in KEY_NEUTRAL and KEY_NEUTRAL[k] == v)}
+    return stable_hash({"version": VERSION, **fields}, 12)
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("KTO_BENCH_CACHE", Path.home() / ".cache" / "kto-bench"))
 
 
-def world_dir(cfg: WorldConfig = WorldConfig()) -> Path:
-    return cache_root() / "demo-world" / cfg.key()
+def world_dir(cfg: DemoWorldSpec) -> Path:
+    return cache_root() / "demo-world" / world_key(cfg)
 
 
-def eval_problems(cfg: WorldConfig) -> tuple[list[Problem], list[Problem]]:
-    """Held-out problems for the generative task and the multiple-choice task (disjoint from training)."""
-    gen = problems(cfg.seed + 101, cfg.n_eval)
-    # multiple choice asks for the answer without a chain of thought: one operation, so a small model can
-    # learn it (the 2-term space is small, so the MC set is at most a third of it)
-    mc = problems(cfg.seed + 202, min(cfg.n_eval, 96), exclude={p.question for p in gen}, n_terms=2)
-    return gen, mc
+@dataclass(frozen=True)
+class Splits:
+    gen: list[Problem]  # reported generative items
+    mc: list[Problem]  # reported multiple-choice items
+    dev: list[Problem]  # tuning items
+    sft: list[Problem]
+    feedback: list[Problem]
 
 
-def write_eval_files(out_dir: Path, n: int = 200, seed: int = 0) -> dict[str, Path]:
-    """Held-out evaluation data in the shapes the demo tasks read (GSM8K-like and MMLU-like)."""
-    cfg = WorldConfig(seed=seed, n_eval=n)
-    gen, mc = eval_problems(cfg)
-    rng = random.Random(seed + 303)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    gen_rows = [
-        {"id": f"gen-{i}", "question": p.question, "solution": p.solution, "answer": str(p.answer)}
-        for i, p in enumerate(gen)
+def splits(cfg: DemoWorldSpec) -> Splits:
+    """Every problem set of the world, pairwise disjoint (fails loudly if the problem space is too small)."""
+    used: set[str] = set()
+
+    def draw(offset: int, n: int) -> list[Problem]:
+        out = problems(cfg.seed + offset, n, exclude=used, max_term=cfg.max_term)
+        used.update(p.question for p in out)
+        return out
+
+    gen, mc, dev = draw(101, cfg.n_eval), draw(202, cfg.n_eval_mc), draw(303, cfg.n_dev)
+    return Splits(gen, mc, dev, draw(1, cfg.n_sft), draw(505, cfg.n_feedback_prompts))
+
+
+def gen_rows(items: list[Problem], prefix: str) -> list[dict]:
+    return [
+        {"id": f"{prefix}-{i}", "question": p.question, "solution": p.solution, "answer": str(p.answer)}
+        for i, p in enumerate(items)
     ]
+
+
+def write_eval_files(out_dir: Path, cfg: DemoWorldSpec | None = None) -> dict[str, Path]:
+    """Held-out evaluation data in the shapes the demo tasks read (GSM8K-like, MMLU-like, and the dev split)."""
+    cfg = cfg or world_config("arith-sft")
+    s = splits(cfg)
+    rng = random.Random(cfg.seed + 606)
     mc_rows = []
-    for i, p in enumerate(mc):
+    for i, p in enumerate(s.mc):
         choices, label = mc_item(p, rng)
-        mc_rows.append({"id": f"mc-{i}", "question": p.question, "choices": choices, "label": label})
-    paths = {"gen": out_dir / "demo_arith_gen.jsonl", "mc": out_dir / "demo_arith_mc.jsonl"}
-    for key, rows in (("gen", gen_rows), ("mc", mc_rows)):
-        atomic_write_text(paths[key], "".join(json.dumps(r) + "\n" for r in rows))
+        mc_rows.append(
+            {
+                "id": f"mc-{i}",
+                "question": p.question,
+                "choices": choices,
+                "label": label,
+                "answer": str(p.answer),
+            }
+        )
+    rows = {"gen": gen_rows(s.gen, "gen"), "mc": mc_rows, "dev": gen_rows(s.dev, "dev")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: out_dir / f"demo_arith_{k}.jsonl" for k in rows}
+    for k, path in paths.items():
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows[k]))
     return paths
 
 
-def sft_texts(cfg: WorldConfig) -> list[tuple[str, str]]:
-    """(prompt, completion) SFT examples: CoT solutions and MC answers, disjoint from evaluation."""
-    gen, mc = eval_problems(cfg)
-    held_out = {p.question for p in gen} | {p.question for p in mc}
+def sft_texts(cfg: DemoWorldSpec, sft: list[Problem] | None = None) -> list[tuple[str, str]]:
+    """(prompt, completion) SFT examples: the mixture of correct and flawed worked solutions."""
     rng = random.Random(cfg.seed + 404)
     out = []
-    mc_pool = _two_term_pool(held_out)
-    for p in problems(cfg.seed + 1, cfg.n_sft, exclude=held_out):
-        out.append((p.question, p.solution))
-        q = rng.choice(mc_pool)
-        choices, label = mc_item(q, rng)
-        out.append((mc_prompt(q.question, choices), "ABCD"[label]))
+    for p in splits(cfg).sft if sft is None else sft:
+        ending, sign = rng.random() < cfg.flaw_ending, rng.random() < cfg.flaw_sign
+        out.append((p.question, p.worked(flaw_ending=ending, flaw_sign=sign)))
     return out
-
-
-def _two_term_pool(exclude: set[str], max_term: int = 12) -> list[Problem]:
-    """Every 2-term problem not held out (the MC training pool)."""
-    return [
-        Problem((a, b), (op,))
-        for a in range(1, max_term + 1)
-        for b in range(1, max_term + 1)
-        for op in "+-"
-        if Problem((a, b), (op,)).question not in exclude
-    ]
 
 
 def encode_chat(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
@@ -292,13 +306,19 @@ def encode_chat(tokenizer, prompt: str, completion: str) -> tuple[list[int], lis
     return p_ids, c_ids
 
 
-def train_sft(cfg: WorldConfig, tokenizer, log=print):
+def train_sft(cfg: DemoWorldSpec, tokenizer, texts: list[tuple[str, str]], log=print):
     """Supervised training from scratch on completion tokens only; returns the model (eval mode)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(tiny_config(len(tokenizer), cfg.hidden, cfg.layers))
-    examples = [encode_chat(tokenizer, p, c) for p, c in sft_texts(cfg)]
+    before, after = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "\0"}], add_generation_prompt=True, tokenize=False
+    ).split("\0")
+    prompt_ids = tokenizer([before + p + after for p, _ in texts], add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer([c for _, c in texts], add_special_tokens=False)["input_ids"]
+    examples = [(p, c + [tokenizer.eos_token_id]) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    assert examples[0] == encode_chat(tokenizer, *texts[0])  # the batched rendering is the chat template's
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / cfg.sft_steps)
@@ -321,7 +341,7 @@ def train_sft(cfg: WorldConfig, tokenizer, log=print):
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == cfg.sft_steps - 1:
+        if step % 250 == 0 or step == cfg.sft_steps - 1:
             log(f"demo SFT step {step}/{cfg.sft_steps} loss {loss.item():.4f}")
     return model.eval()
 
@@ -369,27 +389,42 @@ def sample(
     return [outs[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
-def build_world(cfg: WorldConfig, out: Path, log=print) -> dict:
-    """Train the SFT model, sample feedback, form pairs; write everything under `out`."""
+def outcome(answer: int, completion: str) -> dict[str, bool]:
+    """Which parts of a completion are right: the accepted ending, the final number (whatever the ending)."""
+    found = FINAL_RE.findall(completion)
+    return {
+        "correct": verify(answer, completion),
+        "ending_ok": bool(ANSWER_RE.search(completion)),
+        "number_ok": bool(found) and found[-1] == str(answer),
+    }
+
+
+def build_world(cfg: DemoWorldSpec, out: Path, log=print) -> dict:
+    """Train the SFT model, sample feedback, form pairs; write everything under `out`.
+
+    Call it through `ensure_world`, which runs it in the fixed build environment (BUILD_ENV)."""
     t0 = time.time()
+    torch.use_deterministic_algorithms(True)
     tokenizer = build_tokenizer()
-    model = train_sft(cfg, tokenizer, log=log)
-    gen, mc = eval_problems(cfg)
-    used = {p.question for p in gen} | {p.question for p in mc} | {p for p, _ in sft_texts(cfg)}
-    fb_problems = problems(cfg.seed + 505, cfg.n_feedback_prompts, exclude=used)
+    s = splits(cfg)
+    texts = sft_texts(cfg, s.sft)
+    model = train_sft(cfg, tokenizer, texts, log=log)
     samples = sample(
         model,
         tokenizer,
-        [p.question for p in fb_problems],
+        [p.question for p in s.feedback],
         n=cfg.samples_per_prompt,
         temperature=cfg.temperature,
         seed=cfg.seed,
     )
-    rng = random.Random(cfg.seed + 606)
-    rows, n_correct = [], 0
-    for i, (p, outs) in enumerate(zip(fb_problems, samples, strict=True)):
-        labels = [verify(p.answer, o) for o in outs]
-        n_correct += sum(labels)
+    rng = random.Random(cfg.seed + 707)
+    rows, tally = [], {"correct": 0, "ending_ok": 0, "number_ok": 0}
+    for i, (p, outs) in enumerate(zip(s.feedback, samples, strict=True)):
+        results = [outcome(p.answer, o) for o in outs]
+        for r in results:
+            for k in tally:
+                tally[k] += r[k]
+        labels = [r["correct"] for r in results]
         good = [o for o, ok in zip(outs, labels, strict=True) if ok]
         bad = [o for o, ok in zip(outs, labels, strict=True) if not ok]
         rows.append(
@@ -405,26 +440,70 @@ def build_world(cfg: WorldConfig, out: Path, log=print) -> dict:
         )
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    with open(out / "feedback.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    write_eval_files(out / "eval", n=cfg.n_eval, seed=cfg.seed)
+    atomic_write_text(out / "feedback.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_eval_files(out / "eval", cfg)
+    n_samples = len(rows) * cfg.samples_per_prompt
     info = {
-        "config": asdict(cfg),
-        "key": cfg.key(),
-        "sample_accuracy": n_correct / (len(rows) * cfg.samples_per_prompt),
+        "config": cfg.model_dump(),
+        "version": VERSION,
+        "key": world_key(cfg),
+        "content_hash": content_hash(out, cfg),
+        "sft_flawed": {
+            "ending": sum("The result is" in c for _, c in texts) / len(texts),
+            "sign": sum(
+                c != p_.worked(flaw_ending="The result is" in c)
+                for (_, c), p_ in zip(texts, s.sft, strict=True)
+            )
+            / len(texts),
+        },
+        "sample_rates": {k: v / n_samples for k, v in tally.items()},
         "n_prompts": len(rows),
         "n_pairs": sum(r["chosen"] is not None for r in rows),
         "build_s": round(time.time() - t0, 1),
+        "build_env": {k: os.environ.get(k) for k in BUILD_ENV} | {"torch_threads": torch.get_num_threads()},
     }
-    (out / "world.json").write_text(json.dumps(info, indent=2))
+    if (reference := REFERENCE_HASHES.get(info["key"])) is not None:
+        info["reference_hash"], info["matches_reference"] = reference, reference == info["content_hash"]
+        if not info["matches_reference"]:
+            log(
+                f"WARNING: this machine built demo world {info['key']} with content hash "
+                f"{info['content_hash'][:16]}…, not the reference {reference[:16]}…: its numbers will differ "
+                "from the published ones (different CPU family or library versions?)"
+            )
+    atomic_write_text(out / "world.json", json.dumps(info, indent=2) + "\n")
     log(
-        f"demo world built: sample accuracy {info['sample_accuracy']:.3f}, {info['n_pairs']} pairs, {info['build_s']}s"
+        f"demo world built: sample accuracy {info['sample_rates']['correct']:.3f}, {info['n_pairs']} pairs, "
+        f"{info['build_s']}s, content hash {info['content_hash']}"
     )
     return info
 
 
-def ensure_world(cfg: WorldConfig = WorldConfig(), log=print) -> Path:
-    """The cached world folder; built once (locked, atomic rename) when missing."""
+def content_hash(folder: Path, cfg: DemoWorldSpec) -> str:
+    """sha256 of what the world *is*: generator version, config, vocabulary, every weight tensor (name, dtype,
+    shape, bytes) and every data file. File formats and library versions (config.json's
+    transformers_version, tokenizer.json's layout) stay out of it."""
+    from safetensors.torch import load_file
+
+    h = hashlib.sha256()
+    h.update(json.dumps({"version": VERSION, "config": cfg.model_dump(), "vocab": SPECIALS + CHARS}).encode())
+    for f in sorted((folder / "model").glob("*.safetensors")):
+        for name, t in sorted(load_file(f).items()):
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+            h.update(t.contiguous().numpy().tobytes())
+    for f in [folder / "feedback.jsonl", *sorted((folder / "eval").glob("*.jsonl"))]:
+        h.update(f"{f.relative_to(folder)}\n".encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def world_hash(cfg: DemoWorldSpec) -> str:
+    """The content hash of the world `cfg` (built if missing), as recorded at its build: for provenance."""
+    return json.loads((ensure_world(cfg) / "world.json").read_text())["content_hash"]
+
+
+def ensure_world(cfg: DemoWorldSpec, log=print) -> Path:
+    """The cached world folder; built once (locked, atomic rename) when missing, in a subprocess with the
+    fixed build environment."""
     final = world_dir(cfg)
     if (final / "world.json").exists():
         return final
@@ -435,20 +514,69 @@ def ensure_world(cfg: WorldConfig = WorldConfig(), log=print) -> Path:
         tmp = final.with_name(final.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        build_world(cfg, tmp, log=log)
+        log(f"building demo world {world_key(cfg)} (one thread, fixed environment) in {tmp}")
+        package_root = str(Path(__file__).resolve().parents[2])  # the child imports this very code
+        env = {
+            **os.environ,
+            **BUILD_ENV,
+            "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kto_bench.data.synthetic", str(tmp), cfg.model_dump_json()],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:
+            log(line.rstrip())
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise KtoBenchError(f"building the demo world {world_key(cfg)} failed:\n{err[-4000:]}")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     return final
 
 
+def world_of(model: ModelSpec) -> Path:
+    """The built world folder of a demo model spec."""
+    assert model.source == "demo" and model.world is not None
+    return ensure_world(model.world)
+
+
 def feedback_source(
     *, path: str | None = None, split: str = "train", limit: int | None = None, revision: str | None = None
 ) -> list[Pair]:
-    """Preference pairs from the demo world's sampled, verifier-labelled feedback (path: world name)."""
-    folder = ensure_world(world_config(path or "arith-sft"))
+    """Preference pairs from a demo world's sampled, verifier-labelled feedback.
+
+    `path` is a built world folder (the pipeline passes the model's own world) or a preset name; there is no
+    default, so a new world never trains on another world's feedback."""
+    if path is None:
+        raise DataError(
+            "demo_arith needs a demo world: the pipeline passes the model's (model.source: demo); "
+            f"called directly, give path=<world folder> or a preset ({', '.join(DEMO_WORLDS)})"
+        )
+    folder = Path(path)
+    if not (folder / "feedback.jsonl").exists():
+        if path not in DEMO_WORLDS:
+            raise DataError(f"demo_arith: {path!r} is neither a built demo world folder nor a preset")
+        folder = ensure_world(world_config(path))
     pairs = []
     for line in (folder / "feedback.jsonl").read_text().splitlines():
         r = json.loads(line)
         if r["chosen"] is not None:
             pairs.append(Pair(messages(("user", r["prompt"])), r["chosen"], r["rejected"], r["id"]))
     return pairs[:limit] if limit else pairs
+
+
+def _main(argv: list[str]) -> None:
+    """`python -m kto_bench.data.synthetic OUT CONFIG_JSON`: the build itself (ensure_world runs it)."""
+    torch.set_num_threads(1)
+    out, cfg = Path(argv[0]), DemoWorldSpec.model_validate_json(argv[1])
+    build_world(cfg, out, log=lambda m: print(m, flush=True))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -89,7 +89,7 @@ def run_evaluation(
             from kto_bench.data.synthetic import write_eval_files
 
             files = write_eval_files(out_dir / "_data")
-            data_files.update({"demo_arith_gen": files["gen"], "demo_arith_mc": files["mc"]})
+            data_files.update({f"demo_arith_{k}": path for k, path in files.items()})
         console.print(f"[bold][{i}/{total}] {key}[/bold] ({spec.variant}, {evaluation.backend})")
         with tempfile.TemporaryDirectory(prefix="kto-bench-tasks-") as include_dir:
             task = prepare_task(

@@ -249,8 +249,9 @@ def _build_demo(template: str) -> Callable[[Path, Path, bool], tuple[dict, int, 
         _require_fields(source, rows, need)
         fields = {"include": str(TASK_YAML_DIR / f"{template}.yaml"), **_json_source(source)}
         if template == "demo_arith_mc":
-            # Raw prompts score " A" after "Answer:"; under a chat template the letter follows directly.
-            fields["target_delimiter"] = "" if chat else " "
+            # Each choice is a whole worked answer: under a chat template it is the assistant's turn, which
+            # starts right after the generation prompt; raw, it follows the question after a newline.
+            fields["target_delimiter"] = "" if chat else "\n"
         return fields, len(rows), {}
 
     return build
@@ -344,8 +345,16 @@ for _entry in (
         "demo_arith_mc",
         "kto_demo_arith_mc",
         0,
-        "demo: arithmetic multiple choice A-D (acc)",
+        "demo: arithmetic multiple choice, log-likelihood of four full worked answers (acc)",
         build=_build_demo("demo_arith_mc"),
+        demo=True,
+    ),
+    TaskEntry(
+        "demo_arith_dev",
+        "kto_demo_arith_dev",
+        0,
+        "demo: the dev split of demo_arith_gen (tuning only; disjoint from the reported items)",
+        build=_build_demo("demo_arith_gen"),
         demo=True,
     ),
     TaskEntry(

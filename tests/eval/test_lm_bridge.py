@@ -128,7 +128,8 @@ def test_demo_tasks_end_to_end_with_resume(lm, tmp_path, monkeypatch):
         gen_samples[0]["prompt"] == "<|user|>Compute 23+45-12.<|assistant|>"
         and gen_samples[0]["target"] == "56"
     )
-    assert mc_samples[0]["prompt"].endswith("D. 66\nAnswer:") and mc_samples[0]["target"] == 0
+    # the choices are whole worked answers (the model scores each), not letters
+    assert mc_samples[0]["prompt"] == "Compute 23+45-12." and mc_samples[0]["target"] == 0
     acc = sum(s["scores"]["acc,none"] for s in mc_samples) / 3
     assert acc == pytest.approx(mc["metrics"][0]["value"])
     assert all(s["output"] in range(4) for s in mc_samples)

@@ -165,7 +165,7 @@ def test_demo_tasks_need_data_and_follow_the_chat_setting(tmp_path):
         data_file=FIXTURES / "demo_arith_mc.jsonl",
     )
     assert raw.variant == "demo"
-    assert load_generated(raw)["target_delimiter"] == " " and load_generated(chat)["target_delimiter"] == ""
+    assert load_generated(raw)["target_delimiter"] == "\n" and load_generated(chat)["target_delimiter"] == ""
     gen = load_generated(
         prepare_task("demo_arith_gen", "x", tmp_path / "c", data_file=FIXTURES / "demo_arith_gen.jsonl")
     )
