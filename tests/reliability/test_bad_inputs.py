@@ -4,7 +4,11 @@ input gives exit code 2 and one message naming the file/field and the fix, never
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,36 @@ from typer.testing import CliRunner
 
 from kto_bench.cli import app
 from tests.reliability.helpers import cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bounded_cli(args: list[str], cwd: Path, *, mem_gb: float = 4, timeout: float = 120):
+    """`kto-bench ARGS` in a subprocess of this checkout, its address space capped at `mem_gb` and killed
+    after `timeout` s: a pathological input that regresses fails the test instead of taking the machine
+    down. Returns (exit code, output with the console's line wrapping undone); a kill is exit code -9."""
+    limit = int(mem_gb * 2**30)
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+    cmd = [sys.executable, "-c", "from kto_bench.cli import main; main()", *args]
+    try:
+        res = subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            preexec_fn=cap,
+        )
+    except subprocess.TimeoutExpired as e:
+        return -9, f"killed after {timeout}s: {e.stdout or ''} {e.stderr or ''}"
+    return res.returncode, " ".join((res.stdout + res.stderr).split())
+
 
 BASE = """\
 name: bad
@@ -110,6 +144,37 @@ def test_missing_and_non_utf8_spec_files(tmp_path):
     bad.write_bytes("name: caf\xe9\n".encode("latin-1"))
     code, text = invoke(["run", str(bad)], tmp_path)
     assert code == 2 and re.search(r"latin1.yaml: not UTF-8 text.*save it as UTF-8", text), text
+
+
+# a billion-laughs of 540 bytes after the spec (the issue's had 862): 9 levels of 9 aliases, 9^9 values
+ALIAS_BOMB = "".join(
+    [BASE, "x0: &x0 [" + ", ".join(["lol"] * 9) + "]\n"]
+    + [f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 9) + "]\n" for i in range(1, 10)]
+)
+YAML_ROWS = [
+    ("alias-bomb", ALIAS_BOMB, r"spec.yaml:\d+: YAML aliases expand this spec to more than 100,000 values"),
+    (
+        "nested-20000-deep",
+        BASE + "x: " + "[" * 20_000 + "]" * 20_000 + "\n",
+        r"spec.yaml:6: YAML nested deeper than 64",
+    ),
+    (
+        "recursive-alias",
+        BASE + "x: &a [*a]\n",
+        r"spec.yaml:6: a YAML alias refers to a node that contains it",
+    ),
+]
+
+
+@pytest.mark.parametrize(("row", "spec", "message"), YAML_ROWS, ids=[r[0] for r in YAML_ROWS])
+def test_hostile_yaml_fails_at_once_naming_the_file(tmp_path, row, spec, message):
+    """validate, plan and run refuse it at once (exit 2, the file and line named), in bounded memory."""
+    path = write(tmp_path, spec)
+    for command in (["validate"], ["plan"], ["run", "--results", "r", "--no-report"]):
+        code, text = bounded_cli([command[0], str(path), *command[1:]], tmp_path, mem_gb=3, timeout=60)
+        assert code == 2 and "Traceback" not in text, (command, code, text[-2000:])
+        assert re.search(message, text), (command, text[-2000:])
+    assert not (tmp_path / "r").exists()
 
 
 def test_bad_command_line(tmp_path):
