@@ -218,6 +218,43 @@ DATA_ROWS = [
     ),
     ("not-json", b'{"prompt": "p", "completion": \n', r"line 1: field 'row' is not valid JSON"),
 ]
+# rows the JSON parser, the hasher or the tokenizer used to crash on (issue 18): (row id, line, message)
+HOSTILE_ROWS = [
+    (
+        "5000-digit-number",
+        b'{"prompt": "p", "completion": "c", "label": ' + b"1" * 5000 + b"}",
+        r"line 5: field 'label' must be true/false \(or 0/1\), got a 5000-digit number",
+        "type label",
+    ),
+    (
+        "5000-digit-id",
+        b'{"prompt": "p", "completion": "c", "label": true, "id": 1' + b"0" * 5000 + b"}",
+        r"line 5: field 'id' must be a string or integer, got a 5001-digit number",
+        "type id",
+    ),
+    (
+        "200000-deep-nesting",
+        b'{"prompt": "p", "completion": "c", "label": true, "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        r"line 5: field 'row' is nested too deeply for the JSON parser",
+        "deep row",
+    ),
+    (
+        "lone-surrogate",
+        b'{"prompt": "p", "completion": "ok \\ud800", "label": true}',
+        r"line 5: field 'completion' contains a lone surrogate '\\ud800' \(at character 3\)",
+        "encoding completion",
+    ),
+    (
+        "nul",
+        b'{"prompt": "p\\u0000", "completion": "c", "label": true}',
+        r"line 5: field 'prompt' contains a NUL character \(at character 1\); remove it",
+        "nul prompt",
+    ),
+]
+DATA_ROWS += [
+    (row, b"".join(json.dumps(r).encode() + b"\n" for r in GOOD_ROWS) + line + b"\n", message)
+    for row, line, message, _ in HOSTILE_ROWS
+]
 
 
 @pytest.mark.parametrize(("row", "rows", "message"), DATA_ROWS, ids=[r[0] for r in DATA_ROWS])
@@ -238,6 +275,21 @@ def test_bad_rows_are_dropped_and_counted_when_asked(world_cache, tmp_path):
     (report,) = (tmp_path / "r" / "bad").glob("*/data_report.json")
     dropped = json.loads(report.read_text())["dropped"]
     assert dropped["type label"] == 1 and dropped["missing completion"] == 1
+
+
+def test_hostile_rows_are_dropped_and_counted_by_name_when_asked(world_cache, tmp_path):
+    lines = b"".join(json.dumps(r).encode() + b"\n" for r in GOOD_ROWS)
+    lines += b"".join(line + b"\n" for _, line, _, _ in HOSTILE_ROWS)
+    spec = BASE.replace("max_prompt_length: 24", "max_prompt_length: 24, on_bad_row: drop")
+    code, text = invoke(
+        ["run", str(write(tmp_path, spec, lines)), "--results", str(tmp_path / "r"), "--stage", "data"],
+        tmp_path,
+    )
+    assert code == 0, text
+    (report,) = (tmp_path / "r" / "bad").glob("*/data_report.json")
+    report = json.loads(report.read_text())
+    assert {k: v for k, v in report["dropped"].items() if " " in k} == {key: 1 for *_, key in HOSTILE_ROWS}
+    assert report["source"]["items"] == len(GOOD_ROWS)
 
 
 def test_huge_row_is_truncated_not_fatal(world_cache, tmp_path):
