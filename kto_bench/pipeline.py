@@ -199,6 +199,7 @@ def stage_data(run: RunSpec, store: RunStore) -> None:
         "fingerprint": data.fingerprint(),
         "source": src.source_info,
         "dropped": {**src.dropped, **data.dropped},
+        "capped": data.capped,
         "transforms": views.report["steps"],
         "flipped_ids": views.report["flipped_ids"],
         "n_flipped": views.report["n_flipped"],

@@ -306,6 +306,26 @@ def test_huge_row_is_truncated_not_fatal(world_cache, tmp_path):
     assert lengths["prompt"]["max"] <= 24 and lengths["prompt"]["max"] + lengths["completion"]["max"] <= 64
 
 
+def test_a_50mb_line_is_capped_before_tokenizing(world_cache, tmp_path):
+    """A 50 MB completion (tokenized whole it took 11 GB) is cut to a character cap first: the data stage
+    finishes in 3 GB and counts the capped text in data_report.json."""
+    huge = (
+        b'{"prompt": "Compute 1+1.", "completion": "The answer is '
+        + b"9" * 50_000_000
+        + b'.", "label": true}'
+    )
+    lines = b"".join(json.dumps(r).encode() + b"\n" for r in GOOD_ROWS) + huge + b"\n"
+    path = write(tmp_path, BASE, lines)
+    code, text = bounded_cli(
+        ["run", str(path), "--results", "r", "--stage", "data"], tmp_path, mem_gb=3, timeout=240
+    )
+    assert code == 0, text[-3000:]
+    (report,) = (tmp_path / "r" / "bad").glob("*/data_report.json")
+    report = json.loads(report.read_text())
+    assert report["capped"]["completions"] == 1 and report["capped"]["prompts"] == 0
+    assert report["counts"]["desirable"] == 3 and report["lengths"]["completion"]["max"] <= 64
+
+
 def test_chat_template_that_cannot_render(world_cache, tmp_path):
     spec = BASE.replace(
         "max_prompt_length: 24",
