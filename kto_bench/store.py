@@ -215,15 +215,44 @@ def save_torch(obj: Any, path: Path, *, before_rename=lambda: None, tmp: Path | 
         else:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
+            sink = _Sink(fd)
+            try:
+                torch.save(obj, sink)
+                os.fsync(fd)
+            except Exception:
+                if sink.error is not None:  # torch reports it as "unexpected pos": raise the real one
+                    raise sink.error from None
+                raise
+            finally:
+                os.close(fd)
             before_rename()  # the crash-test hook of a checkpoint written but not yet renamed
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+class _Sink:
+    """The file object torch.save writes to: every byte goes to os.write, and the OSError of a write the
+    disk refuses is kept (torch's writer reports it as a RuntimeError "unexpected pos", or not at all)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]  # a full disk: the next os.write raises
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        return n
+
+    def flush(self) -> None:
+        pass
 
 
 def append_jsonl(path: Path, line: str) -> None:
@@ -311,7 +340,7 @@ def check_experiment_readable(folder: Path) -> None:
                 else fix,
             )
         for result in sorted((run / "eval").glob("*.json")):
-            read_store_json(result, fix="delete it and rerun: that task is then evaluated again")
+            read_store_json(result, fix=fix)  # its eval stage is done: only --force evaluates it again
 
 
 # ----------------------------------------------------------------------------- provenance

@@ -20,14 +20,23 @@ from tests.reliability.helpers import cli
 REPO = Path(__file__).resolve().parents[2]
 
 
-def bounded_cli(args: list[str], cwd: Path, *, mem_gb: float = 4, timeout: float = 120):
+def bounded_cli(
+    args: list[str], cwd: Path, *, mem_gb: float = 4, timeout: float = 120, file_size: int | None = None
+):
     """`kto-bench ARGS` in a subprocess of this checkout, its address space capped at `mem_gb` and killed
     after `timeout` s: a pathological input that regresses fails the test instead of taking the machine
-    down. Returns (exit code, output with the console's line wrapping undone); a kill is exit code -9."""
+    down. `file_size`: no file may grow past this many bytes (a write past it fails with EFBIG, as a full
+    disk fails with ENOSPC). Returns (exit code, output with the console's line wrapping undone); a kill is
+    exit code -9."""
     limit = int(mem_gb * 2**30)
 
     def cap() -> None:
+        import signal
+
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if file_size is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, resource.RLIM_INFINITY))
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
     cmd = [sys.executable, "-c", "from kto_bench.cli import main; main()", *args]
