@@ -86,7 +86,7 @@ class RunStore:
         status = read_store_json(
             self.file("status.json"),
             {"stages": {}},
-            fix="delete it and rerun: every stage of this run is then redone",
+            fix=FIXES["status.json"],
         )
         if not isinstance(status, dict) or not isinstance(status.get("stages"), dict):
             raise StoreError(
@@ -132,7 +132,7 @@ class RunStore:
         prov = read_store_json(
             self.file("provenance.json"),
             {},
-            fix="delete it and rerun: the run is then redone from scratch",
+            fix=FIXES["provenance.json"],
         )
         if not isinstance(prov, dict):
             raise StoreError(
@@ -321,6 +321,10 @@ def check_writable(root: Path) -> None:
         ) from None
 
 
+FIXES = {  # what to do about a damaged record (each works as written: the tests follow it)
+    "status.json": "delete it and rerun: every stage of this run is then redone",
+    "provenance.json": "delete it and rerun: the run is then redone from scratch",
+}
 STORE_JSON = ("run.json", "status.json", "provenance.json", "data_report.json", "train_summary.json")
 
 
@@ -333,12 +337,7 @@ def check_experiment_readable(folder: Path) -> None:
             continue
         fix = f"rerun that run from scratch: `kto-bench run SPEC --only {run.name} --force`"
         for name in STORE_JSON:
-            read_store_json(
-                run / name,
-                fix="delete it and rerun: every stage of this run is then redone"
-                if name == "status.json"
-                else fix,
-            )
+            read_store_json(run / name, fix=FIXES.get(name, fix))
         for result in sorted((run / "eval").glob("*.json")):
             read_store_json(result, fix=fix)  # its eval stage is done: only --force evaluates it again
 

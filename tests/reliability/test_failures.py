@@ -317,6 +317,14 @@ def test_damaged_store_files_are_errors_naming_file_and_fix_in_run_plan_and_repo
         code, text = invoke(args, tmp_path)
         assert code == 2, (command, text)
         assert re.search(rf"error: {re.escape(str(d / name))} is unreadable \({fix}", text), (command, text)
+    if "Delete it" in fix:  # the advice works as written
+        (d / name).unlink()
+        code, text = invoke(commands["run"], tmp_path)
+    else:
+        code, text = invoke([*commands["run"], "--only", d.name, "--force"], tmp_path)
+    assert code == 0, text
+    code, text = invoke(commands["report"], tmp_path)
+    assert code == 0, text
 
 
 @pytest.mark.parametrize("name", ["data.pt", "checkpoints/final/model.safetensors"])
