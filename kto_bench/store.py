@@ -199,21 +199,18 @@ def write_json(path: Path, obj: Any) -> None:
         atomic_write_json(path, obj)
 
 
-def save_torch(obj: Any, path: Path, *, before_rename=lambda: None, tmp: Path | None = None) -> None:
+def save_torch(obj: Any, path: Path, *, before_rename=lambda: None) -> None:
     """torch.save to a unique temp file in the same folder, then rename: readers never see half a file, a
     failed write leaves no temp file, and a full disk is a StoreError naming `path` and the fix (torch.save
     given a file name reports a failed write as a bare RuntimeError; given a file object, as the OSError)."""
-    import tempfile
-
     import torch
 
     path = Path(path)
     with disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        if tmp is None:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        else:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # the writer's pid in the name: unique per process, and a later process can tell a dead one's
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             sink = _Sink(fd)
             try:

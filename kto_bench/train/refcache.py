@@ -70,8 +70,7 @@ class ReferenceCache:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"shard-{stable_hash(sorted(values), 16)}.pt"
-        # the temp name carries the writer's pid: a later process removes it once that pid is gone
-        save_torch(values, path, tmp=path.with_name(f".{path.name}.tmp{os.getpid()}"))
+        save_torch(values, path)  # temp name `.<name>.tmp<pid>`: removed by a later process once pid is gone
         self.entries.update(values)
 
 

@@ -361,7 +361,7 @@ def test_temp_files_left_by_a_kill_are_removed_on_the_next_run(results):
     dead = 2**22 + 12345  # above any pid this machine hands out
     left = [
         cache / f".shard-0123456789abcdef.pt.tmp{dead}",
-        d / ".data.pt.k3j4h5.tmp",
+        d / ".data.pt.tmp4242424242",
         d / ".status.json.a1b2c3.tmp",
     ]
     live = cache / f".shard-fedcba9876543210.pt.tmp{os.getpid()}"  # a concurrent writer's: kept
