@@ -36,7 +36,7 @@ class ReferenceCache:
         self.forward_sequences = 0  # sequences this process computed (tests count it)
         self.deleted_corrupt: list[Path] = []  # shards reported corrupted and since deleted by the user
         if self.dir.is_dir():
-            self.removed_temp = remove_dead_temp_files(self.dir)
+            remove_dead_temp_files(self.dir)
             for marker in self.dir.glob(".shard-*.pt.corrupt"):
                 shard = self.dir / marker.name[1 : -len(".corrupt")]
                 if not shard.exists():
