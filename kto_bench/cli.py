@@ -81,7 +81,10 @@ def plan(
         table.add_column(col)
     for run in runs:
         grid = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in grid_values(spec, run).items())
-        done = run_store(results, spec.name, run.run_id).stages_done()
+        try:
+            done = run_store(results, spec.name, run.run_id).stages_done()
+        except KtoBenchError as e:  # a damaged status.json: named, with what to do
+            _fail(e)
         table.add_row(run.run_id, run.method.name, str(run.seed), grid, " ".join(done) or "-")
     out.print(table)
 
@@ -169,6 +172,9 @@ def _report(spec, spec_path: Path, results: Path, reports: Path) -> Path:
     from kto_bench.spec import expand
 
     run_ids = [r.run_id for r in expand(spec, str(spec_path))]  # only what the spec resolves to now
+    from kto_bench.store import check_experiment_readable
+
+    check_experiment_readable(results / spec.name)  # a damaged record: StoreError naming it
     index = render_report(
         results / spec.name, reports / spec.name, spec.report, spec_path.read_text(), spec.name, run_ids
     )

@@ -27,7 +27,7 @@ from kto_bench.data import sources
 from kto_bench.data.tokenize import TokenizedData, tokenize_views
 from kto_bench.data.transforms import corrupt, kto_weights
 from kto_bench.errors import KtoBenchError, StoreError, TrainingError
-from kto_bench.io import read_json, stable_hash
+from kto_bench.io import stable_hash
 from kto_bench.spec import ExperimentSpec, RunSpec, expand, grid_values
 from kto_bench.store import (
     STAGES,
@@ -39,8 +39,11 @@ from kto_bench.store import (
     experiment_dir,
     fault_point,
     now,
+    read_store_json,
     run_store,
+    save_torch,
     try_lock,
+    unreadable,
     write_json,
 )
 from kto_bench.train.logps import use_attention
@@ -218,6 +221,7 @@ def stage_data(run: RunSpec, store: RunStore) -> None:
         "fingerprint": data.fingerprint(),
         "source": src.source_info,
         "dropped": {**src.dropped, **data.dropped},
+        "capped": data.capped,
         "transforms": views.report["steps"],
         "flipped_ids": views.report["flipped_ids"],
         "n_flipped": views.report["n_flipped"],
@@ -235,12 +239,7 @@ def stage_data(run: RunSpec, store: RunStore) -> None:
         "microbatches": {"pairs": len(data.pair_batches), "binary": len(data.binary_batches)},
         "lengths": {k: histogram(v) for k, v in lengths.items()},
     }
-    tmp = store.file(f".data.pt.tmp{os.getpid()}")
-    try:
-        torch.save(data.to_state(), tmp)
-        os.replace(tmp, store.file("data.pt"))
-    finally:
-        tmp.unlink(missing_ok=True)  # a full disk must not stay full of a partial temp file
+    save_torch(data.to_state(), store.file("data.pt"))  # a full disk: StoreError, no temp file left
     fault_point("data")
     write_json(store.file("data_report.json"), report)
     store.update_provenance(data_fingerprint=report["fingerprint"])
@@ -260,7 +259,16 @@ def histogram(values: list[int], bins: int = 10) -> dict:
 
 
 def load_data(store: RunStore) -> TokenizedData:
-    return TokenizedData.from_state(torch.load(store.file("data.pt"), weights_only=False))
+    path = store.file("data.pt")
+    try:
+        return TokenizedData.from_state(torch.load(path, weights_only=False))
+    except Exception as e:  # truncated or damaged: torch raises several types
+        raise unreadable(path, e, redo(store)) from None
+
+
+def redo(store: RunStore) -> str:
+    """What to do about a damaged file of this run: redo the run (the files are rewritten as it goes)."""
+    return f"rerun that run from scratch: `kto-bench run SPEC --only {store.run_id} --force`"
 
 
 def reference_cache(run: RunSpec, results_root: Path) -> ReferenceCache:
@@ -276,6 +284,13 @@ def stage_reference(run: RunSpec, store: RunStore, results_root: Path) -> None:
     data = load_data(store)
     cache = reference_cache(run, results_root)
     todo = cache.missing(data.sequences)
+    fill_reference(run, store, cache, todo)
+    fault_point("reference")
+    store.mark_done("reference", computed=len(todo), cached=len(data.sequences) - len(todo))
+
+
+def fill_reference(run: RunSpec, store: RunStore, cache: ReferenceCache, todo: list) -> None:
+    """Compute the reference log-probs of `todo` into the cache (loads the reference model if needed)."""
     if todo:
         where, _ = resolved(run)
         tok = models.load_tokenizer(run.model, where)
@@ -295,8 +310,6 @@ def stage_reference(run: RunSpec, store: RunStore, results_root: Path) -> None:
                 progress=advance,
             )
         del model
-    fault_point("reference")
-    store.mark_done("reference", computed=len(todo), cached=len(data.sequences) - len(todo))
 
 
 def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
@@ -304,7 +317,7 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
     from kto_bench.train.loop import Context, model_state, train
 
     data = load_data(store)
-    report = read_json(store.file("data_report.json"))
+    report = read_store_json(store.file("data_report.json"), fix=redo(store))
     where, mhash = resolved(run)
     tok = models.load_tokenizer(run.model, where)
     model = models.load_model(run.model, where, "cpu", dtype=precision.load_dtype(run))
@@ -317,6 +330,10 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
             "desirable_weight": report["lambda"]["desirable"],
             "undesirable_weight": report["lambda"]["undesirable"],
         }
+    if cache is not None and cache.deleted_corrupt and (lost := cache.missing(data.sequences)):
+        names = ", ".join(p.name for p in cache.deleted_corrupt)
+        console.print(f"[yellow]reference[/] recomputing {len(lost)} log-probs of deleted shard(s) {names}")
+        fill_reference(run, store, cache, lost)  # as the corrupted-shard error said: only those entries
     if cache is not None and (lost := cache.missing(data.sequences)):
         raise StoreError(
             f"the reference cache {cache.dir} is missing {len(lost)} of the {len(data.sequences)} "
@@ -463,8 +480,13 @@ def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> Non
     from kto_bench.eval import run_evaluation
 
     final = store.checkpoint_dir / "final"
-    tok = models.load_tokenizer(run.model, str(final))
-    model = models.load_model(run.model, str(final), device()).eval()
+    try:
+        tok = models.load_tokenizer(run.model, str(final))
+        model = models.load_model(run.model, str(final), device()).eval()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # truncated weights: safetensors, torch and transformers raise several types
+        raise unreadable(final, e, redo(store)) from None
     evaluation = run.evaluation.model_copy(
         update={"allow_code_execution": run.evaluation.allow_code_execution or allow_code_execution}
     )
@@ -538,7 +560,9 @@ def run_one(
     with state.main_process_first():  # resolving may build or download the weights: once
         identity = run_identity(run, state.num_processes)
     if main:
-        recorded = read_json(store.file("provenance.json"), {}).get("identity")
+        for tmp in store.remove_temp_files():  # left by a killed process (we hold the run's lock)
+            console.print(f"[yellow]removed[/] {tmp}, left by a killed process")
+        recorded = store.provenance().get("identity")
         if store.stages_done() and recorded != identity:
             changed = [k for k in identity if (recorded or {}).get(k) != identity[k]]
             console.print(

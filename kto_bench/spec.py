@@ -462,8 +462,68 @@ class ExperimentSpec(Strict):
 # ----------------------------------------------------------------------------- loading with line numbers
 
 
-def _line_map(text: str) -> dict[tuple, int]:
-    """Map each key path in a YAML document to its 1-based line."""
+# A spec is a few dozen lines: these bounds are far above any real one and far below what hurts. The
+# depth counts nested mappings/lists; the node count is after alias expansion (a billion-laughs alias
+# bomb of under 1 KB expands to 10^9 nodes, which pydantic and the line map would otherwise walk).
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000
+
+
+def _compose(text: str, source: str) -> yaml.Node | None:
+    """The YAML node graph of a spec, refused (SpecError, at once) when nested deeper than MAX_YAML_DEPTH,
+    when aliases would expand it beyond MAX_YAML_NODES nodes, or when an alias refers to itself."""
+    depth = 0  # the event parser is iterative: this bounds the (recursive) composer before it runs
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise SpecError(
+                    f"{source}:{event.start_mark.line + 1}: YAML nested deeper than {MAX_YAML_DEPTH} "
+                    "levels; a spec needs a few: flatten it"
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    seen: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes below, incl. itself; height)
+
+    def walk(node: yaml.Node, level: int, stack: set[int]) -> tuple[int, int]:
+        key = id(node)
+        where = f"{source}:{node.start_mark.line + 1}"
+        if key in stack:
+            raise SpecError(f"{where}: a YAML alias refers to a node that contains it; remove the alias")
+        if key not in seen:
+            stack.add(key)
+            children: list = []
+            if isinstance(node, yaml.MappingNode):
+                children = [n for kv in node.value for n in kv]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            size, height = 1, 1
+            for child in children:
+                s, h = walk(child, level + 1, stack)
+                size, height = size + s, max(height, h + 1)
+            stack.discard(key)
+            seen[key] = (size, height)
+        size, height = seen[key]
+        if level + height > MAX_YAML_DEPTH:
+            raise SpecError(
+                f"{where}: YAML aliases nest this spec deeper than {MAX_YAML_DEPTH} levels; "
+                "write the values out instead of aliasing them"
+            )
+        if size > MAX_YAML_NODES:
+            raise SpecError(
+                f"{where}: YAML aliases expand this spec to more than {MAX_YAML_NODES:,} values "
+                "(an alias bomb?); write the values out instead of aliasing them"
+            )
+        return size, height
+
+    if root is not None:
+        walk(root, 0, set())
+    return root
+
+
+def _line_map(text: str, root: yaml.Node | None = None) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line (`root`: its already checked nodes)."""
     out: dict[tuple, int] = {}
 
     def walk(node: yaml.Node, path: tuple) -> None:
@@ -476,7 +536,7 @@ def _line_map(text: str) -> dict[tuple, int]:
             for i, v in enumerate(node.value):
                 walk(v, (*path, i))
 
-    root = yaml.compose(text)
+    root = _compose(text, "<spec>") if root is None else root
     if root is not None:
         walk(root, ())
     return out
@@ -590,8 +650,9 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Expe
 
 def parse_spec(text: str, source: str = "<spec>", overrides: dict[str, Any] | None = None) -> ExperimentSpec:
     try:
-        raw = yaml.safe_load(text)
-        lines = _line_map(text)
+        root = _compose(text, source)
+        raw = yaml.SafeLoader("").construct_document(root) if root is not None else None
+        lines = _line_map(text, root)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -82,7 +83,17 @@ class RunStore:
 
     # -- status
     def status(self) -> dict[str, Any]:
-        return read_json(self.file("status.json"), {"stages": {}})
+        status = read_store_json(
+            self.file("status.json"),
+            {"stages": {}},
+            fix=FIXES["status.json"],
+        )
+        if not isinstance(status, dict) or not isinstance(status.get("stages"), dict):
+            raise StoreError(
+                f"{self.file('status.json')} is not a status record; delete it and rerun: every stage of "
+                "this run is then redone"
+            )
+        return status
 
     def is_done(self, stage: str) -> bool:
         return bool(self.status()["stages"].get(stage, {}).get("done"))
@@ -117,11 +128,34 @@ class RunStore:
         """A new run's provenance (replacing whatever a cleared run left)."""
         write_json(self.file("provenance.json"), fields)
 
+    def provenance(self) -> dict[str, Any]:
+        prov = read_store_json(
+            self.file("provenance.json"),
+            {},
+            fix=FIXES["provenance.json"],
+        )
+        if not isinstance(prov, dict):
+            raise StoreError(
+                f"{self.file('provenance.json')} is not a provenance record; delete it and rerun: the run "
+                "is then redone from scratch"
+            )
+        return prov
+
     def update_provenance(self, **fields: Any) -> dict[str, Any]:
-        prov = read_json(self.file("provenance.json"), {})
+        prov = self.provenance()
         prov.update(fields)
         write_json(self.file("provenance.json"), prov)
         return prov
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temp files a killed process left in this run's folder (call it holding the lock:
+        no live writer then owns one). A completed write never leaves one: it is renamed into place."""
+        gone = []
+        for sub in (self.path, self.eval_dir, self.checkpoint_dir):
+            for tmp in sub.glob(".*.tmp*") if sub.is_dir() else []:
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+                gone.append(tmp)
+        return gone
 
     def lock(self) -> FileLock:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -131,6 +165,7 @@ class RunStore:
 # a full disk, a read-only folder, or a file standing where the store needs a folder
 DISK_ERRNOS = (
     errno.ENOSPC,
+    errno.EFBIG,
     errno.EROFS,
     errno.EACCES,
     errno.EPERM,
@@ -149,8 +184,10 @@ def disk_errors(path: Path | None = None):
     except OSError as e:
         if e.errno not in DISK_ERRNOS:
             raise
+        where = path or e.filename2 or e.filename
         raise StoreError(
-            f"cannot access {path or e.filename2 or e.filename}: {os.strerror(e.errno)}. Nothing already written was changed; "
+            f"cannot {'write ' + str(where) if where else 'write to the results store'}: "
+            f"{os.strerror(e.errno)}. Nothing already written was changed; "
             "free space, fix permissions, or move away a file standing where a folder should be (or pass "
             "--results DIR), then rerun: completed stages are kept"
         ) from None
@@ -162,11 +199,93 @@ def write_json(path: Path, obj: Any) -> None:
         atomic_write_json(path, obj)
 
 
+def save_torch(obj: Any, path: Path, *, before_rename=lambda: None) -> None:
+    """torch.save to a unique temp file in the same folder, then rename: readers never see half a file, a
+    failed write leaves no temp file, and a full disk is a StoreError naming `path` and the fix (torch.save
+    given a file name reports a failed write as a bare RuntimeError; given a file object, as the OSError)."""
+    import torch
+
+    path = Path(path)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the writer's pid in the name: unique per process, and a later process can tell a dead one's
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            sink = _Sink(fd)
+            try:
+                torch.save(obj, sink)
+                os.fsync(fd)
+            except Exception:
+                if sink.error is not None:  # torch reports it as "unexpected pos": raise the real one
+                    raise sink.error from None
+                raise
+            finally:
+                os.close(fd)
+            before_rename()  # the crash-test hook of a checkpoint written but not yet renamed
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class _Sink:
+    """The file object torch.save writes to: every byte goes to os.write, and the OSError of a write the
+    disk refuses is kept (torch's writer reports it as a RuntimeError "unexpected pos", or not at all)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]  # a full disk: the next os.write raises
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        return n
+
+    def flush(self) -> None:
+        pass
+
+
 def append_jsonl(path: Path, line: str) -> None:
-    with open(path, "a", encoding="utf-8") as f:
+    with disk_errors(path), open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+REDO_RUN = "rerun that run from scratch: `kto-bench run SPEC --only RUN_ID --force`"
+
+
+def unreadable(path: Path, e: BaseException, fix: str | None = None) -> StoreError:
+    """The StoreError for a store file that cannot be read back: the file, why, and what to do."""
+    if isinstance(e, UnicodeDecodeError):
+        why = f"not UTF-8 text: {e.reason} at byte {e.start}"
+    elif isinstance(e, json.JSONDecodeError):
+        why = f"not valid JSON: {e.msg} at line {e.lineno}"
+    elif isinstance(e, OSError):
+        why = os.strerror(e.errno) if e.errno else str(e)
+    else:
+        why = f"{type(e).__name__}: {e}"[:200]
+    return StoreError(
+        f"{path} is unreadable ({why}); it was damaged outside kto-bench (its writes are atomic). "
+        f"{(fix or REDO_RUN)[0].upper()}{(fix or REDO_RUN)[1:]}"
+    )
+
+
+def read_store_json(path: Path, default: Any = None, *, fix: str | None = None) -> Any:
+    """read_json for a file of the results store: a damaged file (not UTF-8, not JSON, unreadable) is a
+    StoreError naming it and what to do (`fix`, default: redo its run with --force), never a traceback.
+    For `run`, `plan` and `report` alike."""
+    try:
+        return read_json(path, default)
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError, RecursionError) as e:
+        raise unreadable(path, e, fix) from None
 
 
 def try_lock(lock: FileLock) -> bool:
@@ -197,6 +316,27 @@ def check_writable(root: Path) -> None:
             f"results folder {root} is not writable ({os.strerror(e.errno or 0)}); "
             "fix its permissions or pass --results DIR"
         ) from None
+
+
+FIXES = {  # what to do about a damaged record (each works as written: the tests follow it)
+    "status.json": "delete it and rerun: every stage of this run is then redone",
+    "provenance.json": "delete it and rerun: the run is then redone from scratch",
+}
+STORE_JSON = ("run.json", "status.json", "provenance.json", "data_report.json", "train_summary.json")
+
+
+def check_experiment_readable(folder: Path) -> None:
+    """Read back every JSON record of an experiment's runs (their run, status, provenance, data report,
+    training summary and evaluation results): the first damaged one is a StoreError naming it and what to
+    do. `kto-bench report` calls this before rendering, as `run` and `plan` meet the same files."""
+    for run in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        if not run.is_dir() or run.name.startswith(("_", ".")):
+            continue
+        fix = f"rerun that run from scratch: `kto-bench run SPEC --only {run.name} --force`"
+        for name in STORE_JSON:
+            read_store_json(run / name, fix=FIXES.get(name, fix))
+        for result in sorted((run / "eval").glob("*.json")):
+            read_store_json(result, fix=fix)  # its eval stage is done: only --force evaluates it again
 
 
 # ----------------------------------------------------------------------------- provenance

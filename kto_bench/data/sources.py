@@ -122,8 +122,60 @@ class BadRow(Exception):
         return f"{self.problem} {self.field.split('[')[0]}"
 
 
+class HugeNumber:
+    """A JSON number too long for Python to convert (over sys.get_int_max_str_digits() digits): kept as a
+    value of no accepted type, so the field that holds it is reported as a bad row, not a crash."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, text: str) -> None:
+        self.digits = len(text.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"a {self.digits}-digit number"
+
+
+def _parse_int(text: str) -> int | HugeNumber:
+    try:
+        return int(text)
+    except ValueError:  # over the interpreter's digit limit (4300 by default)
+        return HugeNumber(text)
+
+
+def _json(text: str) -> Any:
+    """json.loads that never raises on a number's length (HugeNumber) and reports too-deep nesting as
+    ValueError (it is a RecursionError from the parser)."""
+    try:
+        return json.loads(text, parse_int=_parse_int)
+    except RecursionError:
+        raise ValueError("nested too deeply for the JSON parser (more than ~1000 levels)") from None
+
+
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_chars(value: str, name: str) -> str:
+    """A NUL or a lone surrogate (JSON "\\ud800" escapes decode to one) is a bad row: neither is text
+    that a tokenizer, a hash or a UTF-8 file can take."""
+    bad = _BAD_CHARS.search(value)
+    if bad is None:
+        return value
+    char, at = bad.group(), bad.start()
+    if char == "\x00":
+        raise BadRow(name, "nul", f"contains a NUL character (at character {at}); remove it")
+    raise BadRow(
+        name,
+        "encoding",
+        f"contains a lone surrogate {char!r} (at character {at}), which is not valid Unicode text; "
+        "fix the text (a JSON \\uD8xx escape must be followed by its \\uDCxx pair)",
+    )
+
+
 def _short(value: Any) -> str:
-    r = repr(value)
+    try:
+        r = repr(value)
+    except (ValueError, RecursionError):  # an int over the digit limit, a structure too deep to print
+        r = f"<{type(value).__name__}>"
     return r if len(r) <= 60 else r[:57] + "..."
 
 
@@ -141,7 +193,7 @@ def _text(value: Any, name: str, *, allow_empty: bool = False) -> str:
         raise BadRow(name, "type", f"must be a string, got {type(value).__name__} {_short(value)}")
     if not allow_empty and not value.strip():
         raise BadRow(name, "empty", "is empty")
-    return value
+    return _check_chars(value, name)
 
 
 def _label(value: Any, name: str = "label") -> bool:
@@ -231,7 +283,7 @@ def _row_id(row: dict) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise BadRow("id", "type", f"must be a string or integer, got {_short(value)}")
-    return str(value)
+    return _check_chars(str(value), "id")
 
 
 # ------------------------------------------------------------------------------------- normalisers
@@ -312,6 +364,7 @@ def norm_shp(row: dict) -> Pair:
     a_wins = _label(row.get("labels"), "labels")
     ids = [row.get(k) for k in ("post_id", "c_root_id_A", "c_root_id_B")]
     sid = ":".join(ids) if all(isinstance(i, str) and i for i in ids) else None
+    sid = None if sid is None else _check_chars(sid, "post_id")
     return _pair(prompt, *((a, b) if a_wins else (b, a)), sid)
 
 
@@ -521,12 +574,14 @@ def read_rows(path: Path, source: str = "local") -> Iterator[tuple[str, Any]]:
                     continue
                 if line.strip():
                     try:
-                        yield f"line {n}", json.loads(line)
+                        yield f"line {n}", _json(line)
                     except json.JSONDecodeError as e:
                         yield f"line {n}", BadRow("row", "invalid", f"is not valid JSON ({e.msg})")
+                    except ValueError as e:  # nested too deeply
+                        yield f"line {n}", BadRow("row", "deep", f"is {e}")
     elif suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = _json(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
             raise DataError(
                 f"source {source!r}: {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
@@ -536,6 +591,11 @@ def read_rows(path: Path, source: str = "local") -> Iterator[tuple[str, Any]]:
             raise DataError(
                 f"source {source!r}: {path} is not valid JSON ({e}); JSON Lines files need .jsonl"
             ) from e
+        except ValueError as e:  # nested too deeply: the whole file is one JSON value, no row to skip
+            raise DataError(
+                f"source {source!r}: {path}: a row is {e}; flatten it, or save the rows as JSON Lines "
+                "(.jsonl), where on_bad_row: drop can skip it"
+            ) from None
         if not isinstance(data, list):
             raise DataError(f"source {source!r}: {path} must hold a JSON list of row objects")
         yield from ((f"row {i}", r) for i, r in enumerate(data, 1))

@@ -6,6 +6,15 @@ and the two are tokenized separately. Truncation follows the peers: the prompt i
 `max_prompt_length` first, then the completion from the right; an example left with no completion
 tokens is dropped and counted.
 
+Text is capped before it is tokenized (a 50 MB line used to be tokenized whole, 11 GB): no token covers
+more characters than the longest entry of the tokenizer's vocabulary (M; vocabularies spell byte-level
+tokens one character per byte, and a character is at least one byte), so a text of more than
+`max_length * M` characters has more than `max_length` tokens and is truncated anyway. Each prompt
+message keeps its last `max_length * M + 1` characters and the completion its first as many; the tokens
+that survive truncation lie inside what is kept, so capping changes no result (up to a tokenizer whose
+normaliser deletes characters, e.g. one that drops control characters). Capped texts are counted in
+`TokenizedData.capped` (the data report's "capped").
+
 Microbatches are formed once from the data (seeded by `data.partition_seed`), so KTO's mismatched pairs
 (example i's prompt with example i+1's completion, wrapping, inside each per-step microbatch) are fixed
 and their reference log-probs can be cached; a run's seed only shuffles the order of microbatches.
@@ -60,6 +69,25 @@ def render(tokenizer, prompt: Messages, completion: str, chat_template: str | No
     return p, full[len(p) :]
 
 
+def max_token_chars(tokenizer) -> int:
+    """The most characters of text one token can cover: the longest vocabulary entry (an upper bound)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError):
+        vocab = {}
+    return max((len(t) for t in vocab), default=64) or 1
+
+
+def cap_chars(prompt: Messages, completion: str, limit: int) -> tuple[Messages, str, bool, bool]:
+    """(prompt with each message cut to its last `limit` characters, completion cut to its first `limit`,
+    whether the prompt was cut, whether the completion was)."""
+    p_cut = any(len(c) > limit for _, c in prompt)
+    if p_cut:
+        prompt = tuple((r, c[-limit:] if len(c) > limit else c) for r, c in prompt)
+    c_cut = len(completion) > limit
+    return prompt, completion[:limit] if c_cut else completion, p_cut, c_cut
+
+
 def encode(
     tokenizer,
     prompt: Messages,
@@ -68,8 +96,13 @@ def encode(
     max_length: int,
     max_prompt_length: int,
     chat_template: str | None = None,
+    max_chars: int | None = None,
 ) -> Seq | None:
-    """Token ids of (prompt, completion) after truncation; None if no completion token survives."""
+    """Token ids of (prompt, completion) after truncation; None if no completion token survives.
+    `max_chars`: cap each text at this many characters first (default: max_length x max_token_chars + 1)."""
+    if max_chars is None:
+        max_chars = max_length * max_token_chars(tokenizer) + 1
+    prompt, completion, _, _ = cap_chars(prompt, completion, max_chars)
     p_text, c_text = render(tokenizer, prompt, completion, chat_template)
     p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
     if (
@@ -111,6 +144,7 @@ class TokenizedData:
     binary_batches: list[list[int]] = field(default_factory=list)  # indices into binary
     kl_seqs: list[list[int]] = field(default_factory=list)  # per binary batch: the KL sequence of each slot
     dropped: dict[str, int] = field(default_factory=dict)
+    capped: dict[str, int] = field(default_factory=dict)  # texts cut to a character cap before tokenizing
     _index: dict[Seq, int] = field(default_factory=dict, repr=False)
 
     def add(self, seq: Seq) -> int:
@@ -138,7 +172,16 @@ class TokenizedData:
     def to_state(self) -> dict:
         return {
             k: getattr(self, k)
-            for k in ("sequences", "pairs", "binary", "pair_batches", "binary_batches", "kl_seqs", "dropped")
+            for k in (
+                "sequences",
+                "pairs",
+                "binary",
+                "pair_batches",
+                "binary_batches",
+                "kl_seqs",
+                "dropped",
+                "capped",
+            )
         }
 
     @classmethod
@@ -163,16 +206,22 @@ def tokenize_views(
     """Tokenize both views into one sequence table, form microbatches and KTO's KL sequences."""
     data = TokenizedData()
     cache: dict[tuple, Seq | None] = {}
+    limit = max_length * max_token_chars(tokenizer) + 1
+    capped = {"max_chars": limit, "prompts": 0, "completions": 0}
 
     def enc(prompt: Messages, completion: str) -> Seq | None:
         if (prompt, completion) not in cache:
+            short_prompt, short_completion, p_cut, c_cut = cap_chars(prompt, completion, limit)
+            capped["prompts"] += p_cut
+            capped["completions"] += c_cut
             cache[(prompt, completion)] = encode(
                 tokenizer,
-                prompt,
-                completion,
+                short_prompt,
+                short_completion,
                 max_length=max_length,
                 max_prompt_length=max_prompt_length,
                 chat_template=chat_template,
+                max_chars=limit,
             )
         return cache[(prompt, completion)]
 
@@ -206,6 +255,7 @@ def tokenize_views(
             kl.append(data.add(kl_seq))
         data.kl_seqs.append(kl)
     data.dropped = dropped
+    data.capped = capped
     return data
 
 

@@ -22,7 +22,9 @@ def _completed(path: Path, allow_code_execution: bool) -> dict | None:
     """The stored result if this task needs no rerun (a skip is rerun once code execution is allowed)."""
     if not path.is_file():
         return None
-    result = json.loads(path.read_text(encoding="utf-8"))
+    from kto_bench.store import read_store_json
+
+    result = read_store_json(path, fix="delete it and rerun: that task is then evaluated again")
     if result.get("status") == "skipped" and allow_code_execution:
         return None
     return result

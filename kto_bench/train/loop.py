@@ -14,7 +14,6 @@ stateful parts (weights, optimizer, scheduler, RNG, step), so a resumed run cont
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections import Counter, defaultdict
@@ -27,7 +26,7 @@ import torch
 from kto_bench.data.tokenize import TokenizedData
 from kto_bench.errors import StoreError, TrainingError
 from kto_bench.spec import RunSpec
-from kto_bench.store import fault_point
+from kto_bench.store import fault_point, save_torch
 from kto_bench.train import precision
 from kto_bench.train.logps import LogProbs, collate, token_counts, use_attention
 from kto_bench.train.losses import LOSSES, call_loss
@@ -465,15 +464,10 @@ def save_checkpoint(ctx: Context, module, optimizer, scheduler, step: int, token
         "tokens": tokens,
         "wall_s": wall,
     }
-    ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path = ctx.checkpoint_dir / "last.pt"
-    tmp = path.with_name(f".last.pt.tmp{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        fault_point(f"train:checkpoint:{step}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a full disk must not stay full of a partial temp file
+    # a temp file + rename (no partial last.pt, no temp file left on error); a full disk is a StoreError
+    save_torch(
+        state, ctx.checkpoint_dir / "last.pt", before_rename=lambda: fault_point(f"train:checkpoint:{step}")
+    )
 
 
 def read_checkpoint(ctx: Context) -> dict | None:

@@ -5,10 +5,17 @@ namespace is the reference model's hash and compute dtype. So a DPO run and a KT
 every seed of the training order and every β read the same entries; KTO's mismatched (KL) sequences are
 ordinary entries. Each write is one shard file, written to a temp name and renamed, so a killed process
 leaves no partial shard; a corrupted shard is an error (never silently recomputed under another key).
+
+A shard found corrupted is noted (a `.shard-….pt.corrupt` marker): once the user deletes it, as the error
+says, the next run recomputes the entries it needs that are missing (`deleted_corrupt`; the marker stays,
+since several runs may need those entries). In a cache with no such deletion, a shard that goes missing
+is still an error (nothing is recomputed behind the user's back). Temp files of processes that
+died mid-write are removed when the cache is next opened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +25,7 @@ import torch
 from kto_bench.data.tokenize import Seq, seq_key
 from kto_bench.errors import StoreError
 from kto_bench.io import stable_hash
+from kto_bench.store import save_torch
 from kto_bench.train.logps import Layout, collate, sequence_logps
 
 
@@ -26,11 +34,20 @@ class ReferenceCache:
         self.dir = Path(root) / "reference" / f"{stable_hash([model_hash, dtype], 16)}"
         self.entries: dict[str, float] = {}
         self.forward_sequences = 0  # sequences this process computed (tests count it)
+        self.deleted_corrupt: list[Path] = []  # shards reported corrupted and since deleted by the user
         if self.dir.is_dir():
+            remove_dead_temp_files(self.dir)
+            for marker in self.dir.glob(".shard-*.pt.corrupt"):
+                shard = self.dir / marker.name[1 : -len(".corrupt")]
+                if not shard.exists():
+                    self.deleted_corrupt.append(shard)
             for shard in sorted(self.dir.glob("shard-*.pt")):
                 try:
                     self.entries.update(torch.load(shard, map_location="cpu", weights_only=True))
                 except Exception as e:
+                    # noted, so that once deleted its entries are recomputed rather than called missing
+                    with contextlib.suppress(OSError):
+                        (self.dir / f".{shard.name}.corrupt").touch()
                     raise StoreError(
                         f"reference cache shard {shard} is corrupted ({type(e).__name__}); delete "
                         "that file and rerun: only its entries will be recomputed"
@@ -53,13 +70,31 @@ class ReferenceCache:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"shard-{stable_hash(sorted(values), 16)}.pt"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            torch.save(values, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        save_torch(values, path)  # temp name `.<name>.tmp<pid>`: removed by a later process once pid is gone
         self.entries.update(values)
+
+
+def remove_dead_temp_files(folder: Path) -> list[Path]:
+    """Delete `.<name>.tmp<pid>` files whose writer is no longer running (killed mid-write); the cache is
+    shared by concurrent runs, so a live writer's temp file is left alone. Returns those removed."""
+    gone = []
+    for tmp in folder.glob(".*.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        gone.append(tmp)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @torch.inference_mode()

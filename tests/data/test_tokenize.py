@@ -105,3 +105,37 @@ def test_state_roundtrip_keeps_fingerprint():
     data = _data(3)
     again = type(data).from_state(data.to_state())
     assert again.fingerprint() == data.fingerprint()
+
+
+def test_long_texts_are_capped_before_tokenizing_without_changing_a_token(monkeypatch):
+    """A text longer than max_length x (longest vocabulary entry) characters is cut before the tokenizer
+    sees it (a 50 MB line took 11 GB tokenized whole); what survives truncation is unchanged."""
+    import kto_bench.data.tokenize as tokenize
+
+    seen: list[int] = []
+    real_render = tokenize.render
+
+    def spy(tok, prompt, completion, template):
+        seen.append(max(len(completion), *(len(c) for _, c in prompt)))
+        return real_render(tok, prompt, completion, template)
+
+    monkeypatch.setattr(tokenize, "render", spy)
+    prompt = messages(("system", "s" * 50_000), ("user", "Compute " + "1+" * 100_000 + "1."))
+    completion = "The answer is " + "9" * 300_000 + "."
+    kw = {"max_length": 64, "max_prompt_length": 24}
+    limit = 64 * tokenize.max_token_chars(TOK) + 1
+    capped = encode(TOK, prompt, completion, **kw)
+    assert max(seen) == limit  # no text reached the tokenizer longer than the cap
+    whole = encode(TOK, prompt, completion, **kw, max_chars=10**9)
+    assert max(seen) > 200_000 and capped == whole and len(capped[0]) == 24
+    data = tokenize_views(
+        TOK,
+        [],
+        [*views(make_pairs(6)).binary, tokenize.BinaryExample(prompt, completion, True, "huge")],
+        **kw,
+        chat_template=None,
+        batch_size=2,
+        partition_seed=0,
+    )
+    assert data.capped == {"max_chars": limit, "prompts": 1, "completions": 1}
+    assert tokenize.TokenizedData.from_state(data.to_state()).capped == data.capped

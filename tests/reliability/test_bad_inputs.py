@@ -4,7 +4,11 @@ input gives exit code 2 and one message naming the file/field and the fix, never
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,45 @@ from typer.testing import CliRunner
 
 from kto_bench.cli import app
 from tests.reliability.helpers import cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bounded_cli(
+    args: list[str], cwd: Path, *, mem_gb: float = 4, timeout: float = 120, file_size: int | None = None
+):
+    """`kto-bench ARGS` in a subprocess of this checkout, its address space capped at `mem_gb` and killed
+    after `timeout` s: a pathological input that regresses fails the test instead of taking the machine
+    down. `file_size`: no file may grow past this many bytes (a write past it fails with EFBIG, as a full
+    disk fails with ENOSPC). Returns (exit code, output with the console's line wrapping undone); a kill is
+    exit code -9."""
+    limit = int(mem_gb * 2**30)
+
+    def cap() -> None:
+        import signal
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if file_size is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, resource.RLIM_INFINITY))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+    cmd = [sys.executable, "-c", "from kto_bench.cli import main; main()", *args]
+    try:
+        res = subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            preexec_fn=cap,
+        )
+    except subprocess.TimeoutExpired as e:
+        return -9, f"killed after {timeout}s: {e.stdout or ''} {e.stderr or ''}"
+    return res.returncode, " ".join((res.stdout + res.stderr).split())
+
 
 BASE = """\
 name: bad
@@ -112,6 +155,37 @@ def test_missing_and_non_utf8_spec_files(tmp_path):
     assert code == 2 and re.search(r"latin1.yaml: not UTF-8 text.*save it as UTF-8", text), text
 
 
+# a billion-laughs of 540 bytes after the spec (the issue's had 862): 9 levels of 9 aliases, 9^9 values
+ALIAS_BOMB = "".join(
+    [BASE, "x0: &x0 [" + ", ".join(["lol"] * 9) + "]\n"]
+    + [f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 9) + "]\n" for i in range(1, 10)]
+)
+YAML_ROWS = [
+    ("alias-bomb", ALIAS_BOMB, r"spec.yaml:\d+: YAML aliases expand this spec to more than 100,000 values"),
+    (
+        "nested-20000-deep",
+        BASE + "x: " + "[" * 20_000 + "]" * 20_000 + "\n",
+        r"spec.yaml:6: YAML nested deeper than 64",
+    ),
+    (
+        "recursive-alias",
+        BASE + "x: &a [*a]\n",
+        r"spec.yaml:6: a YAML alias refers to a node that contains it",
+    ),
+]
+
+
+@pytest.mark.parametrize(("row", "spec", "message"), YAML_ROWS, ids=[r[0] for r in YAML_ROWS])
+def test_hostile_yaml_fails_at_once_naming_the_file(tmp_path, row, spec, message):
+    """validate, plan and run refuse it at once (exit 2, the file and line named), in bounded memory."""
+    path = write(tmp_path, spec)
+    for command in (["validate"], ["plan"], ["run", "--results", "r", "--no-report"]):
+        code, text = bounded_cli([command[0], str(path), *command[1:]], tmp_path, mem_gb=3, timeout=60)
+        assert code == 2 and "Traceback" not in text, (command, code, text[-2000:])
+        assert re.search(message, text), (command, text[-2000:])
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_command_line(tmp_path):
     path = write(tmp_path, BASE)
     for args, message in [
@@ -153,6 +227,43 @@ DATA_ROWS = [
     ),
     ("not-json", b'{"prompt": "p", "completion": \n', r"line 1: field 'row' is not valid JSON"),
 ]
+# rows the JSON parser, the hasher or the tokenizer used to crash on (issue 18): (row id, line, message)
+HOSTILE_ROWS = [
+    (
+        "5000-digit-number",
+        b'{"prompt": "p", "completion": "c", "label": ' + b"1" * 5000 + b"}",
+        r"line 5: field 'label' must be true/false \(or 0/1\), got a 5000-digit number",
+        "type label",
+    ),
+    (
+        "5000-digit-id",
+        b'{"prompt": "p", "completion": "c", "label": true, "id": 1' + b"0" * 5000 + b"}",
+        r"line 5: field 'id' must be a string or integer, got a 5001-digit number",
+        "type id",
+    ),
+    (
+        "200000-deep-nesting",
+        b'{"prompt": "p", "completion": "c", "label": true, "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        r"line 5: field 'row' is nested too deeply for the JSON parser",
+        "deep row",
+    ),
+    (
+        "lone-surrogate",
+        b'{"prompt": "p", "completion": "ok \\ud800", "label": true}',
+        r"line 5: field 'completion' contains a lone surrogate '\\ud800' \(at character 3\)",
+        "encoding completion",
+    ),
+    (
+        "nul",
+        b'{"prompt": "p\\u0000", "completion": "c", "label": true}',
+        r"line 5: field 'prompt' contains a NUL character \(at character 1\); remove it",
+        "nul prompt",
+    ),
+]
+DATA_ROWS += [
+    (row, b"".join(json.dumps(r).encode() + b"\n" for r in GOOD_ROWS) + line + b"\n", message)
+    for row, line, message, _ in HOSTILE_ROWS
+]
 
 
 @pytest.mark.parametrize(("row", "rows", "message"), DATA_ROWS, ids=[r[0] for r in DATA_ROWS])
@@ -175,6 +286,21 @@ def test_bad_rows_are_dropped_and_counted_when_asked(world_cache, tmp_path):
     assert dropped["type label"] == 1 and dropped["missing completion"] == 1
 
 
+def test_hostile_rows_are_dropped_and_counted_by_name_when_asked(world_cache, tmp_path):
+    lines = b"".join(json.dumps(r).encode() + b"\n" for r in GOOD_ROWS)
+    lines += b"".join(line + b"\n" for _, line, _, _ in HOSTILE_ROWS)
+    spec = BASE.replace("max_prompt_length: 24", "max_prompt_length: 24, on_bad_row: drop")
+    code, text = invoke(
+        ["run", str(write(tmp_path, spec, lines)), "--results", str(tmp_path / "r"), "--stage", "data"],
+        tmp_path,
+    )
+    assert code == 0, text
+    (report,) = (tmp_path / "r" / "bad").glob("*/data_report.json")
+    report = json.loads(report.read_text())
+    assert {k: v for k, v in report["dropped"].items() if " " in k} == {key: 1 for *_, key in HOSTILE_ROWS}
+    assert report["source"]["items"] == len(GOOD_ROWS)
+
+
 def test_huge_row_is_truncated_not_fatal(world_cache, tmp_path):
     huge = {
         "prompt": "Compute " + "1+" * 200_000 + "1.",
@@ -187,6 +313,26 @@ def test_huge_row_is_truncated_not_fatal(world_cache, tmp_path):
     (report,) = (tmp_path / "r" / "bad").glob("*/data_report.json")
     lengths = json.loads(report.read_text())["lengths"]
     assert lengths["prompt"]["max"] <= 24 and lengths["prompt"]["max"] + lengths["completion"]["max"] <= 64
+
+
+def test_a_50mb_line_is_capped_before_tokenizing(world_cache, tmp_path):
+    """A 50 MB completion (tokenized whole it took 11 GB) is cut to a character cap first: the data stage
+    finishes in 3 GB and counts the capped text in data_report.json."""
+    huge = (
+        b'{"prompt": "Compute 1+1.", "completion": "The answer is '
+        + b"9" * 50_000_000
+        + b'.", "label": true}'
+    )
+    lines = b"".join(json.dumps(r).encode() + b"\n" for r in GOOD_ROWS) + huge + b"\n"
+    path = write(tmp_path, BASE, lines)
+    code, text = bounded_cli(
+        ["run", str(path), "--results", "r", "--stage", "data"], tmp_path, mem_gb=3, timeout=240
+    )
+    assert code == 0, text[-3000:]
+    (report,) = (tmp_path / "r" / "bad").glob("*/data_report.json")
+    report = json.loads(report.read_text())
+    assert report["capped"]["completions"] == 1 and report["capped"]["prompts"] == 0
+    assert report["counts"]["desirable"] == 3 and report["lengths"]["completion"]["max"] <= 64
 
 
 def test_chat_template_that_cannot_render(world_cache, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -211,3 +212,161 @@ def test_kto_trains_on_batches_with_one_class_only(results, tmp_path):
     for line in (d / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         assert all(v == v and abs(v) != float("inf") for v in row.values()), row  # no NaN/inf logged
+
+
+# ----------------------------------------------------------------------------- issue 18: writes and reads
+
+
+def many_rows_spec(tmp_path: Path) -> Path:
+    """KTO on 300 local rows: data.pt (~40 KB) outgrows every JSON record of the run (< 4 KB)."""
+    rows = [
+        {"prompt": f"Compute {i}+{i % 7}.", "completion": f"The answer is {i + i % 7}.", "label": i % 3 != 0}
+        for i in range(300)
+    ]
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = KTO_ONLY.replace(
+        "{source: demo_arith, path: arith-tiny,", f"{{source: local_binary, path: {data},"
+    )
+    spec = tmp_path / "rel.yaml"
+    spec.write_text(text.replace("value: 4}, checkpoint_every: 2", "value: 2}, checkpoint_every: 1"))
+    return spec
+
+
+@pytest.mark.parametrize(("target", "file_size"), [("data.pt", 16_000), ("last.pt", 200_000)])
+def test_a_write_failing_inside_torch_save_is_a_store_error(world_cache, tmp_path, target, file_size):
+    """torch.save given a file name turns a failed write into a bare RuntimeError; the store names the file
+    and the fix. A real failing write: no file may grow past `file_size` (EFBIG, as ENOSPC on a full disk)."""
+    from tests.reliability.test_bad_inputs import bounded_cli
+
+    spec = many_rows_spec(tmp_path)
+    args = ["run", str(spec), "--results", "results", "--stage", "train"]
+    code, text = bounded_cli(args, tmp_path, file_size=file_size, timeout=240)
+    assert code == 2 and "Traceback" not in text, text[-3000:]
+    assert re.search(rf"error: cannot write \S+/{re.escape(target)}: File too large\. .*then rerun", text), (
+        text
+    )
+    results = tmp_path / "results"
+    assert not [p for p in results.rglob("*") if ".tmp" in p.name], "a temp file was left behind"
+    all_json_parses(results)
+    code, text = bounded_cli(args, tmp_path, timeout=240)  # the disk has room again
+    assert code == 0, text[-3000:]
+    (d,) = run_dirs(results).values()
+    assert "train" in stages(d) and steps(d) == [1, 2]
+
+
+def test_a_full_disk_while_writing_eval_results_names_the_file(results, monkeypatch):
+    """write() and fsync() failing on a full disk name no file: the error must (it said "cannot access None")."""
+    real_fsync = os.fsync
+
+    def full_fsync(fd):
+        if "/eval/.demo_arith_gen.json." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    run(results, KTO_ONLY)
+    monkeypatch.setattr(os, "fsync", full_fsync)
+    with pytest.raises(StoreError) as e:
+        run(results, KTO_ONLY, stop_after="eval")
+    (d,) = run_dirs(results).values()
+    assert f"cannot write {d / 'eval' / 'demo_arith_gen.json'}: No space left on device" in str(e.value)
+    assert "None" not in str(e.value)
+    monkeypatch.undo()
+    assert not list((d / "eval").glob(".*tmp*"))
+    run(results, KTO_ONLY, stop_after="eval")
+    assert "eval" in stages(d)
+
+
+@pytest.fixture(scope="module")
+def finished(world_cache, tmp_path_factory) -> Path:
+    """A results folder holding one finished KTO run (evaluated, no report)."""
+    results = tmp_path_factory.mktemp("finished") / "results"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KTO_BENCH_CACHE", str(world_cache))
+        run(results, KTO_ONLY, stop_after="done")
+    return results
+
+
+DAMAGE = [  # (file in the run folder, what is written over it, what the error tells the user to do)
+    ("status.json", b'{"stages": {"data": {"done": tr', "not valid JSON.*Delete it and rerun"),
+    ("provenance.json", b'{"run_id": "caf\xe9"}', "not UTF-8 text.*Delete it and rerun"),
+    ("eval/demo_arith_mc.json", b"[1, 2", "not valid JSON.*--only kto-\\S+ --force"),
+    ("data_report.json", b"\x00\x01", "not valid JSON.*--only kto-\\S+ --force"),
+]
+
+
+@pytest.mark.parametrize(("name", "junk", "fix"), DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_damaged_store_files_are_errors_naming_file_and_fix_in_run_plan_and_report(
+    finished, tmp_path, name, junk, fix
+):
+    from tests.reliability.test_bad_inputs import invoke
+
+    results = tmp_path / "results"
+    shutil.copytree(finished, results)
+    d = run_dirs(results)["kto"]
+    (d / name).write_bytes(junk)
+    spec = tmp_path / "rel.yaml"
+    spec.write_text(KTO_ONLY)
+    commands = {
+        "report": ["report", str(spec), "--results", str(results), "--reports", str(tmp_path / "rep")]
+    }
+    commands["run"] = ["run", str(spec), "--results", str(results), "--reports", str(tmp_path / "rep")]
+    if name == "status.json":  # plan reads only the status of each run
+        commands["plan"] = ["plan", str(spec), "--results", str(results)]
+    for command, args in commands.items():
+        code, text = invoke(args, tmp_path)
+        assert code == 2, (command, text)
+        assert re.search(rf"error: {re.escape(str(d / name))} is unreadable \({fix}", text), (command, text)
+    if "Delete it" in fix:  # the advice works as written
+        (d / name).unlink()
+        code, text = invoke(commands["run"], tmp_path)
+    else:
+        code, text = invoke([*commands["run"], "--only", d.name, "--force"], tmp_path)
+    assert code == 0, text
+    code, text = invoke(commands["report"], tmp_path)
+    assert code == 0, text
+
+
+@pytest.mark.parametrize("name", ["data.pt", "checkpoints/final/model.safetensors"])
+def test_truncated_data_or_weights_name_the_file_and_force_redoes_the_run(results, name):
+    stop = "data" if name == "data.pt" else "train"
+    run(results, KTO_ONLY, stop_after=stop)
+    (d,) = run_dirs(results).values()
+    (d / name).write_bytes((d / name).read_bytes()[:100])
+    with pytest.raises(
+        StoreError, match=rf"{re.escape(str(d / name.split('/model')[0]))} is unreadable.*--force"
+    ):
+        run(results, KTO_ONLY, stop_after="eval")
+    run_experiment(parse_spec(KTO_ONLY), results, stop_after="eval", force=True)  # the fix the message names
+    assert "eval" in stages(d)
+
+
+def test_deleting_a_corrupted_reference_shard_and_rerunning_works_as_the_error_says(results):
+    run(results, KTO_ONLY, stop_after="reference")
+    (shard,) = (results / "_cache" / "reference").rglob("shard-*.pt")
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(StoreError, match=r"corrupted.*delete that file and rerun: only its entries"):
+        run(results, KTO_ONLY)
+    shard.unlink()  # the advice, as written
+    run(results, KTO_ONLY)
+    (d,) = run_dirs(results).values()
+    assert "train" in stages(d) and steps(d) == [1, 2, 3, 4]
+    assert list((results / "_cache" / "reference").rglob("shard-*.pt")), "its entries were recomputed"
+
+
+def test_temp_files_left_by_a_kill_are_removed_on_the_next_run(results):
+    run(results, KTO_ONLY, stop_after="reference")
+    (d,) = run_dirs(results).values()
+    (cache,) = (results / "_cache" / "reference").iterdir()
+    dead = 2**22 + 12345  # above any pid this machine hands out
+    left = [
+        cache / f".shard-0123456789abcdef.pt.tmp{dead}",
+        d / ".data.pt.tmp4242424242",
+        d / ".status.json.a1b2c3.tmp",
+    ]
+    live = cache / f".shard-fedcba9876543210.pt.tmp{os.getpid()}"  # a concurrent writer's: kept
+    for p in [*left, live]:
+        p.write_bytes(b"partial")
+    run(results, KTO_ONLY)
+    assert [p for p in left if p.exists()] == [] and live.exists()
+    assert "train" in stages(d)

@@ -1,0 +1,69 @@
+"""The committed demo results as a fresh clone meets them.
+
+A new machine builds the demo world from an empty cache and runs the README's main command over the
+committed store. Every committed run must then be either reused because it is truly identical (same model
+hash, world, data source, world size and precision as the run recorded) or, if this machine built another
+world, rerun: never relabelled. Provenance stays true and the report has one base row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.helpers import cli, stage_lines
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = ROOT / "results" / "demo"
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_committed_demo_is_reused_when_identical_or_rerun_truthfully(tmp_path):
+    if not COMMITTED.is_dir():
+        pytest.skip("no committed demo results")
+    from kto_bench.spec import expand, load_spec
+
+    results = tmp_path / "results"
+    shutil.copytree(COMMITTED, results / "demo")
+    before = files(results / "demo")
+    env = {"KTO_BENCH_CACHE": str(tmp_path / "empty-cache")}  # the world is built here, as on a new machine
+    spec_path = ROOT / "experiments" / "demo.yaml"
+    res = cli(
+        ["run", str(spec_path), "--results", str(results), "--reports", str(tmp_path / "reports")],
+        tmp_path,
+        env=env,
+        timeout=1800,
+    )
+    assert res.returncode == 0, res.output[-3000:]
+    stale = set(re.findall(r"stale (\S+):", res.output))
+    rerun = {run for _, run in stage_lines(res.output)}
+    assert rerun == stale  # nothing identical is redone; whatever differs is redone from scratch
+    current = [r.run_id for r in expand(load_spec(spec_path))]
+    after = files(results / "demo")
+    for run_id in current:  # a reused run's files are untouched
+        if run_id not in stale:
+            mine = {k: v for k, v in after.items() if k.startswith(f"{run_id}/") and not k.endswith(".lock")}
+            theirs = {
+                k: v for k, v in before.items() if k.startswith(f"{run_id}/") and not k.endswith(".lock")
+            }
+            assert mine == theirs, run_id
+    hashes = {
+        json.loads((results / "demo" / r / "provenance.json").read_text())["identity"]["model_hash"]
+        for r in current
+    }
+    world = json.loads(next((tmp_path / "empty-cache").rglob("world.json")).read_text())["content_hash"]
+    idents = [json.loads((results / "demo" / r / "provenance.json").read_text())["identity"] for r in current]
+    assert len(hashes) == 1 and {i["demo_world_hash"] for i in idents} == {world}  # provenance is true
+    md = (tmp_path / "reports" / "demo" / "report.md").read_text()
+    headline = md[md.index("id='headline'") if "id='headline'" in md else md.index("Headline") :]
+    base_rows = [ln for ln in headline.split("\n\n", 2)[1].splitlines() if ln.startswith("| base")]
+    assert len(base_rows) == 1, base_rows
