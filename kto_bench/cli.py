@@ -170,10 +170,9 @@ def run(
 def _report(spec, spec_path: Path, results: Path, reports: Path) -> Path:
     from kto_bench.report.render import render_report
     from kto_bench.spec import expand
-
-    run_ids = [r.run_id for r in expand(spec, str(spec_path))]  # only what the spec resolves to now
     from kto_bench.store import check_experiment_readable
 
+    run_ids = [r.run_id for r in expand(spec, str(spec_path))]  # only what the spec resolves to now
     check_experiment_readable(results / spec.name)  # a damaged record: StoreError naming it
     index = render_report(
         results / spec.name, reports / spec.name, spec.report, spec_path.read_text(), spec.name, run_ids

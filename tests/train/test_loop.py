@@ -39,7 +39,7 @@ def build(tmp: Path, method: str, seed: int = 0, training: str = ""):
     return run, data, model, cache
 
 
-def context(run, data, cache, checkpoint_dir: Path, log=lambda s, m: None) -> Context:
+def context(run, data, cache, checkpoint_dir: Path, log=lambda s, m: None, accelerator=None) -> Context:
     """A training context on the fixture: single process, CPU, the run's own loss hyperparameters."""
     return Context(
         run=run,
@@ -49,7 +49,7 @@ def context(run, data, cache, checkpoint_dir: Path, log=lambda s, m: None) -> Co
         pad_id=TOK.pad_token_id,
         checkpoint_dir=checkpoint_dir,
         log=log,
-        accelerator=Accelerator(cpu=True),
+        accelerator=accelerator or Accelerator(cpu=True),
     )
 
 

@@ -18,9 +18,10 @@ from kto_bench.data.synthetic import build_tokenizer, tiny_config
 from kto_bench.spec import LoraSpec, expand, parse_spec
 from kto_bench.train import precision
 from kto_bench.train.logps import collate
-from kto_bench.train.loop import Context, train
+from kto_bench.train.loop import train
 from kto_bench.train.refcache import ReferenceCache, fill
 from tests.tiny_data import preference_pairs, tokenized
+from tests.train.test_loop import context
 
 TOK = build_tokenizer()
 SPEC = """\
@@ -50,14 +51,11 @@ def trained(tmp: Path, mode: str, *, lora: bool = False, plain_adamw: bool = Fal
 
         model = apply_lora(model, run.model)
     before = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
-    ctx = Context(
-        run=run,
-        data=data,
-        ref=cache.lookup,
-        hyper=run.method.loss_kwargs(),
-        pad_id=TOK.pad_token_id,
-        checkpoint_dir=tmp / f"ckpt-{mode}-{lora}-{plain_adamw}",
-        log=lambda s, m: None,
+    ctx = context(
+        run,
+        data,
+        cache,
+        tmp / f"ckpt-{mode}-{lora}-{plain_adamw}",
         accelerator=precision.accelerator(run, cpu=True),
     )
     if plain_adamw:  # the old behaviour: torch AdamW straight on bf16 weights, nearest rounding
