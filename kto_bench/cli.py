@@ -16,6 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from kto_bench.errors import KtoBenchError
+from kto_bench.numerics import pin_cpu_numerics
+
+pin_cpu_numerics()  # before torch is imported: CPU runs give the same bytes on any x86-64 machine
 
 app = typer.Typer(
     add_completion=False,

@@ -25,6 +25,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from kto_bench import numerics
 from kto_bench.errors import StoreError
 from kto_bench.io import atomic_write_json, read_json
 
@@ -384,6 +385,7 @@ def hardware() -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_numerics": numerics.in_force(),
         "cuda": torch.version.cuda,
     }
     if torch.cuda.is_available():

@@ -40,6 +40,7 @@ from filelock import FileLock
 from kto_bench.data.canonical import Pair, messages
 from kto_bench.errors import DataError, KtoBenchError
 from kto_bench.io import atomic_write_text, stable_hash
+from kto_bench.numerics import CPU_NUMERICS
 from kto_bench.spec import DEMO_WORLDS, DemoWorldSpec, ModelSpec
 
 SPECIALS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
@@ -196,10 +197,7 @@ KEY_NEUTRAL: dict[str, object] = {"flaw_sign": 0.0}
 BUILD_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
-    "MKL_CBWR": "AVX2,STRICT",
-    "ATEN_CPU_CAPABILITY": "avx2",
-    "DNNL_MAX_CPU_ISA": "AVX2",
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    **CPU_NUMERICS,
     "CUDA_VISIBLE_DEVICES": "",
     "PYTHONHASHSEED": "0",
 }
