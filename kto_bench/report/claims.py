@@ -532,7 +532,7 @@ def claims_table(results: list[ClaimResult], alpha: float) -> Table:
             "same seeds, by seed). 'item-level only': a compared method has one seed, so the interval covers the "
             "items but not the training-seed variance, and gives no sign verdict (not counted in Holm). With two "
             "seeds a side the seed variance has one degree of freedom and the interval is conservative "
-            "(simulated coverage 96–99%; 95–97% from three seeds on: docs/REPORTS.md).",
+            "(simulated coverage 96–99%; 94–98% from three seeds on: docs/REPORTS.md).",
             "Size: the measured Δ and its interval against the paper's number (smaller / consistent / larger); the "
             "paper measured its own setting (column 'paper'), which may differ from the one run here.",
             "Δ is in points for proportions. Runs at the reference grid point unless the claim moves a corruption "
