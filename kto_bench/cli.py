@@ -117,11 +117,20 @@ def run(
     timeout_min: int = typer.Option(
         24 * 60, "--timeout-min", help="job time limit in minutes (with --executor)"
     ),
+    tracker: str = typer.Option(
+        None,
+        "--tracker",
+        help="where training metrics go besides metrics.jsonl, comma-separated: tensorboard (the default), "
+        "wandb, mlflow, trackio, or none (sets the spec's tracking.trackers; run ids do not change)",
+    ),
     results: Path = RESULTS,
     reports: Path = typer.Option(Path("reports"), "--reports", help="reports root"),
     set_: list[str] = SET,
 ) -> None:
     """Run (or resume) an experiment: every run's stages, then the report."""
+    if tracker is not None:  # a spec field like any other: submitted jobs get it through the overrides
+        names = [] if tracker.strip() == "none" else [n.strip() for n in tracker.split(",") if n.strip()]
+        set_ = [*(set_ or []), f"tracking.trackers={names}"]
     from kto_bench.pipeline import run_experiment, select
     from kto_bench.spec import expand, parse_overrides
     from kto_bench.store import STAGES

@@ -427,6 +427,16 @@ class RunSpec(Strict):
 GridBlock = dict[str, list[Any]]
 
 
+class TrackingSpec(Strict):
+    """Where training metrics go besides metrics.jsonl (kto_bench/tracking.py). Not part of any run's
+    identity: changing it never changes a run id or the spec hash."""
+
+    trackers: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="[] logs to metrics.jsonl only"
+    )
+    project: str | None = Field(None, description="wandb/mlflow/trackio project; None = the experiment name")
+
+
 class ExperimentSpec(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -439,6 +449,7 @@ class ExperimentSpec(Strict):
     seeds: list[int] = Field([1], min_length=1)
     evaluation: EvaluationSpec = EvaluationSpec()
     report: ReportSpec = ReportSpec()
+    tracking: TrackingSpec = TrackingSpec()
     grid: list[GridBlock] = Field(default_factory=list, description="union of cross products")
 
     @field_validator("grid", mode="before")
@@ -456,7 +467,10 @@ class ExperimentSpec(Strict):
 
     @property
     def spec_hash(self) -> str:
-        return stable_hash(self.model_dump(mode="json"), 16)
+        return stable_hash(self.model_dump(mode="json", exclude=NOT_IDENTITY), 16)
+
+
+NOT_IDENTITY = {"tracking"}  # experiment fields that no run id or spec hash depends on
 
 
 # ----------------------------------------------------------------------------- loading with line numbers
@@ -740,7 +754,8 @@ def _check_grid(spec: ExperimentSpec, source: str, lines: dict[tuple, int]) -> N
 def expand(spec: ExperimentSpec, source: str = "<spec>") -> list[RunSpec]:
     """The runs of an experiment: methods × seeds × each grid block's cross product (deduplicated)."""
     base = spec.model_dump(
-        mode="json", exclude={"name", "description", "requires", "methods", "seeds", "report", "grid"}
+        mode="json",
+        exclude={"name", "description", "requires", "methods", "seeds", "report", "grid", *NOT_IDENTITY},
     )
     methods = {m.name: m.model_dump(mode="json") for m in spec.methods}
     runs: dict[str, RunSpec] = {}
