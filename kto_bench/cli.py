@@ -1,4 +1,4 @@
-"""`kto-bench`: validate, plan, run, report, assets, ls, bench.
+"""`kto-bench`: validate, plan, run, report, tune, serve, assets, ls, bench.
 
 Settings live in specs; the command line only picks runs and stages (`--only`, `--stage`, `--force`)
 and overrides fields with `--set a.b=c`.
@@ -234,6 +234,39 @@ def tune(
         out.print(f"{c['method']:>6} {param}={c['params'][param]:g}: {c['score']:.3f}")
     name = record["tuning_experiment"].removesuffix("-tuning")
     out.print(f"[green]chosen[/] {record['chosen']} → {results / name / 'tuning.json'}")
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="a model folder (e.g. a run's checkpoints/final) or hub id"
+    ),
+    name: str = typer.Option(None, "--name", help="the model id clients ask for (default: MODEL as given)"),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="address to bind (0.0.0.0: every interface, no auth)"
+    ),
+    port: int = typer.Option(8000, "--port"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cuda, cpu"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (the checkpoint's), float32, bfloat16, float16"),
+    verbose: bool = typer.Option(False, "--verbose", help="log every request"),
+) -> None:
+    """Serve MODEL over an OpenAI-compatible API (chat and completions, with logprobs), backed by the engine:
+    the local judge of alpaca-eval's annotators (see kto_bench/eval/serve.py)."""
+    from kto_bench.eval.serve import Server, load
+
+    try:
+        server = Server(*load(model, device, dtype), name or model, host, port, verbose)
+    except KtoBenchError as e:
+        _fail(e)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning[/] listening on {host}: anyone who can reach the port can use the model")
+    out.print(f"[green]serving[/] {name or model} at {server.url} (/chat/completions, /completions, /models)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
 
 
 @app.command("ls")

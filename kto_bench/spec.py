@@ -338,9 +338,33 @@ class EvalTaskSpec(Strict):
 
 
 class JudgeSpec(Strict):
+    """AlpacaEval's judge: an alpaca-eval annotator config, run by alpaca-eval (kto_bench/eval/alpaca.py).
+
+    api    the config as published, through alpaca-eval's own client (OPENAI_API_KEY in the environment)
+    local  the config's prompt, decoding and parser on a local model behind an OpenAI-compatible endpoint:
+           `model` is a causal LM folder (or hub id) the eval stage serves itself on 127.0.0.1, or, with
+           `base_url`, the model name an external server (vLLM, llama.cpp, `kto-bench serve`) serves"""
+
     type: Literal["api", "local"] = "local"
-    model: str | None = None
-    annotator_config: str = "weighted_alpaca_eval_gpt4_turbo"
+    model: str | None = Field(None, description="local: a causal LM folder or hub id, or the served name")
+    base_url: str | None = Field(
+        None, description="local: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1"
+    )
+    annotator_config: str = Field("weighted_alpaca_eval_gpt4_turbo", description="a config of alpaca-eval")
+
+    @model_validator(mode="after")
+    def _judge(self) -> JudgeSpec:
+        if self.type == "local" and not self.model:
+            raise ValueError(
+                "a local judge needs model: a causal LM folder to serve, or the model name the server at "
+                "base_url serves"
+            )
+        if self.type == "api" and (self.model or self.base_url):
+            raise ValueError(
+                "an api judge uses its annotator config's own model and client; model and base_url are for "
+                "type: local"
+            )
+        return self
 
 
 class EvaluationSpec(Strict):
