@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from kto_bench import models
+from kto_bench import models, tracking
 from kto_bench.data import sources
 from kto_bench.data.tokenize import TokenizedData, tokenize_views
 from kto_bench.data.transforms import corrupt, kto_weights
@@ -313,7 +313,6 @@ def fill_reference(run: RunSpec, store: RunStore, cache: ReferenceCache, todo: l
 
 
 def stage_train(run: RunSpec, store: RunStore, results_root: Path, spec: ExperimentSpec) -> None:
-    from kto_bench import tracking
     from kto_bench.train import precision
     from kto_bench.train.loop import Context, model_state, train
 
@@ -650,6 +649,7 @@ def run_experiment(
     A run whose training diverges (TrainingError) does not stop the others: it is recorded as stopped in its
     train_summary.json, and one TrainingError listing every stopped run is raised at the end."""
     check_requires(spec)
+    tracking.check(spec.tracking.trackers)  # a missing package stops here, not after training
     check_writable(results_root)
     runs = select(expand(spec), only)
     state = processes()

@@ -30,10 +30,8 @@ PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", 
 TENSORBOARD_DIR = "tensorboard"
 
 
-def build(names: list[str], *, project: str, run_id: str, run_dir: Path, resumed_step: int = 0) -> list:
-    """accelerate trackers for `names`, each naming the run by its run id (pass them as `log_with`)."""
-    from accelerate.tracking import MLflowTracker, TensorBoardTracker, TrackioTracker, WandBTracker
-
+def check(names: list[str]) -> None:
+    """Every tracker's package is installed (before any stage runs, and again when one starts)."""
     missing = [n for n in names if importlib.util.find_spec(PACKAGES[n]) is None]
     if missing:
         raise SpecError(
@@ -41,6 +39,13 @@ def build(names: list[str], *, project: str, run_id: str, run_dir: Path, resumed
             f"package; `pip install {' '.join(PACKAGES[n] for n in missing)}`, or choose other trackers "
             "(--tracker tensorboard, or --tracker none)"
         )
+
+
+def build(names: list[str], *, project: str, run_id: str, run_dir: Path, resumed_step: int = 0) -> list:
+    """accelerate trackers for `names`, each naming the run by its run id (pass them as `log_with`)."""
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, TrackioTracker, WandBTracker
+
+    check(names)
     make = {
         # <run_dir>/tensorboard/: a resumed run purges the events after its checkpoint's step
         "tensorboard": lambda: TensorBoardTracker(TENSORBOARD_DIR, run_dir, purge_step=resumed_step + 1),

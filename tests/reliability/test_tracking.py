@@ -115,7 +115,7 @@ def test_a_tracker_without_its_package_is_a_clear_error(monkeypatch, tmp_path):
         tracking.build(["tensorboard", "wandb"], project="p", run_id="r", run_dir=tmp_path)
 
 
-def test_cli_tracker_option_is_validated_as_the_spec_field(tmp_path):
+def test_cli_tracker_option_is_validated_before_anything_runs(tmp_path, monkeypatch):
     from kto_bench.cli import app
 
     spec = tmp_path / "rel.yaml"
@@ -123,4 +123,9 @@ def test_cli_tracker_option_is_validated_as_the_spec_field(tmp_path):
     res = CliRunner().invoke(app, ["run", str(spec), "--tracker", "tensorbord", "--results", str(tmp_path)])
     assert res.exit_code == 2
     assert "tracking.trackers.0: Input should be 'tensorboard'" in " ".join(res.output.split())
+    monkeypatch.setattr(
+        tracking.importlib.util, "find_spec", lambda name: None if name == "mlflow" else object()
+    )
+    res = CliRunner().invoke(app, ["run", str(spec), "--tracker", "mlflow", "--results", str(tmp_path)])
+    assert res.exit_code == 2 and "pip install mlflow" in " ".join(res.output.split())
     assert not (tmp_path / "rel").exists()  # nothing ran
