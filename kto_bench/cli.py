@@ -1,4 +1,4 @@
-"""`kto-bench`: validate, plan, run, report, assets, ls, bench.
+"""`kto-bench`: validate, plan, run, report, tune, serve, assets, ls, bench.
 
 Settings live in specs; the command line only picks runs and stages (`--only`, `--stage`, `--force`)
 and overrides fields with `--set a.b=c`.
@@ -120,11 +120,20 @@ def run(
     timeout_min: int = typer.Option(
         24 * 60, "--timeout-min", help="job time limit in minutes (with --executor)"
     ),
+    tracker: str = typer.Option(
+        None,
+        "--tracker",
+        help="where training metrics go besides metrics.jsonl, comma-separated: tensorboard (the default), "
+        "wandb, mlflow, trackio, or none (sets the spec's tracking.trackers; run ids do not change)",
+    ),
     results: Path = RESULTS,
     reports: Path = typer.Option(Path("reports"), "--reports", help="reports root"),
     set_: list[str] = SET,
 ) -> None:
     """Run (or resume) an experiment: every run's stages, then the report."""
+    if tracker is not None:  # a spec field like any other: submitted jobs get it through the overrides
+        names = [] if tracker.strip() == "none" else [n.strip() for n in tracker.split(",") if n.strip()]
+        set_ = [*(set_ or []), f"tracking.trackers={names}"]
     from kto_bench.pipeline import run_experiment, select
     from kto_bench.spec import expand, parse_overrides
     from kto_bench.store import STAGES
@@ -228,6 +237,39 @@ def tune(
         out.print(f"{c['method']:>6} {param}={c['params'][param]:g}: {c['score']:.3f}")
     name = record["tuning_experiment"].removesuffix("-tuning")
     out.print(f"[green]chosen[/] {record['chosen']} → {results / name / 'tuning.json'}")
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="a model folder (e.g. a run's checkpoints/final) or hub id"
+    ),
+    name: str = typer.Option(None, "--name", help="the model id clients ask for (default: MODEL as given)"),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="address to bind (0.0.0.0: every interface, no auth)"
+    ),
+    port: int = typer.Option(8000, "--port"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cuda, cpu"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (the checkpoint's), float32, bfloat16, float16"),
+    verbose: bool = typer.Option(False, "--verbose", help="log every request"),
+) -> None:
+    """Serve MODEL over an OpenAI-compatible API (chat and completions, with logprobs), backed by the engine:
+    the local judge of alpaca-eval's annotators (see kto_bench/eval/serve.py)."""
+    from kto_bench.eval.serve import Server, load
+
+    try:
+        server = Server(*load(model, device, dtype), name or model, host, port, verbose)
+    except KtoBenchError as e:
+        _fail(e)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning[/] listening on {host}: anyone who can reach the port can use the model")
+    out.print(f"[green]serving[/] {name or model} at {server.url} (/chat/completions, /completions, /models)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
 
 
 @app.command("ls")

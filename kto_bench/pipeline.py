@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from kto_bench import models
+from kto_bench import models, tracking
 from kto_bench.data import sources
 from kto_bench.data.tokenize import TokenizedData, tokenize_views
 from kto_bench.data.transforms import corrupt, kto_weights
@@ -312,7 +312,7 @@ def fill_reference(run: RunSpec, store: RunStore, cache: ReferenceCache, todo: l
         del model
 
 
-def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
+def stage_train(run: RunSpec, store: RunStore, results_root: Path, spec: ExperimentSpec) -> None:
     from kto_bench.train import precision
     from kto_bench.train.loop import Context, model_state, train
 
@@ -322,7 +322,15 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
     tok = models.load_tokenizer(run.model, where)
     model = models.load_model(run.model, where, "cpu", dtype=precision.load_dtype(run))
     model = models.apply_lora(model, run.model)
-    acc = precision.accelerator(run, cpu=not torch.cuda.is_available())
+    metrics_path = store.file("metrics.jsonl")
+    resumed = 0
+    if processes().is_main_process:
+        resumed = _truncate_metrics(metrics_path, store.checkpoint_dir / "last.pt", run.run_id)
+    project = spec.tracking.project or spec.name
+    trackers = tracking.build(
+        spec.tracking.trackers, project=project, run_id=run.run_id, run_dir=store.path, resumed_step=resumed
+    )
+    acc = precision.accelerator(run, cpu=not torch.cuda.is_available(), log_with=trackers)
     cache = reference_cache(run, results_root) if LOSSES.get(run.method.type).needs_reference else None
     hyper = run.method.loss_kwargs()
     if run.method.type == "kto":
@@ -340,17 +348,16 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
             f"reference log-probs run {run.run_id} needs (a shard was deleted or moved); restore it, or "
             f"recompute them with `kto-bench run SPEC --only {run.run_id} --force`"
         )
-    metrics_path = store.file("metrics.jsonl")
     if acc.is_main_process:
-        _truncate_metrics(metrics_path, store.checkpoint_dir / "last.pt", run.run_id)
         for stale in store.checkpoint_dir.glob(
             ".*.tmp*"
         ):  # left by a killed process (no other holds the lock)
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
-    def log(step: int, metrics: dict) -> None:
+    def log(step: int, metrics: dict) -> None:  # one call feeds every sink
         if acc.is_main_process:
             append_jsonl(metrics_path, _json_line({"step": step, **metrics}))
+        acc.log(metrics, step=step)  # the trackers (main process only)
 
     ctx = Context(
         run=run,
@@ -362,6 +369,7 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
         log=log,
         accelerator=acc,
     )
+    acc.init_trackers(project, config=tracking.config(run, spec.name))
     with _progress(f"train {store.run_id}", None) as advance:
         ctx.progress = lambda step, total: advance(1, total)
         try:
@@ -378,6 +386,8 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
                     },
                 )
             raise
+        finally:
+            tracking.finish(acc)
     if cache is not None:  # every process takes part in the forwards (FSDP); the main process writes
         _write_rewards(ctx.module, data, cache, run, store, tok.pad_token_id, acc)
     state = model_state(acc, ctx.module)  # every process: FSDP gathers the shards here
@@ -396,12 +406,12 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
         store.mark_done("train", steps=summary["steps"], tokens=summary["tokens"])
 
 
-def _truncate_metrics(path: Path, checkpoint: Path, run_id: str) -> None:
+def _truncate_metrics(path: Path, checkpoint: Path, run_id: str) -> int:
     """Keep only the metric lines a resumed run will not repeat (those up to the checkpoint's step), and drop
-    a line a killed process left half-written. An unreadable or foreign checkpoint is left for train() to
-    report."""
+    a line a killed process left half-written; returns the step the run resumes after (0: from the start).
+    An unreadable or foreign checkpoint is left for train() to report."""
     if not path.exists():
-        return
+        return 0
     import json
 
     try:
@@ -411,9 +421,9 @@ def _truncate_metrics(path: Path, checkpoint: Path, run_id: str) -> None:
             else {}
         )
     except Exception:
-        return
+        return 0
     if state and state.get("run_id") != run_id:
-        return
+        return 0
     last = state.get("step", 0)
 
     def step(line: str) -> float:
@@ -426,6 +436,7 @@ def _truncate_metrics(path: Path, checkpoint: Path, run_id: str) -> None:
     from kto_bench.io import atomic_write_text
 
     atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+    return last
 
 
 def _json_line(obj: dict) -> str:
@@ -593,7 +604,7 @@ def run_one(
     actions: dict[str, Callable[[], None]] = {
         "data": lambda: stage_data(run, store),
         "reference": lambda: stage_reference(run, store, results_root),
-        "train": lambda: stage_train(run, store, results_root),
+        "train": lambda: stage_train(run, store, results_root, spec),
         "eval": lambda: stage_eval(run, store, allow_code_execution),
         "done": lambda: (store.update_provenance(finished_at=now()), store.mark_done("done")),
     }
@@ -638,6 +649,7 @@ def run_experiment(
     A run whose training diverges (TrainingError) does not stop the others: it is recorded as stopped in its
     train_summary.json, and one TrainingError listing every stopped run is raised at the end."""
     check_requires(spec)
+    tracking.check(spec.tracking.trackers)  # a missing package stops here, not after training
     check_writable(results_root)
     runs = select(expand(spec), only)
     state = processes()

@@ -338,9 +338,33 @@ class EvalTaskSpec(Strict):
 
 
 class JudgeSpec(Strict):
+    """AlpacaEval's judge: an alpaca-eval annotator config, run by alpaca-eval (kto_bench/eval/alpaca.py).
+
+    api    the config as published, through alpaca-eval's own client (OPENAI_API_KEY in the environment)
+    local  the config's prompt, decoding and parser on a local model behind an OpenAI-compatible endpoint:
+           `model` is a causal LM folder (or hub id) the eval stage serves itself on 127.0.0.1, or, with
+           `base_url`, the model name an external server (vLLM, llama.cpp, `kto-bench serve`) serves"""
+
     type: Literal["api", "local"] = "local"
-    model: str | None = None
-    annotator_config: str = "weighted_alpaca_eval_gpt4_turbo"
+    model: str | None = Field(None, description="local: a causal LM folder or hub id, or the served name")
+    base_url: str | None = Field(
+        None, description="local: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1"
+    )
+    annotator_config: str = Field("weighted_alpaca_eval_gpt4_turbo", description="a config of alpaca-eval")
+
+    @model_validator(mode="after")
+    def _judge(self) -> JudgeSpec:
+        if self.type == "local" and not self.model:
+            raise ValueError(
+                "a local judge needs model: a causal LM folder to serve, or the model name the server at "
+                "base_url serves"
+            )
+        if self.type == "api" and (self.model or self.base_url):
+            raise ValueError(
+                "an api judge uses its annotator config's own model and client; model and base_url are for "
+                "type: local"
+            )
+        return self
 
 
 class EvaluationSpec(Strict):
@@ -427,6 +451,16 @@ class RunSpec(Strict):
 GridBlock = dict[str, list[Any]]
 
 
+class TrackingSpec(Strict):
+    """Where training metrics go besides metrics.jsonl (kto_bench/tracking.py). Not part of any run's
+    identity: changing it never changes a run id or the spec hash."""
+
+    trackers: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="[] logs to metrics.jsonl only"
+    )
+    project: str | None = Field(None, description="wandb/mlflow/trackio project; None = the experiment name")
+
+
 class ExperimentSpec(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -439,6 +473,7 @@ class ExperimentSpec(Strict):
     seeds: list[int] = Field([1], min_length=1)
     evaluation: EvaluationSpec = EvaluationSpec()
     report: ReportSpec = ReportSpec()
+    tracking: TrackingSpec = TrackingSpec()
     grid: list[GridBlock] = Field(default_factory=list, description="union of cross products")
 
     @field_validator("grid", mode="before")
@@ -456,7 +491,10 @@ class ExperimentSpec(Strict):
 
     @property
     def spec_hash(self) -> str:
-        return stable_hash(self.model_dump(mode="json"), 16)
+        return stable_hash(self.model_dump(mode="json", exclude=NOT_IDENTITY), 16)
+
+
+NOT_IDENTITY = {"tracking"}  # experiment fields that no run id or spec hash depends on
 
 
 # ----------------------------------------------------------------------------- loading with line numbers
@@ -740,7 +778,8 @@ def _check_grid(spec: ExperimentSpec, source: str, lines: dict[tuple, int]) -> N
 def expand(spec: ExperimentSpec, source: str = "<spec>") -> list[RunSpec]:
     """The runs of an experiment: methods × seeds × each grid block's cross product (deduplicated)."""
     base = spec.model_dump(
-        mode="json", exclude={"name", "description", "requires", "methods", "seeds", "report", "grid"}
+        mode="json",
+        exclude={"name", "description", "requires", "methods", "seeds", "report", "grid", *NOT_IDENTITY},
     )
     methods = {m.name: m.model_dump(mode="json") for m in spec.methods}
     runs: dict[str, RunSpec] = {}

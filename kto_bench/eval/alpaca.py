@@ -1,73 +1,44 @@
-"""AlpacaEval: generate outputs for its instructions, annotate them pairwise against reference outputs.
+"""AlpacaEval: the engine generates the model's outputs, alpaca-eval judges them.
 
-Generation (greedy, settings recorded) and annotation are separate steps; annotations are cached on
-disk keyed by (judge id, instruction, both outputs as presented), so a rerun never re-judges.
+Generation (greedy, settings recorded) and annotation are separate steps. Annotation is alpaca-eval's own:
+its annotator configs (prompt, decoding, parser), its pairwise annotator (the two outputs' order
+randomised per instruction; annotations cached on disk, so a rerun re-judges nothing), its win rate and
+its length-controlled win rate.
 
-Judges:
-  * "api":   alpaca-eval's own annotators (needs OPENAI_API_KEY in the environment and the optional
-             `alpaca-eval` package); gives the length-controlled win rate when alpaca-eval can fit it.
-  * "local": any causal LM, scored by the log-probabilities of the two verdict tokens ("m" / "M") in
-             alpaca-eval's pairwise prompt; the model's output is shown first or second at random
-             (seeded per item) to cancel position bias, and the order is recorded per item.
-The length-controlled win rate needs alpaca-eval's GLM on its own annotations; the local judge
-cannot give it, and the result says so.
+Judges (`evaluation.judge`, spec.JudgeSpec):
+  api    the config as published (weighted_alpaca_eval_gpt4_turbo: GPT-4 turbo's verdict-token
+         log-probs), through alpaca-eval's own OpenAI client (OPENAI_API_KEY from the environment).
+  local  the same config with its model replaced by a local one behind an OpenAI-compatible endpoint: a
+         causal LM folder the eval stage serves itself on 127.0.0.1 for the duration (`kto-bench serve`'s
+         server, kto_bench/eval/serve.py), or an external server (vLLM, llama.cpp, `kto-bench serve`) at
+         `judge.base_url`. The config must call openai_completions; logprob-weighted ones work offline.
+
+The length-controlled win rate is alpaca-eval's GLM, which needs the hub's table of the difficulty of
+AlpacaEval's 805 instructions: it is computed for the hub instruction set when the hub answers, and is
+otherwise reported as not computed, with the reason. The offline stand-in instruction set (LLaMA-Factory's
+alpaca_en_demo, references not GPT-4 turbo's) is labelled as such and has no length-controlled win rate.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import math
 import os
-import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import yaml
 
 from kto_bench.errors import EvalError
-from kto_bench.io import atomic_write_json, atomic_write_text
+from kto_bench.io import atomic_write_json, atomic_write_text, stable_hash
+from kto_bench.registry import did_you_mean
 
 TASK = "alpaca_eval"
 DEFAULT_MAX_NEW_TOKENS = 512
-VERDICTS = ("m", "M")  # alpaca-eval's model identifiers: first and second output
 HUB_REPO, HUB_FILE = "tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json"
-
-JUDGE_TEMPLATE = """\
-I require a leaderboard for various large language models. I'll provide you with prompts given to \
-these models and their corresponding outputs. Your task is to assess these responses, and select the \
-model that produces the best output from a human perspective.
-
-## Instruction
-
-{{
-    "instruction": {instruction},
-}}
-
-## Model Outputs
-
-Here are the unordered outputs from the models. Each output is associated with a specific model, \
-identified by a unique model identifier.
-
-{{
-    {{
-        "model_identifier": "m",
-        "output": {output_m}
-    }},
-    {{
-        "model_identifier": "M",
-        "output": {output_M}
-    }}
-}}
-
-## Task
-
-Evaluate the models on the basis of the quality and relevance of their results, and select the model \
-that generated the best output. Answer by providing the model identifier of the best model. We will \
-use your output as the name of the best model, so make sure your output only contains one of the \
-following model identifiers and nothing else (no quotes, no spaces, no new lines, ...): m or M.
-
-## Best Model Identifier
-"""
+LOCAL_API_KEY = "kto-bench-local"  # a placeholder: local endpoints are unauthenticated
 
 
 @dataclass(frozen=True)
@@ -126,182 +97,156 @@ def render_prompt(tokenizer, instruction: str) -> str:
     return instruction
 
 
-# ----------------------------------------------------------------------------- maths (pure)
+# ----------------------------------------------------------------------------- judging (alpaca-eval)
 
 
-def swap_order(seed: int, item_id: str) -> bool:
-    """Whether the model's output is shown second ("M"); seeded per item, independent of item order."""
-    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
-    return random.Random(digest).random() < 0.5
-
-
-def prob_second(logp_m: float, logp_M: float) -> float:
-    """P(verdict = "M") from the two verdict log-probabilities (renormalised over the pair)."""
-    return 1.0 / (1.0 + math.exp(logp_m - logp_M))
-
-
-def win_from_prob(p_model: float) -> float:
-    """Hard verdict for the model: 1 win, 0 loss, 0.5 exact tie."""
-    return 1.0 if p_model > 0.5 else 0.0 if p_model < 0.5 else 0.5
-
-
-def win_rate(wins: list[float]) -> tuple[float, float]:
-    """Mean win and its standard error (sample std, ddof=1, over sqrt(n)), as alpaca-eval's `sem`."""
-    n = len(wins)
-    if n == 0:
-        raise EvalError("alpaca_eval: no items to compute a win rate from")
-    mean = sum(wins) / n
-    if n == 1:
-        return mean, float("nan")
-    var = sum((w - mean) ** 2 for w in wins) / (n - 1)
-    return mean, math.sqrt(var / n)
-
-
-# ----------------------------------------------------------------------------- annotation cache
-
-
-class AnnotationCache:
-    """Append-only JSONL of judge verdicts keyed by judge id + instruction + both presented outputs."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.entries: dict[str, dict] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.entries[row["key"]] = row
-
-    @staticmethod
-    def key(judge_id: str, instruction: str, output_m: str, output_M: str) -> str:
-        return hashlib.sha256(json.dumps([judge_id, instruction, output_m, output_M]).encode()).hexdigest()
-
-    def get(self, key: str) -> dict | None:
-        return self.entries.get(key)
-
-    def put_many(self, rows: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-                self.entries[row["key"]] = row
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("KTO_BENCH_CACHE", Path.home() / ".cache" / "kto-bench")) / "alpaca_judge"
-
-
-# ----------------------------------------------------------------------------- judges
-
-
-def annotate_local(
-    items: list[Item],
-    outputs: list[str],
-    engine,
-    judge_tokenizer,
-    *,
-    judge_id: str,
-    cache: AnnotationCache,
-    seed: int,
-) -> list[dict]:
-    """Per-item verdicts from a local judge's verdict-token log-probs; cached items are not re-judged."""
-    presented, todo = [], []
-    for item, output in zip(items, outputs, strict=True):
-        swapped = swap_order(seed, item.item_id)
-        output_m, output_M = (item.reference, output) if swapped else (output, item.reference)
-        key = AnnotationCache.key(judge_id, item.instruction, output_m, output_M)
-        presented.append((swapped, key))
-        if cache.get(key) is None and key not in {k for k, _ in todo}:
-            todo.append(
-                (key, render_prompt(judge_tokenizer, _judge_prompt(item.instruction, output_m, output_M)))
-            )
-    if todo:
-        requests = [(prompt, verdict) for _, prompt in todo for verdict in VERDICTS]
-        logps = [lp for lp, _ in engine.loglikelihood(requests, progress=False)]
-        cache.put_many(
-            [
-                {"key": key, "judge": judge_id, "logp_m": logps[2 * i], "logp_M": logps[2 * i + 1]}
-                for i, (key, _) in enumerate(todo)
-            ]
-        )
-    verdicts = []
-    for swapped, key in presented:
-        p_second = prob_second(cache.get(key)["logp_m"], cache.get(key)["logp_M"])
-        p_model = p_second if swapped else 1.0 - p_second
-        verdicts.append({"win": win_from_prob(p_model), "p_model": p_model, "model_shown_second": swapped})
-    return verdicts
-
-
-def _judge_prompt(instruction: str, output_m: str, output_M: str) -> str:
-    return JUDGE_TEMPLATE.format(
-        instruction=json.dumps(instruction), output_m=json.dumps(output_m), output_M=json.dumps(output_M)
-    )
-
-
-def load_local_judge(path: str, batch_size: int):
-    """(Engine, tokenizer, judge id) for a causal LM judge at a local path or hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from kto_bench.eval.engine import Engine
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    judge_id = f"local:{Path(path).resolve() if Path(path).exists() else path}"
-    return Engine(model, tokenizer, batch_size=batch_size), tokenizer, judge_id
-
-
-def annotate_api(
-    items: list[Item], outputs: list[str], judge, *, model_label: str, out_dir: Path, cache_dir: Path
-):
-    """alpaca-eval's own annotator: per-item verdicts plus its (length-controlled) leaderboard row."""
-    if not os.environ.get("OPENAI_API_KEY"):
-        raise EvalError(
-            "alpaca_eval: evaluation.judge.type is 'api' but OPENAI_API_KEY is not set in the environment; "
-            "export it, or use a local judge (evaluation.judge: {type: local, model: <path>})"
-        )
+def _alpaca_eval():
     try:
-        import alpaca_eval
+        import alpaca_eval.annotators
+        import alpaca_eval.constants
+        import alpaca_eval.metrics
     except ImportError as exc:
         raise EvalError(
-            "alpaca_eval: the api judge needs the optional alpaca-eval package: "
-            "pip install 'kto-bench[alpaca]' (alpaca-eval==0.6.6 'setuptools<81')"
+            "alpaca_eval: the judge runs through the alpaca-eval package, which is not installed: "
+            "pip install 'kto-bench[eval]' (alpaca-eval==0.6.6 'setuptools<81')"
         ) from exc
-    model_outputs = [
-        {"instruction": it.instruction, "output": o, "generator": model_label}
-        for it, o in zip(items, outputs, strict=True)
-    ]
+    return alpaca_eval
+
+
+def annotator_config(name: str) -> tuple[Path, dict]:
+    """(configs.yaml, its content) of one of alpaca-eval's annotator configs."""
+    folder = _alpaca_eval().constants.EVALUATORS_CONFIG_DIR
+    path = folder / name / "configs.yaml"
+    if not path.is_file():
+        known = sorted(p.name for p in folder.iterdir() if (p / "configs.yaml").is_file())
+        raise EvalError(
+            f"evaluation.judge.annotator_config: {name!r} is not an alpaca-eval annotator config"
+            f"{did_you_mean(name, known)}; known: {', '.join(known)}"
+        )
+    return path, yaml.safe_load(path.read_text())
+
+
+def local_config(name: str, served: str, folder: Path) -> Path:
+    """alpaca-eval's config `name` with its model replaced by `served` (its prompt, decoding and parser kept),
+    written to folder/<name>/configs.yaml."""
+    path, configs = annotator_config(name)
+    for annotator, config in configs.items():
+        if config.get("fn_completions") != "openai_completions":
+            raise EvalError(
+                f"evaluation.judge: a local judge answers through an OpenAI-compatible endpoint, but "
+                f"{name!r} ({annotator}) calls {config.get('fn_completions')}; choose a config that calls "
+                "openai_completions, e.g. weighted_alpaca_eval_gpt4_turbo or alpaca_eval_gpt4_turbo_fn"
+            )
+        config["completions_kwargs"] = {**config.get("completions_kwargs", {}), "model_name": served}
+        template = path.parent.parent / config["prompt_template"]  # alpaca-eval's own, resolved
+        config["prompt_template"] = str(template.resolve())
+    out = folder / name / "configs.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, yaml.safe_dump(configs, sort_keys=False))
+    return out
+
+
+@contextlib.contextmanager
+def endpoint(judge) -> Iterator[tuple[str, str]]:
+    """(base URL, served model name) of a local judge: its server, or one started here for the duration."""
+    if judge.base_url:
+        yield judge.base_url, judge.model
+        return
+    from kto_bench.eval.serve import Server, load
+
+    with Server(*load(judge.model), name=judge.model) as server:
+        yield server.url, judge.model
+
+
+def annotate(
+    items: list[Item], outputs: list[str], judge, *, model_label: str, cache_dir: Path
+) -> list[dict]:
+    """alpaca-eval's pairwise annotations of the outputs (output_2) against the references (output_1);
+    annotations already in the judge's cache are not requested again."""
+    ae = _alpaca_eval()
     references = [
         {"instruction": it.instruction, "output": it.reference, "generator": it.reference_generator}
         for it in items
     ]
-    leaderboard, annotations = alpaca_eval.evaluate(
-        model_outputs=model_outputs,
-        reference_outputs=references,
-        annotators_config=judge.annotator_config,
-        name=model_label,
-        output_path=str(out_dir / "alpaca_eval_api"),
-        precomputed_leaderboard=None,
-        is_return_instead_of_print=True,
-        caching_path=str(cache_dir / f"api_{judge.annotator_config}.json"),
-    )
-    by_instruction = {a["instruction"]: a for a in annotations}
-    verdicts = []
-    for item in items:
-        pref = by_instruction.get(item.instruction, {}).get("preference")
-        win = float("nan") if pref is None else float(pref) - 1.0  # alpaca-eval: 1 reference, 2 model
-        verdicts.append({"win": win, "p_model": win, "model_shown_second": None})
-    row = leaderboard.loc[model_label]
-    lc = row.get("length_controlled_winrate")
-    lc_metric = None
-    if lc is not None and math.isfinite(float(lc)):
-        lc_stderr = row.get("lc_standard_error", float("nan"))
-        lc_metric = {
-            "metric": "lc_win_rate",
-            "value": float(lc) / 100,
-            "stderr": float(lc_stderr) / 100,
-            "n": len(items),
+    model_outputs = [
+        {"instruction": it.instruction, "output": o, "generator": model_label}
+        for it, o in zip(items, outputs, strict=True)
+    ]
+    if judge.type == "api":
+        path, configs = annotator_config(judge.annotator_config)
+        uses_openai = any(c.get("fn_completions") == "openai_completions" for c in configs.values())
+        if uses_openai and not os.environ.get("OPENAI_API_KEY"):
+            raise EvalError(
+                "alpaca_eval: evaluation.judge.type is 'api' but OPENAI_API_KEY is not set in the environment; "
+                "export it, or use a local judge (evaluation.judge: {type: local, model: <path>})"
+            )
+        annotator = ae.annotators.PairwiseAnnotator(
+            annotators_config=str(path), caching_path=str(cache_dir / f"api-{judge.annotator_config}.json")
+        )
+        return annotator.annotate_head2head(outputs_1=references, outputs_2=model_outputs)
+    with endpoint(judge) as (base_url, served):
+        config = local_config(judge.annotator_config, served, cache_dir / "configs" / stable_hash(served, 12))
+        clients = cache_dir / "configs" / "local_client.yaml"  # no secret: local endpoints take any key
+        atomic_write_text(
+            clients, yaml.safe_dump({"default": [{"api_key": LOCAL_API_KEY, "base_url": base_url}]})
+        )
+        # one cache per (config, judge model): alpaca-eval keys its annotations by config name only
+        cache = cache_dir / f"local-{judge.annotator_config}-{stable_hash(served, 12)}.json"
+        annotator = ae.annotators.PairwiseAnnotator(annotators_config=str(config), caching_path=str(cache))
+        return annotator.annotate_head2head(
+            outputs_1=references, outputs_2=model_outputs, client_config_path=str(clients)
+        )
+
+
+def win_rates(annotations: list[dict], stand_in: bool) -> tuple[list[dict], list[str]]:
+    """alpaca-eval's win rate and, where it can be fitted, its length-controlled win rate (as fractions,
+    TaskResult metrics), and the notes saying what was not computed and why."""
+    metrics_mod = _alpaca_eval().metrics
+    raw = metrics_mod.get_winrate(annotations)
+    n = int(raw["n_total"])
+    stderr = float(raw["standard_error"]) / 100
+    metrics = [
+        {
+            "metric": "win_rate",
+            "value": float(raw["win_rate"]) / 100,
+            "stderr": stderr if n > 1 else None,
+            "n": n,
         }
-    return verdicts, lc_metric, getattr(alpaca_eval, "__version__", "unknown")
+    ]
+    if stand_in:
+        return metrics, [
+            "lc_win_rate not computed: alpaca-eval's length-controlled GLM uses the difficulty of AlpacaEval's "
+            "own 805 instructions, which the offline stand-in's instructions do not have"
+        ]
+    try:
+        lc = metrics_mod.get_length_controlled_winrate(annotations, save_weights_dir=None)
+    except (OSError, ValueError) as e:  # the hub's instruction table unreachable; too few items to fit
+        return metrics, [
+            "lc_win_rate not computed: alpaca-eval's length-controlled GLM needs tatsu-lab/alpaca_eval's "
+            f"df_gamed.csv (instruction difficulties) from the hub and enough items to fit: {type(e).__name__}: "
+            f"{str(e)[:300]}"
+        ]
+    value, lc_stderr = float(lc["length_controlled_winrate"]) / 100, float(lc["lc_standard_error"]) / 100
+    if not math.isfinite(value):
+        return metrics, ["lc_win_rate not computed: alpaca-eval's length-controlled GLM gave no finite value"]
+    return metrics + [{"metric": "lc_win_rate", "value": value, "stderr": lc_stderr, "n": n}], []
+
+
+def item_wins(annotations: list[dict]) -> list[float]:
+    """Each item's win for the model as alpaca-eval scores it (preference − 1: 1 win, 0 loss, 0.5 draw, in
+    between for a weighted judge); NaN where the judge gave no verdict (alpaca-eval leaves those out)."""
+    wins = []
+    for a in annotations:
+        pref = a.get("preference")
+        if pref is None or math.isnan(float(pref)):
+            wins.append(float("nan"))
+        else:
+            wins.append(0.5 if float(pref) == 0 else float(pref) - 1)  # 0: alpaca-eval's old draw code
+    return wins
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("KTO_BENCH_CACHE", Path.home() / ".cache" / "kto-bench")) / "alpaca_judge"
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -353,60 +298,28 @@ def run_alpaca_eval(
         ],
     )
 
-    judge_type = getattr(judge, "type", "local")
+    # annotation: alpaca-eval's annotator on the outputs as they were generated (a rerun reads its cache)
+    annotations = annotate(items, outputs, judge, model_label=model_label, cache_dir=cache_dir)
+    assert [a["instruction"] for a in annotations] == [it.instruction for it in items]
+    metrics, lc_notes = win_rates(annotations, stand_in=bool(source.get("stand_in")))
     notes = [source["note"]] if source.get("note") else []
-    harness: dict[str, Any] = {"alpaca_eval": None}
-    lc_metric = None
-    if judge_type == "api":
-        verdicts, lc_metric, harness["alpaca_eval"] = annotate_api(
-            items, outputs, judge, model_label=model_label, out_dir=out_dir, cache_dir=cache_dir
-        )
-        judge_info = {"type": "api", "annotator_config": judge.annotator_config}
-        if lc_metric is None:
-            notes.append(
-                "lc_win_rate not computed: alpaca-eval returned no finite length-controlled win rate"
-            )
-    elif judge_type == "local":
-        if not getattr(judge, "model", None):
-            raise EvalError(
-                "alpaca_eval: evaluation.judge.model must name a causal LM path for a local judge"
-            )
-        judge_engine, judge_tok, judge_id = load_local_judge(judge.model, batch_size)
-        cache = AnnotationCache(cache_dir / "annotations.jsonl")
-        verdicts = annotate_local(
-            items, outputs, judge_engine, judge_tok, judge_id=judge_id, cache=cache, seed=seed
-        )
-        judge_info = {
-            "type": "local",
-            "judge_id": judge_id,
-            "verdict_tokens": list(VERDICTS),
-            "position_swap_seed": seed,
-        }
-        notes.append(
-            "lc_win_rate not computed: the length-controlled win rate needs alpaca-eval's GLM fitted on its "
-            "own annotator's verdicts (hub parameters); a local judge gives the raw win rate only"
-        )
-    else:
-        raise EvalError(f"alpaca_eval: evaluation.judge.type must be 'local' or 'api', got {judge_type!r}")
-
-    wins = [v["win"] for v in verdicts]
-    value, stderr = win_rate(wins)
-    stderr = stderr if math.isfinite(stderr) else None  # one item has no standard error
-    metrics = [{"metric": "win_rate", "value": value, "stderr": stderr, "n": len(wins)}]
-    metrics += [lc_metric] if lc_metric else []
+    notes += lc_notes
+    wins = item_wins(annotations)
+    judge_info = judge.model_dump(mode="json") if hasattr(judge, "model_dump") else dict(vars(judge))
+    harness = {"alpaca_eval": _alpaca_eval().__version__}
     samples = [
         {
             "item_id": it.item_id,
-            "scores": {"win": v["win"]},
+            "scores": {"win": w},
             "instruction": it.instruction,
             "prompt": p,
             "output": o,
             "reference": it.reference,
             "target": it.reference,
-            "p_model": v["p_model"],
-            "model_shown_second": v["model_shown_second"],
+            "preference": a.get("preference"),  # alpaca-eval's: 1 the reference, 2 the model
+            "judge_completion": a.get("preference_raw_completion"),  # with its top log-probs
         }
-        for it, p, o, v in zip(items, prompts, outputs, verdicts, strict=True)
+        for it, p, o, w, a in zip(items, prompts, outputs, wins, annotations, strict=True)
     ]
     result = {
         "task": TASK,
@@ -423,7 +336,7 @@ def run_alpaca_eval(
         "harness": harness,
         "judge": judge_info,
         "dataset": {k: v for k, v in source.items() if k != "note"},
-        "computed": {"win_rate": True, "lc_win_rate": lc_metric is not None},
+        "computed": {"win_rate": True, "lc_win_rate": any(m["metric"] == "lc_win_rate" for m in metrics)},
         "notes": notes,
         "samples_file": f"{TASK}.samples.jsonl",
     }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -70,6 +71,12 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
         if s and (i := text.find(s)) != -1:
             cut = min(cut, i)
     return text[:cut]
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # the completion, cut at the first stop string
+    finish_reason: str  # "eos", "stop" (a stop string) or "length" (max_new_tokens)
 
 
 class Engine:
@@ -215,6 +222,29 @@ class Engine:
         sums, misses = per_sequence(batch, logps), per_sequence(batch, (~greedy).long())
         return [(float(v), not bool(m)) for v, m in zip(sums.tolist(), misses.tolist(), strict=True)]
 
+    @torch.inference_mode()
+    def token_logprobs(
+        self, context: list[int], continuation: list[int], top_k: int = 0
+    ) -> list[tuple[float, list[tuple[int, float]]]]:
+        """Per continuation token: (its log-prob, the top_k most likely tokens at its position as (id,
+        log-prob)), from the model's own distribution (no temperature or top-p), in one forward pass; the
+        window is left-truncated to max_length tokens."""
+        if not continuation:
+            return []
+        ids = (context + continuation[:-1])[-self.max_length :]
+        kwargs = {"logits_to_keep": len(continuation)} if self._keeps_logits else {}
+        logits = self.model(input_ids=torch.tensor([ids], device=self.device), **kwargs).logits
+        logps = logits[0, -len(continuation) :].float().log_softmax(-1)  # [len(continuation), V]
+        chosen = logps.gather(-1, torch.tensor(continuation, device=self.device)[:, None])[:, 0].tolist()
+        if not top_k:
+            return [(lp, []) for lp in chosen]
+        top = logps.topk(top_k, dim=-1)
+        alternatives = [
+            list(zip(i, v, strict=True))
+            for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        ]
+        return list(zip(chosen, alternatives, strict=True))
+
     # -- generation ---------------------------------------------------------------------------
     def generate(
         self,
@@ -228,6 +258,31 @@ class Engine:
         progress: bool = True,
     ) -> list[str]:
         """Completions only (prompt excluded), cut at the first stop string or EOS."""
+        return [
+            g.text
+            for g in self.generate_details(
+                prompts,
+                max_new_tokens=max_new_tokens,
+                stop=stop,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                progress=progress,
+            )
+        ]
+
+    def generate_details(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> list[Generation]:
+        """As `generate`, with why each completion ended."""
         if max_new_tokens < 1:
             raise EvalError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         budget = max(1, self.max_length - max_new_tokens)
@@ -314,7 +369,7 @@ class Engine:
         temperature: float,
         top_p: float,
         generator: torch.Generator,
-    ) -> list[str]:
+    ) -> list[Generation]:
         out, mask, positions, width = self._prefill(
             rows, max_new_tokens
         )  # width: slot of the first new token
@@ -322,6 +377,7 @@ class Engine:
         step_fn = self._compiled_step or self._decode_step
         generated: list[list[int]] = [[] for _ in rows]
         done = [False] * len(rows)
+        reason: list[str | None] = [None] * len(rows)  # why a row ended: eos, stop (a stop string)
         active = list(range(len(rows)))  # the rows still in the batch (dynamic cache), in cache order
         stop_window = max((len(s) for s in stop), default=0) + 2  # tokens are >= 1 char, mostly
         for step in range(max_new_tokens):
@@ -335,12 +391,13 @@ class Engine:
                 if done[i]:
                     continue
                 if t == self.eos_id:
-                    done[i] = True
+                    done[i], reason[i] = True, "eos"
                     continue
                 generated[i].append(t)
                 if stop:
                     tail = self.tokenizer.decode(generated[i][-stop_window:], skip_special_tokens=False)
                     done[i] = any(s in tail for s in stop)
+                    reason[i] = "stop" if done[i] else None
             if all(done) or step == max_new_tokens - 1:
                 break
             keep = [j for j, i in enumerate(active) if not done[i]]
@@ -361,4 +418,4 @@ class Engine:
             next_pos = next_pos + 1
             self.stats["decode_tokens"] += len(active)
         texts = [self.tokenizer.decode(g, skip_special_tokens=False) for g in generated]
-        return [cut_at_stop(t, stop) for t in texts]
+        return [Generation(cut_at_stop(t, stop), reason[i] or "length") for i, t in enumerate(texts)]

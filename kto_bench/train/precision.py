@@ -45,10 +45,11 @@ def load_dtype(run: RunSpec) -> str:
     return "float32"
 
 
-def accelerator(run: RunSpec, cpu: bool):
+def accelerator(run: RunSpec, cpu: bool, log_with: list | None = None):
     """The run's `Accelerator`: bf16 autocast (and FSDP's bf16 compute policy) only where the master weights
-    are float32. accelerate keeps one shared state per process; a run with another precision than the
-    previous one in this process resets it (the process group, if any, is kept)."""
+    are float32; `log_with` are its trackers (kto_bench/tracking.py). accelerate keeps one shared state per
+    process; a run with another precision than the previous one in this process resets it (the process
+    group, if any, is kept)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -56,7 +57,7 @@ def accelerator(run: RunSpec, cpu: bool):
     state = AcceleratorState._shared_state
     if state and str(state.get("_mixed_precision", mixed)) != mixed:
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed, cpu=cpu)
+    return Accelerator(mixed_precision=mixed, cpu=cpu, log_with=log_with or None)
 
 
 def optimizer(run: RunSpec, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
