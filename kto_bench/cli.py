@@ -150,6 +150,7 @@ def run(
                 partition=partition,
                 gpus_per_node=gpus,
                 timeout_min=timeout_min,
+                folder=results / "_submitit",
                 overrides=parse_overrides(set_ or []),
                 stop_after=stage,
                 allow_code_execution=allow_code_execution,
