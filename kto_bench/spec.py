@@ -292,6 +292,11 @@ class TrainingSpec(Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     budget: BudgetSpec = BudgetSpec()
     checkpoint_every: int = Field(200, gt=0, description="optimizer steps between checkpoints")
+    keep_optimizer_state: bool = Field(
+        False,
+        description="keep checkpoints/last.pt (weights, optimizer state, schedule, RNG: what resumes "
+        "training) once training is done; by default only checkpoints/final (the weights) stays. Not hashed",
+    )
     reference_batch_size: int = Field(64, gt=0)
     compile: bool = Field(False, description="torch.compile the decoder (dynamic shapes); pays off on GPUs")
     gradient_checkpointing: bool = False
@@ -378,6 +383,11 @@ class EvaluationSpec(Strict):
 # ----------------------------------------------------------------------------- experiment and run
 
 
+# Fields that cannot change a result (what stays on disk): recorded with every run, but left out of run ids
+# and spec hashes, so setting them reruns nothing and adding them kept every existing id.
+UNHASHED: dict[str, Any] = {"training": {"keep_optimizer_state"}}
+
+
 class RunSpec(Strict):
     """One fully resolved run: what `run_id` hashes."""
 
@@ -421,7 +431,7 @@ class RunSpec(Strict):
 
     @property
     def run_id(self) -> str:
-        return f"{self.method.name}-{stable_hash(self.model_dump(mode='json'), 10)}"
+        return f"{self.method.name}-{stable_hash(self.model_dump(mode='json', exclude=UNHASHED), 10)}"
 
 
 GridBlock = dict[str, list[Any]]
@@ -456,7 +466,7 @@ class ExperimentSpec(Strict):
 
     @property
     def spec_hash(self) -> str:
-        return stable_hash(self.model_dump(mode="json"), 16)
+        return stable_hash(self.model_dump(mode="json", exclude=UNHASHED), 16)
 
 
 # ----------------------------------------------------------------------------- loading with line numbers
