@@ -394,7 +394,7 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
         os.replace(tmp, final)
         write_json(store.file("train_summary.json"), {**summary, "model_hash": mhash})
         store.mark_done("train", steps=summary["steps"], tokens=summary["tokens"])
-        if not run.training.keep_optimizer_state:  # only a resumed training reads it: the weights are in final/
+        if not run.training.keep_optimizer_state:  # only resuming reads last.pt; the weights are in final/
             (store.checkpoint_dir / "last.pt").unlink(missing_ok=True)
 
 

@@ -2,7 +2,7 @@
 `kto-bench run --executor slurm` submits a job array whose tasks write the shared results store, and a task
 killed mid-training by `scancel` resumes on resubmission without redoing its finished stages.
 
-Needs root and the Debian packages (.ci/run installs them): skipped without them, failed under CI."""
+Needs root and the Debian packages (.ci/run installs them): skipped without them (failed in CI)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from kto_bench.spec import expand, load_spec
+from tests.prereq import missing
 
 pytest.importorskip("submitit")
 
@@ -31,10 +32,10 @@ DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "sca
 @pytest.fixture
 def slurm(tmp_path: Path):
     """A running cluster; yields the environment its clients (and `kto-bench`) need. Torn down after."""
-    missing = [b for b in DAEMONS if shutil.which(b) is None]
-    why = f"missing {', '.join(missing)}" if missing else "not root" if os.geteuid() != 0 else None
+    absent = [b for b in DAEMONS if shutil.which(b) is None]
+    why = f"no {', '.join(absent)}" if absent else "not root" if os.geteuid() != 0 else None
     if why:
-        (pytest.fail if os.environ.get("KTO_BENCH_CI") else pytest.skip)(f"no SLURM cluster here: {why}")
+        missing(f"no SLURM cluster here ({why}): apt-get install slurmctld slurmd munge, as root")
     folder = tmp_path / "cluster"
     subprocess.run([str(CLUSTER), "start", str(folder)], check=True, capture_output=True, text=True)
     try:
@@ -52,7 +53,9 @@ def slurm(tmp_path: Path):
 def submit(env: dict, cwd: Path, args: list[str]) -> list[str]:
     """`kto-bench run ... --executor slurm`; returns the job ids (an array's: `<array>_<index>`)."""
     cmd = [sys.executable, "-m", "kto_bench", "run", str(TINY), "--executor", "slurm", "--gpus", "0"]
-    res = subprocess.run([*cmd, "--timeout-min", "10", *args], env=env, cwd=cwd, capture_output=True, text=True)
+    res = subprocess.run(
+        [*cmd, "--timeout-min", "10", *args], env=env, cwd=cwd, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     return re.search(r"slurm jobs: ([\d_, ]+);", res.stdout)[1].split(", ")
 
