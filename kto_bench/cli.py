@@ -10,12 +10,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from kto_bench.errors import KtoBenchError
+from kto_bench.errors import KtoBenchError, exit_code
 from kto_bench.numerics import pin_cpu_numerics
 
 pin_cpu_numerics()  # before torch is imported: CPU runs give the same bytes on any x86-64 machine
@@ -36,9 +37,28 @@ RESULTS = typer.Option(Path("results"), "--results", help="results store root")
 SET = typer.Option(None, "--set", help="override a spec field, e.g. --set training.lr=1e-6 (repeatable)")
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception) -> NoReturn:
+    """Say what went wrong (the message names the file, field and fix) and exit: 2 for what the user fixes,
+    1 for a run that failed (kto_bench.errors.exit_code)."""
     err.print(f"[red]error:[/] {e}")
-    raise typer.Exit(2)
+    raise typer.Exit(exit_code(e))
+
+
+def _version(value: bool) -> None:
+    if value:
+        from kto_bench import __version__
+
+        out.print(f"kto-bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    pass
 
 
 def _load(path: Path, overrides: list[str] | None):
@@ -112,6 +132,12 @@ def run(
     report_after: bool = typer.Option(
         True, "--report/--no-report", help="render the report when all runs are done"
     ),
+    limit: int = typer.Option(
+        None,
+        "--limit",
+        help="smoke run: at most N source rows, N optimizer steps and N items per task (run ids of their "
+        "own; no report)",
+    ),
     executor: str = typer.Option(
         "here", "--executor", help="here (this process), or submit one job per run: slurm, local, debug"
     ),
@@ -126,7 +152,7 @@ def run(
 ) -> None:
     """Run (or resume) an experiment: every run's stages, then the report."""
     from kto_bench.pipeline import run_experiment, select
-    from kto_bench.spec import expand, parse_overrides
+    from kto_bench.spec import expand, load_spec, parse_overrides, smoke_overrides
     from kto_bench.store import STAGES
 
     if stage not in STAGES:
@@ -137,7 +163,11 @@ def run(
         os.environ[ALLOW_UNISOLATED_ENV] = "1"
     t0 = time.time()
     try:
-        spec = _load(spec_path, set_)
+        overrides = parse_overrides(set_ or [])
+        spec = load_spec(spec_path, overrides)
+        if limit is not None:
+            overrides |= smoke_overrides(spec, limit)
+            spec = load_spec(spec_path, overrides)
         if executor != "here":
             from kto_bench.scaleout import submit
 
@@ -151,7 +181,7 @@ def run(
                 gpus_per_node=gpus,
                 timeout_min=timeout_min,
                 folder=results / "_submitit",
-                overrides=parse_overrides(set_ or []),
+                overrides=overrides,
                 stop_after=stage,
                 allow_code_execution=allow_code_execution,
             )
@@ -165,7 +195,7 @@ def run(
         )
         wall = time.time() - t0
         out.print(f"[green]done[/] {spec.name}: {len(ran)} runs in {wall:.0f}s")
-        if report_after and stage == "done" and not only:
+        if report_after and stage == "done" and not only and limit is None:
             _report(spec, spec_path, results, reports)
     except KtoBenchError as e:
         _fail(e)

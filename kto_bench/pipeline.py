@@ -28,6 +28,7 @@ from kto_bench.data.tokenize import TokenizedData, tokenize_views
 from kto_bench.data.transforms import corrupt, kto_weights
 from kto_bench.errors import KtoBenchError, StoreError, TrainingError
 from kto_bench.io import stable_hash
+from kto_bench.progress import progress
 from kto_bench.spec import ExperimentSpec, RunSpec, expand, grid_values
 from kto_bench.store import (
     STAGES,
@@ -200,16 +201,18 @@ def stage_data(run: RunSpec, store: RunStore) -> None:
     )
     where, _ = resolved(run)
     tokenizer = models.load_tokenizer(run.model, where)
-    data = tokenize_views(
-        tokenizer,
-        views.pairs,
-        views.binary,
-        max_length=d.max_length,
-        max_prompt_length=d.max_prompt_length,
-        chat_template=d.chat_template,
-        batch_size=run.training.batch_size,
-        partition_seed=d.partition_seed,
-    )
+    with progress(f"data {store.run_id}", len(views.pairs) + len(views.binary), console) as advance:
+        data = tokenize_views(
+            tokenizer,
+            views.pairs,
+            views.binary,
+            max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length,
+            chat_template=d.chat_template,
+            batch_size=run.training.batch_size,
+            partition_seed=d.partition_seed,
+            progress=advance,
+        )
     n_d = sum(1 for _, des in data.binary if des)
     n_u = len(data.binary) - n_d
     lam_d, lam_u = (1.0, 1.0)
@@ -297,7 +300,7 @@ def fill_reference(run: RunSpec, store: RunStore, cache: ReferenceCache, todo: l
         model = models.load_model(run.model, where, device()).eval()
         t = run.training
         _, row_tokens = use_attention(model, t, run.data.max_length, device())
-        with _progress(f"reference {store.run_id}", len(todo)) as advance:
+        with progress(f"reference {store.run_id}", len(todo), console) as advance:
             fill(
                 cache,
                 model,
@@ -362,7 +365,7 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path) -> None:
         log=log,
         accelerator=acc,
     )
-    with _progress(f"train {store.run_id}", None) as advance:
+    with progress(f"train {store.run_id}", None, console) as advance:
         ctx.progress = lambda step, total: advance(1, total)
         try:
             summary = train(model, ctx)
@@ -702,34 +705,3 @@ def run_experiment(
             "train_summary.json or `kto-bench report SPEC`):\n" + "\n".join(stopped)
         )
     return done
-
-
-class _progress:
-    """A rich progress bar as a context manager yielding advance(n, total=None)."""
-
-    def __init__(self, label: str, total: int | None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self.bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
-        self.task = self.bar.add_task(label, total=total)
-
-    def __enter__(self):
-        self.bar.start()
-
-        def advance(n: int, total: int | None = None) -> None:
-            if total is not None:
-                self.bar.update(self.task, total=total)
-            self.bar.advance(self.task, n)
-
-        return advance
-
-    def __exit__(self, *exc):
-        self.bar.stop()
-        return False
