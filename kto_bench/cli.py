@@ -1,4 +1,4 @@
-"""`kto-bench`: validate, plan, run, report, assets, ls, bench.
+"""`kto-bench`: validate, plan, run, report, card, tune, assets, ls, bench.
 
 Settings live in specs; the command line only picks runs and stages (`--only`, `--stage`, `--force`)
 and overrides fields with `--set a.b=c`.
@@ -225,6 +225,43 @@ def report(
     """Render reports/<experiment>/{report.md,index.html} from whatever results exist."""
     try:
         _report(_load(spec_path, set_), spec_path, results, reports)
+    except KtoBenchError as e:
+        _fail(e)
+
+
+@app.command()
+def card(
+    spec_path: Path = typer.Argument(..., metavar="SPEC"),
+    only: str = typer.Option(None, "--only", help="run id, id prefix or glob"),
+    push: str = typer.Option(
+        None, "--push", help="upload the run's final weights with its card to this hub repo (one run)"
+    ),
+    private: bool = typer.Option(False, "--private", help="with --push: create the repo private"),
+    results: Path = RESULTS,
+    set_: list[str] = SET,
+) -> None:
+    """(Re)write the model card of every finished run (written offline when a run is done); --push uploads."""
+    from kto_bench import card as cards
+    from kto_bench.pipeline import select
+    from kto_bench.spec import expand
+    from kto_bench.store import run_store
+
+    try:
+        spec = _load(spec_path, set_)
+        stores = [run_store(results, spec.name, r.run_id) for r in select(expand(spec), only)]
+        done = [s for s in stores if s.is_done("done")]
+        if push and len(done) != 1:
+            raise KtoBenchError(
+                f"--push uploads one model: {len(done)} finished runs match; pick one with --only RUN_ID"
+            )
+        for store in done:
+            out.print(f"[green]card[/] {cards.write_card(store.path)}")
+        if push:
+            out.print(f"[green]pushed[/] {cards.push(done[0].path, push, private=private)}")
+        if not done:
+            raise KtoBenchError(
+                f"no finished run of {spec_path} here; `kto-bench plan {spec_path}` shows them"
+            )
     except KtoBenchError as e:
         _fail(e)
 

@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 from kto_bench import models
+from kto_bench.card import write_card
 from kto_bench.data import sources
 from kto_bench.data.tokenize import TokenizedData, tokenize_views
 from kto_bench.data.transforms import corrupt, kto_weights
@@ -138,7 +139,7 @@ def check_requires(spec: ExperimentSpec) -> None:
     for need in spec.requires:
         if need == "gpu" and not torch.cuda.is_available():
             unmet.append("gpu: no CUDA device is visible; run on a GPU machine")
-        elif need == "hub" and (problem := _hub_unreachable(hub.offline())):
+        elif need == "hub" and (problem := hub.unreachable()):
             unmet.append(
                 f"hub: {problem}; make huggingface.co reachable, or use local/mirror models and data "
                 "(model.source: local|mirror, data.path:)"
@@ -151,20 +152,6 @@ def check_requires(spec: ExperimentSpec) -> None:
         raise KtoBenchError(
             f"{spec.name}: requires: not met on this machine (nothing was run):\n  " + "\n  ".join(unmet)
         )
-
-
-def _hub_unreachable(offline: bool) -> str | None:
-    if offline:
-        return "HF_HUB_OFFLINE is set"
-    import socket
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as e:
-        return f"{host} is unreachable ({e.strerror or type(e).__name__})"
-    return None
 
 
 def _missing_mirrors(spec: ExperimentSpec) -> list[str]:
@@ -600,7 +587,11 @@ def run_one(
         "reference": lambda: stage_reference(run, store, results_root),
         "train": lambda: stage_train(run, store, results_root),
         "eval": lambda: stage_eval(run, store, allow_code_execution),
-        "done": lambda: (store.update_provenance(finished_at=now()), store.mark_done("done")),
+        "done": lambda: (
+            store.update_provenance(finished_at=now()),
+            write_card(store.path),  # offline, from the records just written
+            store.mark_done("done"),
+        ),
     }
     ran = []
     for stage in STAGES:

@@ -55,6 +55,7 @@ def test_local_executor_runs_two_runs_into_the_store(tmp_path: Path) -> None:
     assert outputs == [{rid: ["data", "reference", "train", "eval", "done"]} for rid in run_ids]
     for rid in run_ids:
         assert _status(results, rid)["done"]["done"]
+        assert (results / "tiny" / rid / "model_card.md").is_file()  # written when the run is done
 
 
 def test_debug_executor_submits_one_task_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -143,6 +143,7 @@ def test_job_array_runs_into_the_store_and_a_cancelled_task_resumes(slurm: dict,
     assert steps(kto[0]) == steps(kto[1]) == [1, 2, 3, 4, 5, 6]  # resumed at step 3, nothing logged twice
     for rid in kto:
         assert stages(rid)["done"]["done"]
+        assert f"name: {rid}" in (store[rid] / "model_card.md").read_text()  # model-index, written offline
         assert sorted(p.name for p in (store[rid] / "eval").glob("*.json")) == [
             "demo_arith_gen.json",
             "demo_arith_mc.json",
