@@ -34,6 +34,12 @@ out = Console()
 err = Console(stderr=True)
 
 RESULTS = typer.Option(Path("results"), "--results", help="results store root")
+LIMIT = typer.Option(
+    None,
+    "--limit",
+    help="smoke run: at most N source rows, N optimizer steps and N items per task (run ids of their own; "
+    "no report)",
+)
 SET = typer.Option(None, "--set", help="override a spec field, e.g. --set training.lr=1e-6 (repeatable)")
 
 
@@ -61,10 +67,20 @@ def _main(
     pass
 
 
-def _load(path: Path, overrides: list[str] | None):
-    from kto_bench.spec import load_spec, parse_overrides
+def _overrides(path: Path, sets: list[str] | None, limit: int | None = None) -> dict:
+    """The `--set` values, plus the smoke run's when `--limit` is given (spec.smoke_overrides)."""
+    from kto_bench.spec import load_spec, parse_overrides, smoke_overrides
 
-    return load_spec(path, parse_overrides(overrides or []))
+    overrides = parse_overrides(sets or [])
+    if limit is not None:
+        overrides |= smoke_overrides(load_spec(path, overrides), limit)
+    return overrides
+
+
+def _load(path: Path, sets: list[str] | None, limit: int | None = None):
+    from kto_bench.spec import load_spec
+
+    return load_spec(path, _overrides(path, sets, limit))
 
 
 @app.command()
@@ -88,14 +104,17 @@ def validate(specs: list[Path] = typer.Argument(..., help="experiment YAML files
 
 @app.command()
 def plan(
-    spec_path: Path = typer.Argument(..., metavar="SPEC"), results: Path = RESULTS, set_: list[str] = SET
+    spec_path: Path = typer.Argument(..., metavar="SPEC"),
+    results: Path = RESULTS,
+    set_: list[str] = SET,
+    limit: int = LIMIT,
 ) -> None:
     """A table of the runs a spec expands to: ids, method, seed, grid values, stages done."""
     from kto_bench.spec import expand, grid_values
     from kto_bench.store import run_store
 
     try:
-        spec = _load(spec_path, set_)
+        spec = _load(spec_path, set_, limit)
     except KtoBenchError as e:
         _fail(e)
     runs = expand(spec)
@@ -132,12 +151,7 @@ def run(
     report_after: bool = typer.Option(
         True, "--report/--no-report", help="render the report when all runs are done"
     ),
-    limit: int = typer.Option(
-        None,
-        "--limit",
-        help="smoke run: at most N source rows, N optimizer steps and N items per task (run ids of their "
-        "own; no report)",
-    ),
+    limit: int = LIMIT,
     executor: str = typer.Option(
         "here", "--executor", help="here (this process), or submit one job per run: slurm, local, debug"
     ),
@@ -152,7 +166,7 @@ def run(
 ) -> None:
     """Run (or resume) an experiment: every run's stages, then the report."""
     from kto_bench.pipeline import run_experiment, select
-    from kto_bench.spec import expand, load_spec, parse_overrides, smoke_overrides
+    from kto_bench.spec import expand, load_spec
     from kto_bench.store import STAGES
 
     if stage not in STAGES:
@@ -163,11 +177,8 @@ def run(
         os.environ[ALLOW_UNISOLATED_ENV] = "1"
     t0 = time.time()
     try:
-        overrides = parse_overrides(set_ or [])
+        overrides = _overrides(spec_path, set_, limit)
         spec = load_spec(spec_path, overrides)
-        if limit is not None:
-            overrides |= smoke_overrides(spec, limit)
-            spec = load_spec(spec_path, overrides)
         if executor != "here":
             from kto_bench.scaleout import submit
 
@@ -185,9 +196,10 @@ def run(
                 stop_after=stage,
                 allow_code_execution=allow_code_execution,
             )
+            same = f"{spec_path}" + (f" --limit {limit}" if limit is not None else "")
             out.print(
                 f"[green]submitted[/] {len(ids)} runs as {executor} jobs: {', '.join(map(str, jobs))}; "
-                f"`kto-bench plan {spec_path}` shows progress, `kto-bench report {spec_path}` renders"
+                f"`kto-bench plan {same}` shows progress, `kto-bench report {spec_path}` renders"
             )
             return
         ran = run_experiment(
