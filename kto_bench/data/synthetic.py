@@ -191,13 +191,6 @@ def tiny_config(vocab_size: int, hidden: int = 96, layers: int = 3):
 # ----------------------------------------------------------------------------- the world
 
 VERSION = 3  # bump when the generator code changes, so stale cached worlds are not reused
-PROGRESS = "@progress "  # a line of the build's stdout that reports progress: "@progress PHASE|DONE|TOTAL"
-
-
-def _no_progress(phase: str, done: int, total: int) -> None:
-    pass
-
-
 # Fields added after a world version shipped, with the value that reproduces the old worlds: at that value
 # they stay out of the cache key, so adding a field does not rename (and rebuild) every existing world.
 KEY_NEUTRAL: dict[str, object] = {"flaw_sign": 0.0}
@@ -210,6 +203,11 @@ BUILD_ENV = {
     "CUDA_VISIBLE_DEVICES": "",
     "PYTHONHASHSEED": "0",
 }
+PROGRESS = "@progress "  # a line of the build's stdout that reports progress: "@progress PHASE|DONE|TOTAL"
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    pass
 
 
 # Content hashes of shipped worlds as built on the reference machine (x86-64, torch 2.13 CPU wheel with
