@@ -37,7 +37,10 @@ def slurm(tmp_path: Path):
     if why:
         missing(f"no SLURM cluster here ({why}): apt-get install slurmctld slurmd munge, as root")
     folder = tmp_path / "cluster"
-    subprocess.run([str(CLUSTER), "start", str(folder)], check=True, capture_output=True, text=True)
+    start = subprocess.run([str(CLUSTER), "start", str(folder)], capture_output=True, text=True)
+    if start.returncode != 0:  # the script prints the daemons' logs
+        subprocess.run([str(CLUSTER), "stop", str(folder)])
+        pytest.fail(f"the SLURM cluster did not start:\n{start.stdout}{start.stderr}")
     try:
         yield {
             **os.environ,
