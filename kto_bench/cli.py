@@ -1,4 +1,4 @@
-"""`kto-bench`: validate, plan, run, report, tune, serve, assets, ls, bench.
+"""`kto-bench`: validate, plan, run, report, card, tune, serve, assets, ls, bench.
 
 Settings live in specs; the command line only picks runs and stages (`--only`, `--stage`, `--force`)
 and overrides fields with `--set a.b=c`.
@@ -10,12 +10,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from kto_bench.errors import KtoBenchError
+from kto_bench.errors import KtoBenchError, exit_code
 from kto_bench.numerics import pin_cpu_numerics
 
 pin_cpu_numerics()  # before torch is imported: CPU runs give the same bytes on any x86-64 machine
@@ -33,18 +34,53 @@ out = Console()
 err = Console(stderr=True)
 
 RESULTS = typer.Option(Path("results"), "--results", help="results store root")
+LIMIT = typer.Option(
+    None,
+    "--limit",
+    help="smoke run: at most N source rows, N optimizer steps and N items per task (run ids of their own; "
+    "no report)",
+)
 SET = typer.Option(None, "--set", help="override a spec field, e.g. --set training.lr=1e-6 (repeatable)")
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception) -> NoReturn:
+    """Say what went wrong (the message names the file, field and fix) and exit: 2 for what the user fixes,
+    1 for a run that failed (kto_bench.errors.exit_code)."""
     err.print(f"[red]error:[/] {e}")
-    raise typer.Exit(2)
+    raise typer.Exit(exit_code(e))
 
 
-def _load(path: Path, overrides: list[str] | None):
-    from kto_bench.spec import load_spec, parse_overrides
+def _version(value: bool) -> None:
+    if value:
+        from kto_bench import __version__
 
-    return load_spec(path, parse_overrides(overrides or []))
+        out.print(f"kto-bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    pass
+
+
+def _overrides(path: Path, sets: list[str] | None, limit: int | None = None) -> dict:
+    """The `--set` values, plus the smoke run's when `--limit` is given (spec.smoke_overrides)."""
+    from kto_bench.spec import load_spec, parse_overrides, smoke_overrides
+
+    overrides = parse_overrides(sets or [])
+    if limit is not None:
+        overrides |= smoke_overrides(load_spec(path, overrides), limit)
+    return overrides
+
+
+def _load(path: Path, sets: list[str] | None, limit: int | None = None):
+    from kto_bench.spec import load_spec
+
+    return load_spec(path, _overrides(path, sets, limit))
 
 
 @app.command()
@@ -68,14 +104,17 @@ def validate(specs: list[Path] = typer.Argument(..., help="experiment YAML files
 
 @app.command()
 def plan(
-    spec_path: Path = typer.Argument(..., metavar="SPEC"), results: Path = RESULTS, set_: list[str] = SET
+    spec_path: Path = typer.Argument(..., metavar="SPEC"),
+    results: Path = RESULTS,
+    set_: list[str] = SET,
+    limit: int = LIMIT,
 ) -> None:
     """A table of the runs a spec expands to: ids, method, seed, grid values, stages done."""
     from kto_bench.spec import expand, grid_values
     from kto_bench.store import run_store
 
     try:
-        spec = _load(spec_path, set_)
+        spec = _load(spec_path, set_, limit)
     except KtoBenchError as e:
         _fail(e)
     runs = expand(spec)
@@ -112,6 +151,7 @@ def run(
     report_after: bool = typer.Option(
         True, "--report/--no-report", help="render the report when all runs are done"
     ),
+    limit: int = LIMIT,
     executor: str = typer.Option(
         "here", "--executor", help="here (this process), or submit one job per run: slurm, local, debug"
     ),
@@ -135,7 +175,7 @@ def run(
         names = [] if tracker.strip() == "none" else [n.strip() for n in tracker.split(",") if n.strip()]
         set_ = [*(set_ or []), f"tracking.trackers={names}"]
     from kto_bench.pipeline import run_experiment, select
-    from kto_bench.spec import expand, parse_overrides
+    from kto_bench.spec import expand, load_spec
     from kto_bench.store import STAGES
 
     if stage not in STAGES:
@@ -146,7 +186,8 @@ def run(
         os.environ[ALLOW_UNISOLATED_ENV] = "1"
     t0 = time.time()
     try:
-        spec = _load(spec_path, set_)
+        overrides = _overrides(spec_path, set_, limit)
+        spec = load_spec(spec_path, overrides)
         if executor != "here":
             from kto_bench.scaleout import submit
 
@@ -159,13 +200,15 @@ def run(
                 partition=partition,
                 gpus_per_node=gpus,
                 timeout_min=timeout_min,
-                overrides=parse_overrides(set_ or []),
+                folder=results / "_submitit",
+                overrides=overrides,
                 stop_after=stage,
                 allow_code_execution=allow_code_execution,
             )
+            same = f"{spec_path}" + (f" --limit {limit}" if limit is not None else "")
             out.print(
                 f"[green]submitted[/] {len(ids)} runs as {executor} jobs: {', '.join(map(str, jobs))}; "
-                f"`kto-bench plan {spec_path}` shows progress, `kto-bench report {spec_path}` renders"
+                f"`kto-bench plan {same}` shows progress, `kto-bench report {spec_path}` renders"
             )
             return
         ran = run_experiment(
@@ -173,7 +216,7 @@ def run(
         )
         wall = time.time() - t0
         out.print(f"[green]done[/] {spec.name}: {len(ran)} runs in {wall:.0f}s")
-        if report_after and stage == "done" and not only:
+        if report_after and stage == "done" and not only and limit is None:
             _report(spec, spec_path, results, reports)
     except KtoBenchError as e:
         _fail(e)
@@ -203,6 +246,43 @@ def report(
     """Render reports/<experiment>/{report.md,index.html} from whatever results exist."""
     try:
         _report(_load(spec_path, set_), spec_path, results, reports)
+    except KtoBenchError as e:
+        _fail(e)
+
+
+@app.command()
+def card(
+    spec_path: Path = typer.Argument(..., metavar="SPEC"),
+    only: str = typer.Option(None, "--only", help="run id, id prefix or glob"),
+    push: str = typer.Option(
+        None, "--push", help="upload the run's final weights with its card to this hub repo (one run)"
+    ),
+    private: bool = typer.Option(False, "--private", help="with --push: create the repo private"),
+    results: Path = RESULTS,
+    set_: list[str] = SET,
+) -> None:
+    """(Re)write the model card of every finished run (written offline when a run is done); --push uploads."""
+    from kto_bench import card as cards
+    from kto_bench.pipeline import select
+    from kto_bench.spec import expand
+    from kto_bench.store import run_store
+
+    try:
+        spec = _load(spec_path, set_)
+        stores = [run_store(results, spec.name, r.run_id) for r in select(expand(spec), only)]
+        done = [s for s in stores if s.is_done("done")]
+        if push and len(done) != 1:
+            raise KtoBenchError(
+                f"--push uploads one model: {len(done)} finished runs match; pick one with --only RUN_ID"
+            )
+        for store in done:
+            out.print(f"[green]card[/] {cards.write_card(store.path)}")
+        if push:
+            out.print(f"[green]pushed[/] {cards.push(done[0].path, push, private=private)}")
+        if not done:
+            raise KtoBenchError(
+                f"no finished run of {spec_path} here; `kto-bench plan {spec_path}` shows them"
+            )
     except KtoBenchError as e:
         _fail(e)
 

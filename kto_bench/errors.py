@@ -29,3 +29,9 @@ class TrainingError(KtoBenchError):
 
 class EvalError(KtoBenchError):
     """An evaluation task cannot run as configured."""
+
+
+def exit_code(e: Exception) -> int:
+    """The command's exit status: 1 when a run failed at runtime (training diverged), 2 for everything the
+    user fixes (spec, data, assets, store, environment). An unexpected exception exits 1 with its traceback."""
+    return 1 if isinstance(e, TrainingError) else 2

@@ -20,6 +20,21 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def unreachable() -> str | None:
+    """Why the hub cannot be used from here (HF_HUB_OFFLINE, or no connection to it), or None."""
+    if offline():
+        return "HF_HUB_OFFLINE is set"
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        return f"{host} is unreachable ({e.strerror or type(e).__name__})"
+    return None
+
+
 @functools.lru_cache(maxsize=64)
 def commit(
     repo_id: str, revision: str | None, repo_type: str = "model", field: str = "model.revision"

@@ -23,11 +23,13 @@ import torch
 from rich.console import Console
 
 from kto_bench import models, tracking
+from kto_bench.card import write_card
 from kto_bench.data import sources
 from kto_bench.data.tokenize import TokenizedData, tokenize_views
 from kto_bench.data.transforms import corrupt, kto_weights
 from kto_bench.errors import KtoBenchError, StoreError, TrainingError
 from kto_bench.io import stable_hash
+from kto_bench.progress import progress
 from kto_bench.spec import ExperimentSpec, RunSpec, expand, grid_values
 from kto_bench.store import (
     STAGES,
@@ -137,7 +139,7 @@ def check_requires(spec: ExperimentSpec) -> None:
     for need in spec.requires:
         if need == "gpu" and not torch.cuda.is_available():
             unmet.append("gpu: no CUDA device is visible; run on a GPU machine")
-        elif need == "hub" and (problem := _hub_unreachable(hub.offline())):
+        elif need == "hub" and (problem := hub.unreachable()):
             unmet.append(
                 f"hub: {problem}; make huggingface.co reachable, or use local/mirror models and data "
                 "(model.source: local|mirror, data.path:)"
@@ -150,20 +152,6 @@ def check_requires(spec: ExperimentSpec) -> None:
         raise KtoBenchError(
             f"{spec.name}: requires: not met on this machine (nothing was run):\n  " + "\n  ".join(unmet)
         )
-
-
-def _hub_unreachable(offline: bool) -> str | None:
-    if offline:
-        return "HF_HUB_OFFLINE is set"
-    import socket
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as e:
-        return f"{host} is unreachable ({e.strerror or type(e).__name__})"
-    return None
 
 
 def _missing_mirrors(spec: ExperimentSpec) -> list[str]:
@@ -200,16 +188,18 @@ def stage_data(run: RunSpec, store: RunStore) -> None:
     )
     where, _ = resolved(run)
     tokenizer = models.load_tokenizer(run.model, where)
-    data = tokenize_views(
-        tokenizer,
-        views.pairs,
-        views.binary,
-        max_length=d.max_length,
-        max_prompt_length=d.max_prompt_length,
-        chat_template=d.chat_template,
-        batch_size=run.training.batch_size,
-        partition_seed=d.partition_seed,
-    )
+    with progress(f"data {store.run_id}", len(views.pairs) + len(views.binary), console) as advance:
+        data = tokenize_views(
+            tokenizer,
+            views.pairs,
+            views.binary,
+            max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length,
+            chat_template=d.chat_template,
+            batch_size=run.training.batch_size,
+            partition_seed=d.partition_seed,
+            progress=advance,
+        )
     n_d = sum(1 for _, des in data.binary if des)
     n_u = len(data.binary) - n_d
     lam_d, lam_u = (1.0, 1.0)
@@ -297,7 +287,7 @@ def fill_reference(run: RunSpec, store: RunStore, cache: ReferenceCache, todo: l
         model = models.load_model(run.model, where, device()).eval()
         t = run.training
         _, row_tokens = use_attention(model, t, run.data.max_length, device())
-        with _progress(f"reference {store.run_id}", len(todo)) as advance:
+        with progress(f"reference {store.run_id}", len(todo), console) as advance:
             fill(
                 cache,
                 model,
@@ -370,7 +360,7 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path, spec: Experim
         accelerator=acc,
     )
     acc.init_trackers(project, config=tracking.config(run, spec.name))
-    with _progress(f"train {store.run_id}", None) as advance:
+    with progress(f"train {store.run_id}", None, console) as advance:
         ctx.progress = lambda step, total: advance(1, total)
         try:
             summary = train(model, ctx)
@@ -404,6 +394,8 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path, spec: Experim
         os.replace(tmp, final)
         write_json(store.file("train_summary.json"), {**summary, "model_hash": mhash})
         store.mark_done("train", steps=summary["steps"], tokens=summary["tokens"])
+        if not run.training.keep_optimizer_state:  # only resuming reads last.pt; the weights are in final/
+            (store.checkpoint_dir / "last.pt").unlink(missing_ok=True)
 
 
 def _truncate_metrics(path: Path, checkpoint: Path, run_id: str) -> int:
@@ -606,7 +598,11 @@ def run_one(
         "reference": lambda: stage_reference(run, store, results_root),
         "train": lambda: stage_train(run, store, results_root, spec),
         "eval": lambda: stage_eval(run, store, allow_code_execution),
-        "done": lambda: (store.update_provenance(finished_at=now()), store.mark_done("done")),
+        "done": lambda: (
+            store.update_provenance(finished_at=now()),
+            write_card(store.path),  # offline, from the records just written
+            store.mark_done("done"),
+        ),
     }
     ran = []
     for stage in STAGES:
@@ -712,34 +708,3 @@ def run_experiment(
             "train_summary.json or `kto-bench report SPEC`):\n" + "\n".join(stopped)
         )
     return done
-
-
-class _progress:
-    """A rich progress bar as a context manager yielding advance(n, total=None)."""
-
-    def __init__(self, label: str, total: int | None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self.bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
-        self.task = self.bar.add_task(label, total=total)
-
-    def __enter__(self):
-        self.bar.start()
-
-        def advance(n: int, total: int | None = None) -> None:
-            if total is not None:
-                self.bar.update(self.task, total=total)
-            self.bar.advance(self.task, n)
-
-        return advance
-
-    def __exit__(self, *exc):
-        self.bar.stop()
-        return False

@@ -292,6 +292,11 @@ class TrainingSpec(Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     budget: BudgetSpec = BudgetSpec()
     checkpoint_every: int = Field(200, gt=0, description="optimizer steps between checkpoints")
+    keep_optimizer_state: bool = Field(
+        False,
+        description="keep checkpoints/last.pt (weights, optimizer state, schedule, RNG: what resumes "
+        "training) once training is done; by default only checkpoints/final (the weights) stays. Not hashed",
+    )
     reference_batch_size: int = Field(64, gt=0)
     compile: bool = Field(False, description="torch.compile the decoder (dynamic shapes); pays off on GPUs")
     gradient_checkpointing: bool = False
@@ -402,6 +407,12 @@ class EvaluationSpec(Strict):
 # ----------------------------------------------------------------------------- experiment and run
 
 
+# Fields that cannot change a result (what stays on disk): recorded with every run, but left out of run ids
+# and spec hashes, so setting them reruns nothing and adding them kept every existing id (what a run keeps,
+# where it logs its metrics).
+UNHASHED: dict[str, Any] = {"training": {"keep_optimizer_state"}, "tracking": True}
+
+
 class RunSpec(Strict):
     """One fully resolved run: what `run_id` hashes."""
 
@@ -445,7 +456,7 @@ class RunSpec(Strict):
 
     @property
     def run_id(self) -> str:
-        return f"{self.method.name}-{stable_hash(self.model_dump(mode='json'), 10)}"
+        return f"{self.method.name}-{stable_hash(self.model_dump(mode='json', exclude=UNHASHED), 10)}"
 
 
 GridBlock = dict[str, list[Any]]
@@ -491,10 +502,7 @@ class ExperimentSpec(Strict):
 
     @property
     def spec_hash(self) -> str:
-        return stable_hash(self.model_dump(mode="json", exclude=NOT_IDENTITY), 16)
-
-
-NOT_IDENTITY = {"tracking"}  # experiment fields that no run id or spec hash depends on
+        return stable_hash(self.model_dump(mode="json", exclude=UNHASHED), 16)
 
 
 # ----------------------------------------------------------------------------- loading with line numbers
@@ -655,12 +663,23 @@ _TAGS = {"kto", "dpo", "ipo", "rdpo", "simpo", "slic", "sft", "function-after", 
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a raw spec; a number indexes a list (`evaluation.tasks.0.limit`)."""
     keys = dotted.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-        if not isinstance(d, dict):
-            raise SpecError(f"--set {dotted}: {k!r} is not a mapping")
-    d[keys[-1]] = value
+    node: Any = d
+    for i, k in enumerate(keys):
+        where = ".".join(keys[:i]) or "the spec"
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                valid = f"an index from 0 to {len(node) - 1}" if node else "none: the list is empty"
+                raise SpecError(f"--set {dotted}: {where} is a list of {len(node)}; {k!r} is not {valid}")
+            k = int(k)
+        elif not isinstance(node, dict):
+            raise SpecError(f"--set {dotted}: {where} is not a mapping or a list")
+        if last:
+            node[k] = value
+        else:
+            node = node.setdefault(k, {}) if isinstance(node, dict) else node[k]
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -672,6 +691,19 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+def smoke_overrides(spec: ExperimentSpec, n: int) -> dict[str, Any]:
+    """`kto-bench run --limit N`, a smoke run of every stage: at most N source rows, N optimizer steps and N
+    items per evaluation task. They are spec fields, so a smoke run has run ids of its own."""
+    if n <= 0:
+        raise SpecError(f"--limit {n}: give a positive number of rows, steps and items, e.g. --limit 8")
+    tasks = spec.evaluation.tasks
+    return {
+        "data.limit": min(spec.data.limit or n, n),
+        "training.budget": {"rule": "steps", "value": n},
+        **{f"evaluation.tasks.{i}.limit": min(t.limit or n, n) for i, t in enumerate(tasks)},
+    }
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentSpec:
@@ -779,7 +811,7 @@ def expand(spec: ExperimentSpec, source: str = "<spec>") -> list[RunSpec]:
     """The runs of an experiment: methods × seeds × each grid block's cross product (deduplicated)."""
     base = spec.model_dump(
         mode="json",
-        exclude={"name", "description", "requires", "methods", "seeds", "report", "grid", *NOT_IDENTITY},
+        exclude={"name", "description", "requires", "methods", "seeds", "report", "grid", "tracking"},
     )
     methods = {m.name: m.model_dump(mode="json") for m in spec.methods}
     runs: dict[str, RunSpec] = {}

@@ -18,6 +18,7 @@ import platform
 import shutil
 import signal
 import subprocess
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,14 +48,20 @@ FAULT_ENV = "KTO_BENCH_FAULT"
 
 
 def fault_point(name: str) -> None:
-    """Crash-test hook, off unless $KTO_BENCH_FAULT is set: SIGKILL this process at point `name`.
+    """Crash-test hook, off unless $KTO_BENCH_FAULT is set: SIGKILL this process at point `name`
+    ($KTO_BENCH_FAULT=name), or hang there until killed from outside ($KTO_BENCH_FAULT=hang:name: a
+    `scancel` of a SLURM task, whose SIGCONT and SIGTERM come before its SIGKILL).
 
     Points (docs/RELIABILITY.md): "data" (data.pt written, stage not marked), "reference" (cache filled,
     stage not marked), "train:step:N" (step N logged), "train:checkpoint:N" (checkpoint N in its temp
     file, not renamed), "eval" (every task written, stage not marked).
     """
-    if os.environ.get(FAULT_ENV) == name:
+    fault = os.environ.get(FAULT_ENV)
+    if fault == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == f"hang:{name}":
+        while True:
+            time.sleep(60)
 
 
 def now() -> str:

@@ -22,6 +22,7 @@ import pytest
 from kto_bench import assets
 from kto_bench.assets import ASSETS, Asset, fetch_asset
 from kto_bench.errors import AssetError
+from tests.prereq import missing
 
 DATA = b'{"q": "1+1", "a": "2"}\n{"q": "2+2", "a": "4"}\n{"q": "3+3", "a": "6"}\n'
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -259,7 +260,7 @@ def test_cache_root_honours_env(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name", [n for n in ASSETS.names() if ASSETS.get(n).count is not None])
 def test_cached_real_mirror_matches_its_registry_entry(name):
     if assets.cached_path(name) is None:
-        pytest.skip(f"{name} not cached; run `kto-bench assets fetch {name}` to include it")
+        missing(f"{name} not cached; run `kto-bench assets fetch {name}` to include it")
     path = assets.verify(name)  # full sha256 and row count
     assert path.name == ASSETS.get(name).filename
 
@@ -267,7 +268,7 @@ def test_cached_real_mirror_matches_its_registry_entry(name):
 def test_cached_mmlu_has_two_stray_header_rows():
     path = assets.cached_path("mmlu_test")
     if path is None:
-        pytest.skip("mmlu_test not cached; run `kto-bench assets fetch mmlu_test`")
+        missing("mmlu_test not cached; run `kto-bench assets fetch mmlu_test`")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     headers = [r for r in rows if r["correct_answer"] == "answer"]
     assert len(rows) - len(headers) == 14042 and len(headers) == 2

@@ -1,8 +1,8 @@
-"""Scale-out: a sweep's runs submitted as a job array land in the shared results store."""
+"""Scale-out: what a submission sends to each array task, the executors' settings, the accelerate configs.
+A real cluster runs the job array end to end in tests/test_slurm.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,47 +14,10 @@ from kto_bench.spec import expand, load_spec
 submitit = pytest.importorskip("submitit")
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "specs" / "tiny.yaml"
-FAST = {"evaluation.evaluate_base": False}
 
 
 def _run_ids(overrides: dict | None = None) -> list[str]:
     return [r.run_id for r in expand(load_spec(TINY, overrides))]
-
-
-def _status(results: Path, run_id: str) -> dict:
-    return json.loads((results / "tiny" / run_id / "status.json").read_text())["stages"]
-
-
-def _arith_pairs(path: Path, n: int = 24) -> Path:
-    rows = [{"prompt": f"Compute {a}+{a + 3}.", "chosen": f"The answer is {2 * a + 3}.",
-             "rejected": f"The answer is {2 * a + 4}."} for a in range(1, n + 1)]  # fmt: skip
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.mark.slow
-def test_local_executor_runs_two_runs_into_the_store(tmp_path: Path) -> None:
-    # The tiny demo world's model, with fixed pairs as data (independent of how many pairs sampling yields).
-    pairs = _arith_pairs(tmp_path / "pairs.jsonl")
-    overrides = {**FAST, "data.source": "local_pairs", "data.path": str(pairs)}
-    run_ids = _run_ids(overrides)[:2]
-    results = tmp_path / "results"
-    jobs = scaleout.submit(
-        TINY,
-        run_ids,
-        results,
-        executor="local",
-        gpus_per_node=0,
-        timeout_min=10,
-        folder=tmp_path / "submitit",
-        overrides=overrides,
-        return_jobs=True,
-    )
-    assert len(jobs) == 2
-    outputs = [job.result() for job in jobs]  # raises with the task's traceback if a task failed
-    assert outputs == [{rid: ["data", "reference", "train", "eval", "done"]} for rid in run_ids]
-    for rid in run_ids:
-        assert _status(results, rid)["done"]["done"]
 
 
 def test_debug_executor_submits_one_task_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

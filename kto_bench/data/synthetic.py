@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from kto_bench.data.canonical import Pair, messages
 from kto_bench.errors import DataError, KtoBenchError
 from kto_bench.io import atomic_write_text, stable_hash
 from kto_bench.numerics import CPU_NUMERICS
+from kto_bench.progress import progress as progress_display
 from kto_bench.spec import DEMO_WORLDS, DemoWorldSpec, ModelSpec
 
 SPECIALS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
@@ -201,6 +203,11 @@ BUILD_ENV = {
     "CUDA_VISIBLE_DEVICES": "",
     "PYTHONHASHSEED": "0",
 }
+PROGRESS = "@progress "  # a line of the build's stdout that reports progress: "@progress PHASE|DONE|TOTAL"
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    pass
 
 
 # Content hashes of shipped worlds as built on the reference machine (x86-64, torch 2.13 CPU wheel with
@@ -304,7 +311,7 @@ def encode_chat(tokenizer, prompt: str, completion: str) -> tuple[list[int], lis
     return p_ids, c_ids
 
 
-def train_sft(cfg: DemoWorldSpec, tokenizer, texts: list[tuple[str, str]], log=print):
+def train_sft(cfg: DemoWorldSpec, tokenizer, texts: list[tuple[str, str]], log=print, progress=_no_progress):
     """Supervised training from scratch on completion tokens only; returns the model (eval mode)."""
     from transformers import AutoModelForCausalLM
 
@@ -339,6 +346,7 @@ def train_sft(cfg: DemoWorldSpec, tokenizer, texts: list[tuple[str, str]], log=p
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        progress("demo world: SFT steps", step + 1, cfg.sft_steps)
         if step % 250 == 0 or step == cfg.sft_steps - 1:
             log(f"demo SFT step {step}/{cfg.sft_steps} loss {loss.item():.4f}")
     return model.eval()
@@ -355,6 +363,7 @@ def sample(
     seed: int,
     max_new_tokens=64,
     batch_size: int = 256,
+    progress=_no_progress,
 ) -> list[list[str]]:
     """n sampled completions per prompt (left-padded batched generation with a KV cache)."""
     torch.manual_seed(seed)
@@ -382,6 +391,7 @@ def sample(
                 eos_token_id=tokenizer.eos_token_id,
             )
             outs += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            progress("demo world: feedback samples", len(outs), len(flat))
     finally:
         tokenizer.padding_side = "right"
     return [outs[i * n : (i + 1) * n] for i in range(len(prompts))]
@@ -397,8 +407,9 @@ def outcome(answer: int, completion: str) -> dict[str, bool]:
     }
 
 
-def build_world(cfg: DemoWorldSpec, out: Path, log=print) -> dict:
+def build_world(cfg: DemoWorldSpec, out: Path, log=print, progress=_no_progress) -> dict:
     """Train the SFT model, sample feedback, form pairs; write everything under `out`.
+    `progress(phase, done, total)` follows the SFT steps and the sampling.
 
     Call it through `ensure_world`, which runs it in the fixed build environment (BUILD_ENV)."""
     t0 = time.time()
@@ -406,7 +417,7 @@ def build_world(cfg: DemoWorldSpec, out: Path, log=print) -> dict:
     tokenizer = build_tokenizer()
     s = splits(cfg)
     texts = sft_texts(cfg, s.sft)
-    model = train_sft(cfg, tokenizer, texts, log=log)
+    model = train_sft(cfg, tokenizer, texts, log=log, progress=progress)
     samples = sample(
         model,
         tokenizer,
@@ -414,6 +425,7 @@ def build_world(cfg: DemoWorldSpec, out: Path, log=print) -> dict:
         n=cfg.samples_per_prompt,
         temperature=cfg.temperature,
         seed=cfg.seed,
+        progress=progress,
     )
     rng = random.Random(cfg.seed + 707)
     rows, tally = [], {"correct": 0, "ending_ok": 0, "number_ok": 0}
@@ -527,8 +539,7 @@ def ensure_world(cfg: DemoWorldSpec, log=print) -> Path:
             text=True,
         )
         assert proc.stdout is not None and proc.stderr is not None
-        for line in proc.stdout:
-            log(line.rstrip())
+        _relay(proc.stdout, log)
         err = proc.stderr.read()
         if proc.wait() != 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -536,6 +547,24 @@ def ensure_world(cfg: DemoWorldSpec, log=print) -> Path:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     return final
+
+
+def _relay(lines, log) -> None:
+    """The build's stdout: its progress records drive a progress display with ETA (one per phase), the
+    other lines go to `log`."""
+    with ExitStack() as phase_bar:
+        phase, done, advance = None, 0, None
+        for line in lines:
+            if not line.startswith(PROGRESS):
+                log(line.rstrip())
+                continue
+            name, n, total = line[len(PROGRESS) :].rstrip("\n").rsplit("|", 2)
+            if name != phase:
+                phase_bar.close()
+                phase, done = name, 0
+                advance = phase_bar.enter_context(progress_display(name, int(total)))
+            advance(int(n) - done)
+            done = int(n)
 
 
 def world_of(model: ModelSpec) -> Path:
@@ -573,7 +602,12 @@ def _main(argv: list[str]) -> None:
     """`python -m kto_bench.data.synthetic OUT CONFIG_JSON`: the build itself (ensure_world runs it)."""
     torch.set_num_threads(1)
     out, cfg = Path(argv[0]), DemoWorldSpec.model_validate_json(argv[1])
-    build_world(cfg, out, log=lambda m: print(m, flush=True))
+    build_world(
+        cfg,
+        out,
+        log=lambda m: print(m, flush=True),
+        progress=lambda phase, done, total: print(f"{PROGRESS}{phase}|{done}|{total}", flush=True),
+    )
 
 
 if __name__ == "__main__":

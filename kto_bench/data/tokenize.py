@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kto_bench.data.canonical import BinaryExample, Messages, Pair, as_dicts
@@ -202,8 +203,10 @@ def tokenize_views(
     chat_template: str | None,
     batch_size: int,
     partition_seed: int,
+    progress: Callable[[int], None] = lambda n: None,
 ) -> TokenizedData:
-    """Tokenize both views into one sequence table, form microbatches and KTO's KL sequences."""
+    """Tokenize both views into one sequence table, form microbatches and KTO's KL sequences
+    (`progress(1)` after each pair and each binary example)."""
     data = TokenizedData()
     cache: dict[tuple, Seq | None] = {}
     limit = max_length * max_token_chars(tokenizer) + 1
@@ -227,12 +230,14 @@ def tokenize_views(
 
     dropped = {"pairs_truncated_away": 0, "binary_truncated_away": 0}
     for p in pairs:
+        progress(1)
         c, r = enc(p.prompt, p.chosen), enc(p.prompt, p.rejected)
         if c is None or r is None:
             dropped["pairs_truncated_away"] += 1
             continue
         data.pairs.append((data.add(c), data.add(r)))
     for e in binary:
+        progress(1)
         s = enc(e.prompt, e.completion)
         if s is None:
             dropped["binary_truncated_away"] += 1

@@ -19,15 +19,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Literal
 
 from kto_bench.errors import KtoBenchError
 from kto_bench.registry import Registry, did_you_mean
 
-Tensor = torch.Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+# torch itself is imported inside the functions that call it: listing LOSSES (`kto-bench ls`) stays light.
 
 TENSOR_NAMES = (
     "policy_logps",
@@ -106,6 +105,8 @@ def _logratio_margin(
 
 
 def _pair_result(loss: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor) -> LossResult:
+    import torch
+
     chosen, rejected = chosen_rewards.detach(), rejected_rewards.detach()
     metrics = {
         "rewards/chosen": chosen.mean().item(),
@@ -145,6 +146,8 @@ def kto_loss(
     all-reduce mean and every process uses the same z0 (TRL gathers, averages, then clamps too).
     A batch with only one class is fine.
     """
+    import torch
+
     _check_batch(policy_logps=policy_logps, reference_logps=reference_logps, desirable=desirable)
     _check_batch(kl_policy_logps=kl_policy_logps, kl_reference_logps=kl_reference_logps)
     desirable = desirable.bool()
@@ -188,12 +191,14 @@ def dpo_loss(
     loss = mean[ −(1 − ε)·log σ(βm) − ε·log σ(−βm) ],   ε = label_smoothing ∈ [0, 0.5)
     ε > 0 is cDPO (Mitchell, 2023, "A note on DPO with noisy preferences"); ε = 0 is plain DPO.
     """
+    from torch.nn.functional import logsigmoid
+
     _check_smoothing(label_smoothing, 0.5, "dpo")
     chosen, rejected = _logratio_margin(
         chosen_policy_logps, rejected_policy_logps, chosen_reference_logps, rejected_reference_logps
     )
     logits = beta * (chosen - rejected)
-    losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    losses = -(1 - label_smoothing) * logsigmoid(logits) - label_smoothing * logsigmoid(-logits)
     return _pair_result(losses.mean(), beta * chosen, beta * rejected)
 
 
@@ -248,13 +253,15 @@ def robust_dpo_loss(
     loss = mean[ ((1 − ε)·(−log σ(βm)) − ε·(−log σ(−βm))) / (1 − 2ε) ]
     an unbiased estimate of the clean DPO loss under symmetric label noise; ε = 0 is DPO.
     """
+    from torch.nn.functional import logsigmoid
+
     _check_smoothing(label_smoothing, 0.5, "rdpo")
     chosen, rejected = _logratio_margin(
         chosen_policy_logps, rejected_policy_logps, chosen_reference_logps, rejected_reference_logps
     )
     logits = beta * (chosen - rejected)
     eps = label_smoothing
-    losses = ((1 - eps) * -F.logsigmoid(logits) - eps * -F.logsigmoid(-logits)) / (1 - 2 * eps)
+    losses = ((1 - eps) * -logsigmoid(logits) - eps * -logsigmoid(-logits)) / (1 - 2 * eps)
     return _pair_result(losses.mean(), beta * chosen, beta * rejected)
 
 
@@ -274,6 +281,8 @@ def simpo_loss(
     The margin is given as γ/β as in the SimPO repository (TRL's CPO takes γ itself, `simpo_gamma`).
     rewards = β·log πθ(y)/|y|, SimPO's implicit reward (there is no reference).
     """
+    from torch.nn.functional import logsigmoid
+
     _check_smoothing(label_smoothing, 0.5, "simpo")
     _check_batch(
         chosen_policy_logps=chosen_policy_logps,
@@ -285,7 +294,7 @@ def simpo_loss(
     chosen = chosen_policy_logps / chosen_lengths.to(chosen_policy_logps.dtype)
     rejected = rejected_policy_logps / rejected_lengths.to(rejected_policy_logps.dtype)
     logits = beta * (chosen - rejected - gamma_beta_ratio)
-    losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    losses = -(1 - label_smoothing) * logsigmoid(logits) - label_smoothing * logsigmoid(-logits)
     return _pair_result(losses.mean(), beta * chosen, beta * rejected)
 
 
@@ -306,6 +315,8 @@ def slic_loss(
     relu(δ − log πθ(y_w) + log πθ(y_l)), plus an SFT regularizer; we use the TRL/RSO form so SLiC
     sits on the same β·r footing as the other reference-based methods.
     """
+    import torch
+
     chosen, rejected = _logratio_margin(
         chosen_policy_logps, rejected_policy_logps, chosen_reference_logps, rejected_reference_logps
     )
@@ -322,6 +333,8 @@ def sft_loss(policy_logps: Tensor, lengths: Tensor, desirable: Tensor | None = N
     `desirable` every example counts. A batch without desirable examples gives a zero loss that
     still carries the graph (zero gradient). There is no reward: `rewards` is empty.
     """
+    import torch
+
     _check_batch(policy_logps=policy_logps, lengths=lengths)
     _check_lengths(lengths=lengths)
     keep = torch.ones_like(policy_logps, dtype=torch.bool) if desirable is None else desirable.bool()

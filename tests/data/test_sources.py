@@ -17,6 +17,7 @@ from kto_bench.data import sources as S
 from kto_bench.data.canonical import BinaryExample, Pair
 from kto_bench.errors import DataError
 from kto_bench.registry import Registry
+from tests.prereq import missing
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 HUB = FIX / "hub"
@@ -359,7 +360,7 @@ def test_real_llamafactory_mirrors_when_cached():
         assets.cached_path("llamafactory_dpo_en_demo") is None
         or assets.cached_path("llamafactory_kto_en_demo") is None
     ):
-        pytest.skip(
+        missing(
             "LLaMA-Factory mirrors not cached; run `kto-bench assets fetch llamafactory_dpo_en_demo` (and kto)"
         )
     dpo = S.load("llamafactory_dpo")

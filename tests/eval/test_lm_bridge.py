@@ -14,6 +14,7 @@ from kto_bench.eval import run_evaluation
 from kto_bench.eval.engine import Engine
 from kto_bench.eval.lm_bridge import EngineLM, build_lm
 from kto_bench.spec import EvaluationSpec
+from tests.prereq import missing
 
 from . import char_tokenizer, tiny_llama
 
@@ -145,9 +146,7 @@ def test_demo_tasks_end_to_end_with_resume(lm, tmp_path, monkeypatch):
 def test_real_mirror_limit_2(lm, tmp_path):
     assets = pytest.importorskip("kto_bench.assets")
     if any(getattr(assets, "cached_path", lambda _: None)(n) is None for n in ("gsm8k_test", "mmlu_test")):
-        pytest.skip(
-            "offline mirrors are not in the local cache (kto-bench assets fetch gsm8k_test mmlu_test)"
-        )
+        missing("offline mirrors are not in the local cache (kto-bench assets fetch gsm8k_test mmlu_test)")
     model, tok = lm
     spec = evaluation(
         [task("gsm8k_cot", "offline", limit=2, max_new_tokens=4), task("mmlu", "offline", limit=2)]

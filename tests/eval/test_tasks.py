@@ -17,6 +17,7 @@ from kto_bench.eval.tasks import (
     prepare_task,
     read_jsonl,
 )
+from tests.prereq import missing
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "eval"
 
@@ -184,7 +185,7 @@ def test_real_mirror_builds_with_checked_rows(tmp_path, name, rows):
     assets = pytest.importorskip("kto_bench.assets")
     cached = getattr(assets, "cached_path", lambda _: None)(name)
     if cached is None:
-        pytest.skip(f"mirror {name!r} is not in the local cache (kto-bench assets fetch {name})")
+        missing(f"mirror {name!r} is not in the local cache (kto-bench assets fetch {name})")
     task_name = {"gsm8k_test": "gsm8k_cot", "mmlu_test": "mmlu"}[name]
     task = prepare_task(task_name, "offline", tmp_path)  # fetch() verifies the sha256; rows checked here
     assert task.notes["rows"] == rows and task.notes["asset"] == name

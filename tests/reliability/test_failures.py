@@ -15,7 +15,7 @@ import torch
 
 from kto_bench.errors import StoreError, TrainingError
 from kto_bench.pipeline import run_experiment
-from kto_bench.spec import parse_spec
+from kto_bench.spec import expand, parse_spec
 from tests.reliability.helpers import SPEC, all_json_parses, run_dirs
 
 KTO_ONLY = SPEC.replace("  - {type: dpo, beta: 0.1}\n", "")
@@ -107,7 +107,7 @@ def test_missing_reference_shard_is_an_error_not_a_silent_recompute(results):
 
 
 def test_checkpoint_of_another_run_is_refused(results):
-    run(results, stop_after="train", only="kto")
+    run(results, stop_after="train", only="kto", training__keep_optimizer_state=True)
     run(results, stop_after="reference", only="dpo")
     dirs = run_dirs(results)
     (dirs["dpo"] / "checkpoints").mkdir()
@@ -118,7 +118,7 @@ def test_checkpoint_of_another_run_is_refused(results):
 
 
 def test_unreadable_checkpoint_with_metrics_is_a_store_error(results):
-    run(results, KTO_ONLY, training__budget__value=2)  # a finished 2-step run leaves metrics and last.pt
+    run(results, KTO_ONLY, training__budget__value=2, training__keep_optimizer_state=True)  # + last.pt
     (d,) = run_dirs(results).values()
     (d / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     status = json.loads((d / "status.json").read_text())
@@ -128,9 +128,17 @@ def test_unreadable_checkpoint_with_metrics_is_a_store_error(results):
         run(results, KTO_ONLY, training__budget__value=2)
 
 
-def test_a_half_written_metrics_line_from_a_kill_is_dropped_on_resume(results):
-    run(results, KTO_ONLY)
+def test_a_finished_run_keeps_its_weights_and_drops_its_optimizer_state(results):
+    run(results, KTO_ONLY, training__budget__value=2)
     (d,) = run_dirs(results).values()
+    assert "train" in stages(d) and (d / "checkpoints" / "final" / "model.safetensors").is_file()
+    assert [p.name for p in (d / "checkpoints").iterdir()] == ["final"]  # no last.pt, no temp file
+
+
+def test_a_half_written_metrics_line_from_a_kill_is_dropped_on_resume(results):
+    run(results, KTO_ONLY, training__keep_optimizer_state=True)  # keeps last.pt, hashed into no run id
+    (d,) = run_dirs(results).values()
+    assert [d.name] == [r.run_id for r in expand(parse_spec(KTO_ONLY))]
     status = json.loads((d / "status.json").read_text())
     status["stages"].pop("train")
     (d / "status.json").write_text(json.dumps(status))

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from kto_bench.report import ReportSpec, render_report
+from tests.prereq import missing
 from tests.report.conftest import build
 
 SPEC_TEXT = "name: sweep\nreport:\n  alpha: 0.05\n"
@@ -295,10 +296,9 @@ def _probe(html: str, tmp_path: Path, name: str) -> dict[str, str]:
     return attrs
 
 
-@pytest.mark.skipif(
-    _chromium() is None, reason="no chromium binary (apt-get install -y chromium chromium-driver)"
-)
 def test_report_in_headless_chromium_at_1280px(rendered, tmp_path):
+    if _chromium() is None:
+        missing("no chromium binary (apt-get install -y chromium chromium-driver)")
     html = (rendered / "index.html").read_text()
     shot = tmp_path / "report-1280.png"
     subprocess.run(
