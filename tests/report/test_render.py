@@ -296,6 +296,35 @@ def _probe(html: str, tmp_path: Path, name: str) -> dict[str, str]:
     return attrs
 
 
+def test_committed_demo_report_opens_with_its_answer(tmp_path):
+    """The committed demo report as a reader sees it at 1,280 px: the question, then KTO − DPO with its
+    interval, the claims' verdicts before any table; nothing overflows the page body (screenshot kept)."""
+    if _chromium() is None:
+        missing("no chromium binary (apt-get install -y chromium chromium-driver)")
+    page = Path(__file__).resolve().parents[2] / "reports" / "demo" / "index.html"
+    html = page.read_text()
+    shot = tmp_path / "demo-1280.png"
+    subprocess.run(
+        [_chromium(), *FLAGS[:-1], "--window-size=1280,1400", f"--user-data-dir={tmp_path / 'profile-shot'}",
+         f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )  # fmt: skip
+    assert shot.exists() and shot.stat().st_size > 50_000, f"no screenshot at {shot}"
+    attrs = _probe(html, tmp_path, "demo")
+    where = f"(screenshot: {shot})"
+    assert attrs["first-block"] == "H1: demo: when does KTO beat DPO, and by how much?", (attrs, where)
+    assert re.match(
+        r"KTO − DPO at .*: Demo arith \(gen\) EM strict-match [+-]\d+\.\d points \[", attrs["first-paragraph"]
+    ), (
+        attrs["first-paragraph"],
+        where,
+    )
+    answer = html[: html.index("<table")]  # everything before the first table
+    assert "reproduced" in answer and "demo_kto_vs_dpo" in answer and "forest" in answer, where
+    assert int(attrs["scroll-width"]) <= int(attrs["client-width"]), (f"page body overflows {where}", attrs)
+
+
 def test_report_in_headless_chromium_at_1280px(rendered, tmp_path):
     if _chromium() is None:
         missing("no chromium binary (apt-get install -y chromium chromium-driver)")
