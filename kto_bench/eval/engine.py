@@ -226,8 +226,12 @@ class Engine:
         top_p: float = 1.0,
         seed: int = 0,
         progress: bool = True,
+        skip_special_tokens: bool = False,
     ) -> list[str]:
-        """Completions only (prompt excluded), cut at the first stop string or EOS."""
+        """Completions only (prompt excluded), cut at the first stop string or EOS.
+
+        Stops are matched in the text with special tokens; `skip_special_tokens` drops them from the
+        returned text (lm-eval's `hf` does)."""
         if max_new_tokens < 1:
             raise EvalError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         budget = max(1, self.max_length - max_new_tokens)
@@ -237,7 +241,13 @@ class Engine:
         return self._batched(
             [len(e) for e in encoded],
             lambda batch: self._generate_batch(
-                [encoded[i] for i in batch], max_new_tokens, stop, temperature, top_p, generator
+                [encoded[i] for i in batch],
+                max_new_tokens,
+                stop,
+                temperature,
+                top_p,
+                generator,
+                skip_special_tokens,
             ),
             desc="generate",
             progress=progress,
@@ -311,6 +321,7 @@ class Engine:
         temperature: float,
         top_p: float,
         generator: torch.Generator,
+        skip_special_tokens: bool = False,
     ) -> list[str]:
         out, mask, positions, width = self._prefill(
             rows, max_new_tokens
@@ -355,5 +366,5 @@ class Engine:
             logits = step_fn(token, mask, next_pos, cache)
             next_pos = next_pos + 1
             self.stats["decode_tokens"] += len(active)
-        texts = [self.tokenizer.decode(g, skip_special_tokens=False) for g in generated]
+        texts = [self.tokenizer.decode(g, skip_special_tokens=skip_special_tokens) for g in generated]
         return [cut_at_stop(t, stop) for t in texts]

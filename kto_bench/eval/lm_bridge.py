@@ -60,6 +60,7 @@ class EngineLM(LM):
                 top_p=top_p,
                 seed=self.seed,
                 progress=not disable_tqdm,
+                skip_special_tokens=True,  # as lm-eval's hf decodes
             )
             for i, t in zip(idx, texts, strict=True):
                 out[i] = t
@@ -69,12 +70,18 @@ class EngineLM(LM):
         kw = dict(gen_kwargs)
         until = kw.pop("until", None) or ()
         until = (until,) if isinstance(until, str) else tuple(until)
+        if (eos := self._eos_text()) and eos not in until:  # lm-eval's hf stops at the EOS text too
+            until += (eos,)
         max_gen_toks = int(self.max_gen_toks or kw.pop("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
         do_sample = bool(kw.pop("do_sample", False))
         temperature = float(kw.pop("temperature", 0.0) or 0.0) if do_sample else 0.0
         if do_sample and temperature == 0.0:
             temperature = 1.0
         return until, max_gen_toks, temperature, float(kw.pop("top_p", 1.0) or 1.0)
+
+    def _eos_text(self) -> str | None:
+        eos = self.engine.eos_id
+        return None if eos is None else self.engine.tokenizer.decode([eos], skip_special_tokens=False)
 
     # -- chat templates (lm-eval 0.4.13's apply_chat_template=True path) -----------------------
     @property

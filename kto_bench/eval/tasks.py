@@ -249,7 +249,7 @@ def build_mmlu(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, 
         "subjects": len(by_subject),
         "fewshot_source": "none: 0-shot only (stock draws each subject's dev examples; the mirror has none)",
     }
-    return {**top, "task": groups}, len(rows), notes
+    return {**top, "group_alias": "mmlu", "task": groups}, len(rows), notes
 
 
 def _humaneval_fields(stock: str, filter_fn: str) -> dict[str, Any]:
@@ -421,6 +421,29 @@ for _entry in (
     ),
 ):
     TASKS.add(_entry.name, _entry, _entry.doc)
+
+
+def listing() -> list[dict[str, str]]:
+    """`kto-bench ls tasks`: each task's variants (what runs offline, from which mirror), shots, summary."""
+    rows = []
+    for name, doc in TASKS.describe():
+        entry = TASKS.get(name)
+        variants = []
+        for v in entry.variants:
+            if v == "offline":
+                v += f" ({entry.asset}{', 0-shot' if entry.offline_zero_shot else ''})"
+            elif v == "stock":
+                v += " (hub)"
+            variants.append(v)
+        rows.append(
+            {
+                "name": name,
+                "variants": ", ".join(variants),
+                "shots": str(entry.default_fewshot),
+                "description": doc,
+            }
+        )
+    return rows
 
 
 def check_variant(name: str, variant: str, num_fewshot: int | None) -> None:
