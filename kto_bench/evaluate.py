@@ -102,9 +102,12 @@ def stored_dtype(where: str, spec: ModelSpec) -> str:
 
     from kto_bench import models
 
-    config = AutoConfig.from_pretrained(
-        where, revision=models.revision(spec) if not Path(where).is_dir() else None
-    )
+    try:
+        config = AutoConfig.from_pretrained(
+            where, revision=models.revision(spec) if not Path(where).is_dir() else None
+        )
+    except OSError as e:
+        raise KtoBenchError(f"MODEL: cannot read the config of {where!r} ({e})") from None
     stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     name = str(stored).removeprefix("torch.") if stored is not None else "float32"
     return name if name in DTYPE_NAMES else "float32"
