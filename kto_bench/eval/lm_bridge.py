@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 from importlib.metadata import version
@@ -169,9 +170,13 @@ def evaluate_task(
     )
     # simple_evaluate shells out to `git describe` (outside a checkout its stderr prints "fatal: not a git
     # repository") and builds torch's environment report (seconds of subprocesses per task); each result's
-    # run carries our own provenance instead (store.base_provenance).
-    with mock.patch.multiple(
-        "lm_eval.evaluator", get_git_commit_hash=lambda: None, add_env_info=lambda storage: None
+    # run carries our own provenance instead (store.base_provenance). datasets' bars would print one
+    # "Generating test split" per MMLU subject; the engine's bars show progress and ETA.
+    with (
+        mock.patch.multiple(
+            "lm_eval.evaluator", get_git_commit_hash=lambda: None, add_env_info=lambda storage: None
+        ),
+        _datasets_bars_off(),
     ):
         out = simple_evaluate(
             model=lm,
@@ -191,6 +196,19 @@ def evaluate_task(
     if out is None:
         raise EvalError(f"lm-eval returned no results for {task.lm_eval_task!r}")
     return out
+
+
+@contextlib.contextmanager
+def _datasets_bars_off():
+    import datasets
+
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
 
 
 def _num(x: Any) -> float | None:
