@@ -162,11 +162,12 @@ def _flag_error(err: dict) -> str:
 
 
 def default_output(results: Path, target: Target, model_hash: str, evaluation: EvaluationSpec) -> Path:
-    """results/eval/<label>-<model hash>-<settings hash>: another model or setting, another folder."""
+    """results/eval/<label>-<dtype>-<model hash>-<settings hash>: another model, dtype or setting, another
+    folder."""
     from kto_bench.pipeline import eval_key
 
     label = re.sub(r"[^\w.-]+", "_", target.label).strip("_") or "model"
-    return results / "eval" / eval_key(label, model_hash, evaluation)
+    return results / "eval" / eval_key(f"{label}-{target.model.dtype}", model_hash, evaluation)
 
 
 def evaluate(

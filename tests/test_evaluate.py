@@ -88,7 +88,7 @@ def test_eval_writes_a_runs_files_resumes_and_refuses_other_settings(tmp_path, m
     code, text = invoke(*args, "--results", str(tmp_path))
     assert code == 0, text
     (folder,) = (tmp_path / "eval").iterdir()
-    assert folder.name.startswith(f"{model_dir.name}-") and "acc,none" in text
+    assert folder.name.startswith(f"{model_dir.name}-float32-") and "acc,none" in text
     result = json.loads((folder / "eval" / "demo_arith_mc.json").read_text())
     assert result["metrics"][0]["n"] == 3 and result["settings"]["limit"] == 3
     samples = [
