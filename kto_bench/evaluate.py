@@ -158,6 +158,8 @@ def _flag_error(err: dict) -> str:
     flag = FLAGS.get(field, field)
     if field == "name" and isinstance(err.get("input"), str):
         flag = f"--tasks {err['input']}"
+    elif not field and isinstance(err.get("input"), dict):  # a rule over a task's fields (check_variant)
+        flag = f"--tasks {err['input'].get('name')}"
     return f"{flag}: {err['msg'].removeprefix('Value error, ')}"
 
 

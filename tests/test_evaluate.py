@@ -38,7 +38,10 @@ def model_dir(tmp_path_factory) -> Path:
         (["--tasks", " , "], "--tasks: name at least one task"),
         (["--tasks", "mmlu", "--limit", "0"], "--limit: Input should be greater than 0"),
         (["--tasks", "mmlu", "--variant", "mirror"], "--variant: Input should be 'stock' or 'offline'"),
-        (["--tasks", "mmlu", "--variant", "offline", "--num-fewshot", "5"], "0-shot only"),
+        (
+            ["--tasks", "mmlu", "--variant", "offline", "--num-fewshot", "5"],
+            "--tasks mmlu: task 'mmlu' offline runs 0-shot only",
+        ),
         (["--tasks", "mmlu", "--batch-size", "0"], "--batch-size: Input should be greater than 0"),
         (["--tasks", "mmlu", "--backend", "tgi"], "--backend: Input should be 'engine', 'hf' or 'vllm'"),
     ],

@@ -458,8 +458,8 @@ def check_variant(name: str, variant: str, num_fewshot: int | None) -> None:
     shots = entry.default_fewshot if num_fewshot is None else num_fewshot
     if variant == "offline" and shots and entry.offline_zero_shot:
         raise EvalError(
-            f"task {name!r} offline runs 0-shot only: {entry.offline_zero_shot}; set num_fewshot to 0, "
-            "or use variant stock (hub data)"
+            f"task {name!r} offline runs 0-shot only: {entry.offline_zero_shot}; set num_fewshot: 0 "
+            "(--num-fewshot 0), or variant: stock (hub data)"
         )
 
 

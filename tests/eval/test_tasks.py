@@ -85,7 +85,7 @@ def test_offline_mmlu_is_lm_evals_group_with_one_subtask_per_subject(tmp_path):
 
 
 def test_offline_mmlu_refuses_shots_it_cannot_draw_like_stock(tmp_path):
-    with pytest.raises(EvalError, match="offline runs 0-shot only.*dev examples.*num_fewshot to 0"):
+    with pytest.raises(EvalError, match="offline runs 0-shot only.*dev examples.*num_fewshot: 0"):
         prepare_task("mmlu", "offline", tmp_path, num_fewshot=5, data_file=FIXTURES / "mmlu.jsonl")
     check_variant("mmlu", "stock", 5)
     check_variant("gsm8k_cot", "offline", 8)
