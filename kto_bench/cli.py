@@ -1,4 +1,4 @@
-"""`kto-bench`: validate, plan, run, report, card, tune, serve, assets, ls, bench.
+"""`kto-bench`: validate, plan, run, report, card, tune, eval, serve, assets, ls, bench.
 
 Settings live in specs; the command line only picks runs and stages (`--only`, `--stage`, `--force`)
 and overrides fields with `--set a.b=c`.
@@ -352,6 +352,77 @@ def serve(
         server.close()
 
 
+@app.command("eval")
+def eval_(
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="run folder, model folder, offline mirror name or hub id"
+    ),
+    tasks: str = typer.Option(..., "--tasks", help="comma-separated task names (kto-bench ls tasks)"),
+    variant: str = typer.Option("stock", "--variant", help="stock (lm-eval's hub data) or offline (mirror)"),
+    limit: int = typer.Option(None, "--limit", help="first N items of each task (of each subject of MMLU)"),
+    num_fewshot: int = typer.Option(None, "--num-fewshot", help="shots (default: each task's own)"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    apply_chat_template: bool = typer.Option(False, "--apply-chat-template"),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="cap on generated tokens"),
+    backend: str = typer.Option("engine", "--backend", help="engine (ours), hf (lm-eval's HFLM) or vllm"),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="auto (as stored, lm-eval's default), float32, bfloat16"
+    ),
+    seed: int = typer.Option(1234, "--seed"),
+    output: Path = typer.Option(None, "--output", help="results folder (default: results/eval/<model>-…)"),
+    allow_code_execution: bool = typer.Option(
+        False, "--allow-code-execution", help="let HumanEval execute generated code in the sandbox"
+    ),
+    results: Path = RESULTS,
+) -> None:
+    """Evaluate a model without training one: lm-eval's tasks through our engine, results as a run's."""
+    from kto_bench.evaluate import evaluate, evaluation_spec, resolve_model
+
+    t0 = time.time()
+    try:
+        evaluation = evaluation_spec(
+            tasks,
+            variant=variant,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            batch_size=batch_size,
+            apply_chat_template=apply_chat_template,
+            max_new_tokens=max_new_tokens,
+            backend=backend,
+            seed=seed,
+        )
+        target = resolve_model(model, dtype)
+        folder, done = evaluate(
+            target, evaluation, output, results=results, allow_code_execution=allow_code_execution
+        )
+    except KtoBenchError as e:
+        _fail(e)
+    table = Table(title=f"{target.label} ({target.model.dtype}) · {folder}")
+    for col in ("task", "variant", "metric", "value", "stderr", "n"):
+        table.add_column(col)
+    for r in done:
+        rows = [(r["task"], r["variant"], m) for m in r["metrics"]]
+        rows += [  # MMLU's categories (the subjects are in the result JSON)
+            (f"  {b['name']}", "", m)
+            for b in r.get("breakdown", [])
+            if b["kind"] == "group"
+            for m in b["metrics"]
+        ]
+        for task, variant, m in rows or [(r["task"], r["variant"], None)]:
+            if m is None:  # a skipped task
+                table.add_row(task, variant, r.get("status", "-"), "-", "-", "0")
+                continue
+            table.add_row(task, variant, m["metric"], _fmt(m["value"]), _fmt(m["stderr"]), str(m["n"]))
+    out.print(table)
+    out.print(
+        f"[green]done[/] in {time.time() - t0:.0f}s: {folder}/eval/<task>.json and <task>.samples.jsonl"
+    )
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
 @app.command("ls")
 def ls(kind: str = typer.Argument("all", help="sources, methods, tasks, claims, assets or all")) -> None:
     """List the named things specs can refer to."""
@@ -364,13 +435,18 @@ def ls(kind: str = typer.Argument("all", help="sources, methods, tasks, claims, 
     registries = {"sources": SOURCES, "methods": LOSSES, "tasks": TASKS, "claims": CLAIMS, "assets": ASSETS}
     if kind != "all" and kind not in registries:
         _fail(KtoBenchError(f"unknown kind {kind!r}; choose from {', '.join(registries)} or all"))
+    from kto_bench.eval.tasks import listing
+
     for name, reg in registries.items():
         if kind in ("all", name):
+            rows = (
+                listing() if name == "tasks" else [{"name": n, "description": d} for n, d in reg.describe()]
+            )
             table = Table(title=name)
-            table.add_column("name")
-            table.add_column("description")
-            for n, doc in reg.describe():
-                table.add_row(n, doc)
+            for col in rows[0]:
+                table.add_column(col)
+            for row in rows:
+                table.add_row(*row.values())
             out.print(table)
 
 

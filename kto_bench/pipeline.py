@@ -469,13 +469,13 @@ def _write_rewards(
         atomic_write_text(store.file("rewards.jsonl"), "".join(ln + "\n" for ln in lines))
 
 
-def demo_data_files(run: RunSpec) -> dict[str, Path] | None:
+def demo_data_files(model: models.ModelSpec) -> dict[str, Path] | None:
     """The demo world's own held-out files for the demo tasks (None for real models)."""
-    if run.model.source != "demo":
+    if model.source != "demo":
         return None
     from kto_bench.data.synthetic import world_of
 
-    folder = world_of(run.model) / "eval"
+    folder = world_of(model) / "eval"
     return {f"demo_arith_{k}": folder / f"demo_arith_{k}.jsonl" for k in ("gen", "mc", "dev")}
 
 
@@ -494,53 +494,108 @@ def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> Non
         update={"allow_code_execution": run.evaluation.allow_code_execution or allow_code_execution}
     )
     run_evaluation(
-        model, tok, evaluation, store.eval_dir, model_label=store.run_id, data_files=demo_data_files(run)
+        model,
+        tok,
+        evaluation,
+        store.eval_dir,
+        model_label=store.run_id,
+        data_files=demo_data_files(run.model),
     )
     fault_point("eval")
     store.mark_done("eval")
 
 
-def evaluate_base(spec: ExperimentSpec, run: RunSpec, results_root: Path, allow_code_execution: bool) -> None:
-    """The base model's evaluation, once per (weights, evaluation settings), shared by all runs."""
+def eval_key(prefix: str, model_hash: str, evaluation) -> str:
+    """The folder name of one model's evaluation: its weights and the evaluation settings."""
+    return f"{prefix}-{model_hash[:10]}-{stable_hash(evaluation.model_dump(mode='json'), 6)}"
+
+
+def evaluate_stored(
+    store: RunStore,
+    record: dict,
+    model: models.ModelSpec,
+    where: str,
+    evaluation,
+    identity: dict,
+    *,
+    allow_code_execution: bool = False,
+    data_files: dict[str, Path] | None = None,
+) -> list[dict]:
+    """Evaluate one model (not trained here) into `store`, whose lock the caller holds: run.json and the
+    provenance are written once, tasks already evaluated are skipped, and the eval stage is marked done.
+
+    `identity` (model hash, evaluation settings, ...) is what the stored results are results of: a store
+    holding another identity raises StoreError rather than mixing results."""
+    recorded = store.provenance().get("identity")
+    if recorded is not None and recorded != identity:
+        changed = ", ".join(k for k in identity if recorded.get(k) != identity[k]) or "identity"
+        raise StoreError(
+            f"{store.path} holds the evaluation of another model or other settings ({changed} differ); "
+            "choose another output folder, or delete that one to evaluate there from scratch"
+        )
+    if store.is_done("eval"):
+        from kto_bench.eval import result_key
+
+        return [read_store_json(store.eval_dir / f"{result_key(t)}.json") for t in evaluation.tasks]
+    if recorded is None:
+        write_json(store.file("run.json"), record)
+        store.write_provenance(
+            {
+                **base_provenance(record["spec_hash"], record["run_id"]),
+                "model_hash": identity["model_hash"],
+                "identity": identity,
+            }
+        )
     from kto_bench.eval import run_evaluation
 
-    where, mhash = resolved(run)
-    key = f"base-{mhash[:10]}-{stable_hash(run.evaluation.model_dump(mode='json'), 6)}"
-    store = RunStore(experiment_dir(results_root, spec.name) / key)
-    with store.lock():
-        if store.is_done("eval"):
-            return
-        write_json(
-            store.file("run.json"),
-            {
-                "run_id": key,
-                "experiment": spec.name,
-                "spec_hash": spec.spec_hash,
-                "method": "base",
-                "seed": None,
-                "grid": {},
-                "spec": {
-                    "model": run.model.model_dump(mode="json"),
-                    "evaluation": run.evaluation.model_dump(mode="json"),
-                },
-            },
-        )
-        store.update_provenance(**base_provenance(spec.spec_hash, key), model_hash=mhash)
-        if run.model.source == "demo":
-            from kto_bench.data.synthetic import world_hash
+    tok = models.load_tokenizer(model, where)
+    loaded = models.load_model(model, where, device()).eval()
+    evaluation = evaluation.model_copy(
+        update={"allow_code_execution": evaluation.allow_code_execution or allow_code_execution}
+    )
+    results = run_evaluation(
+        loaded, tok, evaluation, store.eval_dir, model_label=record["run_id"], data_files=data_files
+    )
+    store.mark_done("eval")
+    store.update_provenance(finished_at=now())
+    return results
 
-            store.update_provenance(demo_world_hash=world_hash(run.model.world))
-        tok = models.load_tokenizer(run.model, where)
-        model = models.load_model(run.model, where, device()).eval()
-        evaluation = run.evaluation.model_copy(
-            update={"allow_code_execution": run.evaluation.allow_code_execution or allow_code_execution}
-        )
-        console.print(f"[bold]eval[/] base model ({mhash[:10]})")
-        run_evaluation(
-            model, tok, evaluation, store.eval_dir, model_label=key, data_files=demo_data_files(run)
-        )
-        store.mark_done("eval")
-        store.update_provenance(finished_at=now())
+
+def evaluate_base(spec: ExperimentSpec, run: RunSpec, results_root: Path, allow_code_execution: bool) -> None:
+    """The base model's evaluation, once per (weights, evaluation settings), shared by all runs."""
+    where, mhash = resolved(run)
+    key = eval_key("base", mhash, run.evaluation)
+    store = RunStore(experiment_dir(results_root, spec.name) / key)
+    record = {
+        "run_id": key,
+        "experiment": spec.name,
+        "spec_hash": spec.spec_hash,
+        "method": "base",
+        "seed": None,
+        "grid": {},
+        "spec": {
+            "model": run.model.model_dump(mode="json"),
+            "evaluation": run.evaluation.model_dump(mode="json"),
+        },
+    }
+    identity = {"model_hash": mhash}
+    if run.model.source == "demo":
+        from kto_bench.data.synthetic import world_hash
+
+        identity["demo_world_hash"] = world_hash(run.model.world)
+    with store.lock():
+        if not store.is_done("eval"):
+            console.print(f"[bold]eval[/] base model ({mhash[:10]})")
+            evaluate_stored(
+                store,
+                record,
+                run.model,
+                where,
+                run.evaluation,
+                identity,
+                allow_code_execution=allow_code_execution,
+                data_files=demo_data_files(run.model),
+            )
 
 
 # ----------------------------------------------------------------------------- runs

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kto_bench.errors import SpecError
+from kto_bench.errors import KtoBenchError, SpecError
 from kto_bench.io import stable_hash
 from kto_bench.registry import did_you_mean
 from kto_bench.report.config import ReportSpec
@@ -340,6 +340,16 @@ class EvalTaskSpec(Strict):
         if v not in TASKS:
             raise ValueError(f"unknown task {v!r}{did_you_mean(v, TASKS.names())}; known: {', '.join(TASKS)}")
         return v
+
+    @model_validator(mode="after")
+    def _variant_runs(self) -> EvalTaskSpec:
+        from kto_bench.eval.tasks import check_variant
+
+        try:
+            check_variant(self.name, self.variant, self.num_fewshot)
+        except KtoBenchError as e:
+            raise ValueError(str(e)) from None
+        return self
 
 
 class JudgeSpec(Strict):

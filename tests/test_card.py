@@ -24,7 +24,9 @@ def run_dir(tmp_path: Path) -> Path:
     if not src.is_dir():
         pytest.fail(f"the committed demo run {src} is missing")
     # the committed records only: a checkout that ran the demo also has its (git-ignored) weights
-    shutil.copytree(src, tmp_path / "demo" / RUN, ignore=shutil.ignore_patterns("checkpoints", "*.pt", "*.lock"))
+    shutil.copytree(
+        src, tmp_path / "demo" / RUN, ignore=shutil.ignore_patterns("checkpoints", "*.pt", "*.lock")
+    )
     return tmp_path / "demo" / RUN
 
 

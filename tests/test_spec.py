@@ -75,6 +75,14 @@ def test_fused_kl_needs_per_microbatch_z0():
     parse_spec(BASE + "training: {kl_pass: fused, layout: packed}\n")
 
 
+def test_offline_mmlu_few_shot_is_refused_at_validation():
+    text = BASE + "evaluation:\n  tasks:\n    - {name: mmlu, variant: offline, num_fewshot: 5}\n"
+    with pytest.raises(SpecError, match=r"exp.yaml:10.*evaluation.tasks.0.*0-shot only.*num_fewshot: 0"):
+        parse_spec(text, "exp.yaml")
+    parse_spec(text.replace("num_fewshot: 5", "num_fewshot: 0"), "exp.yaml")
+    parse_spec(text.replace("offline", "stock"), "exp.yaml")
+
+
 def test_unknown_grid_key_and_unknown_names():
     with pytest.raises(SpecError, match=r"grid.corruption.flip_rat.*did you mean 'corruption.flip_rate'"):
         parse_spec(BASE + "grid: {corruption.flip_rat: [0.1]}\n")

@@ -256,8 +256,12 @@ class Engine:
         top_p: float = 1.0,
         seed: int = 0,
         progress: bool = True,
+        skip_special_tokens: bool = False,
     ) -> list[str]:
-        """Completions only (prompt excluded), cut at the first stop string or EOS."""
+        """Completions only (prompt excluded), cut at the first stop string or EOS.
+
+        Stops are matched in the text with special tokens; `skip_special_tokens` drops them from the
+        returned text (lm-eval's `hf` does)."""
         return [
             g.text
             for g in self.generate_details(
@@ -268,6 +272,7 @@ class Engine:
                 top_p=top_p,
                 seed=seed,
                 progress=progress,
+                skip_special_tokens=skip_special_tokens,
             )
         ]
 
@@ -281,6 +286,7 @@ class Engine:
         top_p: float = 1.0,
         seed: int = 0,
         progress: bool = True,
+        skip_special_tokens: bool = False,
     ) -> list[Generation]:
         """As `generate`, with why each completion ended."""
         if max_new_tokens < 1:
@@ -292,7 +298,13 @@ class Engine:
         return self._batched(
             [len(e) for e in encoded],
             lambda batch: self._generate_batch(
-                [encoded[i] for i in batch], max_new_tokens, stop, temperature, top_p, generator
+                [encoded[i] for i in batch],
+                max_new_tokens,
+                stop,
+                temperature,
+                top_p,
+                generator,
+                skip_special_tokens,
             ),
             desc="generate",
             progress=progress,
@@ -321,19 +333,18 @@ class Engine:
             prefix = prefix.past_key_values
             mask = torch.cat([torch.ones_like(ids[:, :1]).expand(-1, shared), mask], dim=1)
             positions = positions + shared
-        cache_position = None
         if self.decode == "static":
             from transformers import StaticCache
 
             slots = -(-(filled + max_new_tokens) // 256) * 256  # few distinct shapes: few compilations
             cache = StaticCache(config=self.model.config, max_cache_len=slots)
-            if prefix is not None:
-                at = {"cache_position": torch.arange(shared, device=self.device)}
+            if (
+                prefix is not None
+            ):  # a cache layer writes at its own length: the prefix fills slots [0, shared)
+                n = len(rows)
                 for i, layer in enumerate(prefix.layers):
-                    n = len(rows)
-                    cache.update(layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1), i, at)
+                    cache.update(layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1), i)
             mask = torch.cat([mask, mask.new_zeros(len(rows), slots - filled)], dim=1)
-            cache_position = torch.arange(shared, filled, device=self.device)
         elif prefix is not None:
             prefix.batch_repeat_interleave(len(rows))
             cache = prefix
@@ -344,19 +355,17 @@ class Engine:
             attention_mask=mask,
             position_ids=positions,
             past_key_values=cache,
-            cache_position=cache_position,
             use_cache=True,
             **kwargs,
         )
         return out, mask, positions, filled
 
-    def _decode_step(self, token, mask, position, cache, cache_position):
+    def _decode_step(self, token, mask, position, cache):
         return self.model(
             input_ids=token[:, None],
             attention_mask=mask,
             position_ids=position,
             past_key_values=cache,
-            cache_position=cache_position,
             use_cache=True,
         ).logits[:, -1]
 
@@ -369,6 +378,7 @@ class Engine:
         temperature: float,
         top_p: float,
         generator: torch.Generator,
+        skip_special_tokens: bool = False,
     ) -> list[Generation]:
         out, mask, positions, width = self._prefill(
             rows, max_new_tokens
@@ -408,14 +418,12 @@ class Engine:
                 active = [active[j] for j in keep]
             finished = torch.tensor([done[i] for i in active], device=self.device)
             token = token.masked_fill(finished, self.pad_id)
-            if self.decode == "static":
+            if self.decode == "static":  # the cache writes this token at its own length: slot width + step
                 mask[:, width + step] = 1
-                cache_position = torch.tensor([width + step], device=self.device)
             else:
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                cache_position = None
-            logits = step_fn(token, mask, next_pos, cache, cache_position)
+            logits = step_fn(token, mask, next_pos, cache)
             next_pos = next_pos + 1
             self.stats["decode_tokens"] += len(active)
-        texts = [self.tokenizer.decode(g, skip_special_tokens=False) for g in generated]
+        texts = [self.tokenizer.decode(g, skip_special_tokens=skip_special_tokens) for g in generated]
         return [Generation(cut_at_stop(t, stop), reason[i] or "length") for i, t in enumerate(texts)]

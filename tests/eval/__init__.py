@@ -36,7 +36,7 @@ def char_tokenizer(merges: list[tuple[str, str]] = ()):
     )
 
 
-def tiny_llama(vocab_size: int, seed: int = 0):
+def tiny_llama(vocab_size: int, seed: int = 0, max_positions: int = 512):
     """A 2-layer Llama with random weights, float32, eval mode."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -49,7 +49,7 @@ def tiny_llama(vocab_size: int, seed: int = 0):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=None,

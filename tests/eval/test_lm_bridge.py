@@ -143,13 +143,13 @@ def test_demo_tasks_end_to_end_with_resume(lm, tmp_path, monkeypatch):
     assert run_evaluation(model, tok, spec, tmp_path, model_label="base", data_files=DEMO_FILES) == results
 
 
-def test_real_mirror_limit_2(lm, tmp_path):
+def test_real_mirror_limit_counts_per_subject(lm, tmp_path):
     assets = pytest.importorskip("kto_bench.assets")
     if any(getattr(assets, "cached_path", lambda _: None)(n) is None for n in ("gsm8k_test", "mmlu_test")):
         missing("offline mirrors are not in the local cache (kto-bench assets fetch gsm8k_test mmlu_test)")
     model, tok = lm
     spec = evaluation(
-        [task("gsm8k_cot", "offline", limit=2, max_new_tokens=4), task("mmlu", "offline", limit=2)]
+        [task("gsm8k_cot", "offline", limit=2, max_new_tokens=4), task("mmlu", "offline", limit=1)]
     )
     cot, mmlu = run_evaluation(model, tok, spec, tmp_path, model_label="base")
     assert {m["metric"] for m in cot["metrics"]} == {
@@ -157,10 +157,16 @@ def test_real_mirror_limit_2(lm, tmp_path):
         "exact_match,flexible-extract",
     }
     assert cot["settings"]["num_fewshot"] == 8 and cot["settings"]["data"]["rows"] == 1319
-    assert mmlu["metrics"][0]["metric"] == "acc,none" and mmlu["settings"]["data"]["rows"] == 14042
-    samples = read_samples(tmp_path / "mmlu.samples.jsonl")
-    assert len(samples) == 2
-    assert samples[0]["prompt"].startswith(
-        "The following are multiple choice questions (with answers) about "
-    )
     assert len(read_samples(tmp_path / "gsm8k_cot.samples.jsonl")) == 2
+    # lm-eval's --limit: the first item of each of the 57 subjects (not the mirror's first rows, which are
+    # all moral scenarios), with the stock categories and subjects as the breakdown
+    ((acc,),) = [mmlu["metrics"]]
+    assert acc["metric"] == "acc,none" and acc["n"] == 57 and mmlu["settings"]["data"]["rows"] == 14042
+    groups = [b["name"] for b in mmlu["breakdown"] if b["kind"] == "group"]
+    assert groups == ["stem", "other", "social sciences", "humanities"]
+    assert sum(b["kind"] == "task" for b in mmlu["breakdown"]) == 57
+    samples = read_samples(tmp_path / "mmlu.samples.jsonl")
+    assert len({s["subtask"] for s in samples}) == 57 == len(samples)
+    assert samples[0]["item_id"] == "abstract_algebra/0" and samples[0]["prompt"].startswith(
+        "The following are multiple choice questions (with answers) about abstract algebra."
+    )

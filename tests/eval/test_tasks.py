@@ -11,6 +11,7 @@ import yaml
 from kto_bench.errors import DataError, EvalError, KtoBenchError
 from kto_bench.eval.tasks import (
     TASKS,
+    check_variant,
     cot_exemplars_as_gsm8k,
     lm_eval_tasks_dir,
     mmlu_rows,
@@ -62,15 +63,49 @@ def test_mmlu_rejects_bad_answers(tmp_path):
         mmlu_rows(bad)
 
 
-def test_offline_mmlu_keeps_lm_evals_prompt(tmp_path):
+def test_offline_mmlu_is_lm_evals_group_with_one_subtask_per_subject(tmp_path):
     task = prepare_task("mmlu", "offline", tmp_path, data_file=FIXTURES / "mmlu.jsonl")
-    cfg = load_generated(task)
-    stock = yaml.safe_load((lm_eval_tasks_dir() / "mmlu/default/_default_template_yaml").read_text())
-    assert cfg["doc_to_text"] == stock["doc_to_text"] and cfg["doc_to_choice"] == ["A", "B", "C", "D"]
-    assert cfg["dataset_path"] == "json" and cfg["num_fewshot"] == 0
-    data = Path(cfg["dataset_kwargs"]["data_files"]["test"])
-    assert len(read_jsonl(data)) == 4 == task.notes["rows"]
-    assert task.notes["subjects"] == 3 and len(task.notes["data_sha256"]) == 64
+    top = load_generated(task)
+    assert top["group"] == "kto_mmlu_offline" and top["task"] == ["kto_mmlu_offline_stem"]
+    assert top["aggregate_metric_list"] == [{"metric": "acc", "weight_by_size": True}]  # stock's
+    stem = yaml.safe_load((task.include_dir / "kto_mmlu_offline_stem.yaml").read_text())
+    subjects = ["anatomy", "astronomy", "elementary_mathematics"]
+    assert stem["group_alias"] == "stem" and stem["task"] == [f"kto_mmlu_offline_{s}" for s in subjects]
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    math = load_yaml(task.include_dir / "kto_mmlu_offline_elementary_mathematics.yaml", resolve_func=True)
+    stock = load_yaml(
+        lm_eval_tasks_dir() / "mmlu/default/mmlu_elementary_mathematics.yaml", resolve_func=True
+    )
+    for key in ("doc_to_text", "doc_to_choice", "doc_to_target", "description", "task_alias", "metric_list"):
+        assert math[key] == stock[key]
+    assert math["dataset_path"] == "json" and math["fewshot_split"] is None
+    rows = read_jsonl(Path(math["dataset_kwargs"]["data_files"]["test"]))
+    assert [r["question"] for r in rows] == ["What is 2+2?", "What is 10/2?"]  # the mirror's order
+    assert task.notes["rows"] == 4 and task.notes["subjects"] == 3 and len(task.notes["data_sha256"]) == 64
+
+
+def test_offline_mmlu_refuses_shots_it_cannot_draw_like_stock(tmp_path):
+    with pytest.raises(EvalError, match="offline runs 0-shot only.*dev examples.*num_fewshot: 0"):
+        prepare_task("mmlu", "offline", tmp_path, num_fewshot=5, data_file=FIXTURES / "mmlu.jsonl")
+    check_variant("mmlu", "stock", 5)
+    check_variant("gsm8k_cot", "offline", 8)
+    with pytest.raises(EvalError, match="unknown variant 'mirror'; use 'stock' or 'offline'"):
+        check_variant("gsm8k_cot", "mirror", None)
+
+
+def test_offline_mmlu_rejects_unknown_subjects(tmp_path):
+    bad = tmp_path / "mmlu.jsonl"
+    row = json.loads((FIXTURES / "mmlu.jsonl").read_text().splitlines()[0])
+    bad.write_text(json.dumps({**row, "topic": "astrology"}) + "\n")
+    with pytest.raises(DataError, match=r"\['astrology'\] are not MMLU subjects"):
+        prepare_task("mmlu", "offline", tmp_path / "inc", data_file=bad)
+
+
+def test_variants_listed_per_task():
+    assert TASKS.get("mmlu").variants == ("stock", "offline")
+    assert TASKS.get("demo_arith_mc").variants == ("demo",)
+    assert TASKS.get("alpaca_eval").variants == ("stock", "offline")
 
 
 def test_offline_gsm8k_cot_includes_the_stock_task(tmp_path):
