@@ -46,7 +46,7 @@ SET = typer.Option(None, "--set", help="override a spec field, e.g. --set traini
 def _fail(e: Exception) -> NoReturn:
     """Say what went wrong (the message names the file, field and fix) and exit: 2 for what the user fixes,
     1 for a run that failed (kto_bench.errors.exit_code)."""
-    err.print(f"[red]error:[/] {e}")
+    err.print(f"[red]error:[/] {e}", soft_wrap=True)  # one line per line of the message: paths stay whole
     raise typer.Exit(exit_code(e))
 
 
