@@ -246,35 +246,10 @@ class Engine:
         return list(zip(chosen, alternatives, strict=True))
 
     # -- generation ---------------------------------------------------------------------------
-    def generate(
-        self,
-        prompts: list[str],
-        *,
-        max_new_tokens: int,
-        stop: Sequence[str] = (),
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        progress: bool = True,
-        skip_special_tokens: bool = False,
-    ) -> list[str]:
-        """Completions only (prompt excluded), cut at the first stop string or EOS.
-
-        Stops are matched in the text with special tokens; `skip_special_tokens` drops them from the
-        returned text (lm-eval's `hf` does)."""
-        return [
-            g.text
-            for g in self.generate_details(
-                prompts,
-                max_new_tokens=max_new_tokens,
-                stop=stop,
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed,
-                progress=progress,
-                skip_special_tokens=skip_special_tokens,
-            )
-        ]
+    def generate(self, prompts: list[str], **settings) -> list[str]:
+        """Completions only (prompt excluded), cut at the first stop string or EOS: the texts of
+        `generate_details` (same keyword settings)."""
+        return [g.text for g in self.generate_details(prompts, **settings)]
 
     def generate_details(
         self,
@@ -288,7 +263,10 @@ class Engine:
         progress: bool = True,
         skip_special_tokens: bool = False,
     ) -> list[Generation]:
-        """As `generate`, with why each completion ended."""
+        """Completions (prompt excluded), cut at the first stop string or EOS, with why each ended.
+
+        Stops are matched in the text with special tokens; `skip_special_tokens` drops them from the
+        returned text (lm-eval's `hf` does)."""
         if max_new_tokens < 1:
             raise EvalError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         budget = max(1, self.max_length - max_new_tokens)
