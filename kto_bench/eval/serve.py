@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kto_bench.errors import EvalError
+from kto_bench.errors import EvalError, KtoBenchError
 
 MAX_TOP_LOGPROBS = 20
 UNSUPPORTED = ("n", "stream", "echo", "tools", "functions", "best_of", "suffix")
@@ -346,20 +346,19 @@ class Server:
 
 
 def load(path: str, device: str = "auto", dtype: str = "auto"):
-    """(model, tokenizer) of a causal LM at a local path (a trained run's checkpoints/final) or a hub id."""
+    """(model, tokenizer) of MODEL as `kto-bench eval` takes it (a run folder, a model folder, an offline
+    mirror or a hub id: `evaluate.resolve_model`), loaded by the suite's own loaders (`models`)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kto_bench import models
+    from kto_bench.evaluate import resolve_model
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
-        )
-    except (OSError, ValueError) as e:
-        raise EvalError(
-            f"serve: cannot load a causal LM from {path!r} ({e}); give a folder with config.json, weights and a "
-            "tokenizer (e.g. results/<experiment>/<run_id>/checkpoints/final) or a hub id"
-        ) from None
-    return model.to(device).eval(), tokenizer
+        target = resolve_model(path, dtype)
+        tokenizer = models.load_tokenizer(target.model, target.where)
+        model = models.load_model(target.model, target.where, device)
+    except KtoBenchError as e:
+        raise EvalError(f"serve: cannot load a causal LM from {path!r}: {e}") from None
+    return model.eval(), tokenizer
