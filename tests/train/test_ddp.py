@@ -5,7 +5,6 @@ The launch goes through torchrun, as `accelerate launch` does for configs/accele
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,14 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from kto_bench.numerics import CPU_NUMERICS
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
-
-
-def _worker():
-    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +26,14 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
     microbatches' KL while one process with accumulation uses each microbatch's own, so only the step scope
     makes the two layouts the same computation (the per-process averaging itself is tested below)."""
     two, one = tmp_path_factory.mktemp("two"), tmp_path_factory.mktemp("one")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(WORKER),
-        str(two),
-        "1",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    _worker().main(one, 2)
+    # Both layouts run in fresh processes with one thread each and the CLI's CPU numerics: run inside the
+    # test process, the one-process layout would use as many threads as the machine has cores and sum in
+    # another order than the two single-threaded processes (on CI's runner: 1% apart after six steps).
+    env = {**os.environ, **CPU_NUMERICS, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    for cmd in ([*launch, str(WORKER), str(two), "1"], [sys.executable, str(WORKER), str(one), "2"]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+        assert proc.returncode == 0, proc.stderr[-4000:]
     return two, one
 
 
