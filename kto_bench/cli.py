@@ -174,7 +174,7 @@ def run(
     if tracker is not None:  # a spec field like any other: submitted jobs get it through the overrides
         names = [] if tracker.strip() == "none" else [n.strip() for n in tracker.split(",") if n.strip()]
         set_ = [*(set_ or []), f"tracking.trackers={names}"]
-    from kto_bench.pipeline import run_experiment, select
+    from kto_bench.runner import run_experiment, select
     from kto_bench.spec import expand, load_spec
     from kto_bench.store import STAGES
 
@@ -263,7 +263,7 @@ def card(
 ) -> None:
     """(Re)write the model card of every finished run (written offline when a run is done); --push uploads."""
     from kto_bench import card as cards
-    from kto_bench.pipeline import select
+    from kto_bench.runner import select
     from kto_bench.spec import expand
     from kto_bench.store import run_store
 

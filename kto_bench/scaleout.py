@@ -34,7 +34,7 @@ def run_task(
     allow_code_execution: bool = False,
 ) -> dict[str, list[str]]:
     """One array task: run (or resume) exactly one run of the experiment; returns {run_id: stages run}."""
-    from kto_bench.pipeline import run_experiment
+    from kto_bench.runner import run_experiment
     from kto_bench.spec import load_spec
 
     spec = load_spec(spec_path, overrides)

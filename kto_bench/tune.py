@@ -44,7 +44,7 @@ def tune(
     overrides: dict | None = None,
 ) -> dict:
     """Run the tuning grid and write results/<experiment>/tuning.json; returns the record."""
-    from kto_bench.pipeline import run_experiment
+    from kto_bench.runner import run_experiment
 
     if not values:
         raise KtoBenchError("tune: give at least one candidate value")

@@ -146,7 +146,7 @@ SMALL = {
 
 @pytest.mark.slow
 def test_smollm2_offline_runs_end_to_end_on_cpu(smollm2_mirror: Path, tmp_path: Path) -> None:
-    from kto_bench.pipeline import run_experiment
+    from kto_bench.runner import run_experiment
 
     spec = load_spec(EXPERIMENTS / "smollm2_offline.yaml", SMALL)
     runs = {r.method.type: r for r in expand(spec)}

@@ -65,7 +65,7 @@ def test_limit_is_a_smoke_run_with_its_own_run_ids(monkeypatch: pytest.MonkeyPat
     def no_report(*a, **kw):
         raise AssertionError("a smoke run renders no report")
 
-    monkeypatch.setattr("kto_bench.pipeline.run_experiment", fake_run_experiment)
+    monkeypatch.setattr("kto_bench.runner.run_experiment", fake_run_experiment)
     monkeypatch.setattr("kto_bench.cli._report", no_report)
     code, text = invoke("run", str(TINY), "--limit", "5", "--results", str(tmp_path))
     assert code == 0, text
@@ -89,6 +89,6 @@ def test_exit_2_for_user_errors_and_1_for_runtime_failures(
     def diverged(*a, **kw):
         raise TrainingError("1 of 1 runs stopped: step 2 of 4: non-finite loss")
 
-    monkeypatch.setattr("kto_bench.pipeline.run_experiment", diverged)
+    monkeypatch.setattr("kto_bench.runner.run_experiment", diverged)
     code, text = invoke("run", str(TINY), "--results", str(tmp_path))
     assert code == 1 and "non-finite loss" in text and "Traceback" not in text

@@ -87,7 +87,7 @@ def test_slurm_executor_settings_reach_the_sbatch_script(
 
 
 def test_run_task_runs_exactly_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kto_bench.pipeline as pipeline
+    import kto_bench.runner as runner
 
     seen = {}
 
@@ -95,7 +95,7 @@ def test_run_task_runs_exactly_one_run(tmp_path: Path, monkeypatch: pytest.Monke
         seen.update(name=spec.name, root=results_root, only=only, stop_after=stop_after)
         return {only: []}
 
-    monkeypatch.setattr(pipeline, "run_experiment", fake_run_experiment)
+    monkeypatch.setattr(runner, "run_experiment", fake_run_experiment)
     rid = _run_ids()[1]
     assert scaleout.run_task(str(TINY), str(tmp_path), rid) == {rid: []}
     assert seen == {"name": "tiny", "root": tmp_path, "only": rid, "stop_after": "done"}

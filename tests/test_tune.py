@@ -44,7 +44,7 @@ def test_tune_trains_each_candidate_on_the_dev_split_and_records_the_choice(
         metrics = [{"metric": "exact_match,strict-match", "value": 0.1, "n": 16}]
         (base / "demo_arith_dev.json").write_text(json.dumps({"metrics": metrics}))
 
-    monkeypatch.setattr("kto_bench.pipeline.run_experiment", fake_run)
+    monkeypatch.setattr("kto_bench.runner.run_experiment", fake_run)
     record = tune(SPECS / "tiny.yaml", "training.lr", [1e-4, 1e-3], tmp_path)
     spec = seen["spec"]
     # one seed, no noise, full data, only the dev task; every method at every candidate

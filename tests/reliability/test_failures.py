@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kto_bench.errors import StoreError, TrainingError
-from kto_bench.pipeline import run_experiment
+from kto_bench.runner import run_experiment
 from kto_bench.spec import expand, parse_spec
 from tests.reliability.helpers import SPEC, all_json_parses, run_dirs
 

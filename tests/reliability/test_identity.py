@@ -63,7 +63,7 @@ def test_a_run_made_by_another_model_is_rerun_not_relabelled(baseline, tmp_path)
 
 
 def test_requires_is_checked_before_any_work(tmp_path, monkeypatch):
-    from kto_bench.pipeline import check_requires
+    from kto_bench.runner import check_requires
 
     spec = parse_spec(
         "name: r\nrequires: [gpu, hub, api-key]\nmodel: {source: hub, name: x}\n"

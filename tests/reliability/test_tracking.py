@@ -29,7 +29,7 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_holds_the_runs_metrics_and_config(tmp_path):
-    from kto_bench.pipeline import run_experiment
+    from kto_bench.runner import run_experiment
 
     spec = parse_spec(KTO_ONLY)
     assert spec.tracking.trackers == ["tensorboard"]  # the default
