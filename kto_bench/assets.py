@@ -30,7 +30,7 @@ from typing import IO, Literal
 from filelock import FileLock
 
 from kto_bench.errors import AssetError, KtoBenchError
-from kto_bench.io import atomic_write_json
+from kto_bench.io import atomic_write_json, sha256_file
 from kto_bench.registry import Registry
 
 RowCount = Literal["lines", "json", "gzip_lines"]
@@ -210,14 +210,6 @@ def _paths(asset: Asset, cache_dir: Path | str | None) -> tuple[Path, Path]:
 
 
 # ------------------------------------------------------------------------------------------ checking
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def count_rows(path: Path, how: RowCount) -> int:

@@ -374,9 +374,9 @@ def run_ours(
     method: str, training: dict[str, str], model, data, cache, s: BenchSettings, device: torch.device
 ) -> tuple[StepLog, dict]:
     """Our loop's train_step with the reference cache, `s.steps` steps over consecutive microbatches."""
+    from kto_bench.scoring import LogProbs, use_attention
     from kto_bench.spec import DataSpec, DPOMethod, KTOMethod, ModelSpec, RunSpec, TrainingSpec
     from kto_bench.train import precision as precisions
-    from kto_bench.train.logps import LogProbs, use_attention
     from kto_bench.train.loop import Context, disable_dropout, lr_lambda, train_step
 
     precision = "bf16" if device.type == "cuda" else "fp32"
@@ -445,8 +445,8 @@ def run_ours(
 
 def fill_reference(model, data, root: Path, s: BenchSettings, device: torch.device):
     """The one-time reference pass: the pair/matched sequences first, then KTO's KL sequences, timed apart."""
+    from kto_bench.scoring import collate, sequence_logps, use_attention
     from kto_bench.spec import TrainingSpec
-    from kto_bench.train.logps import collate, sequence_logps, use_attention
     from kto_bench.train.refcache import ReferenceCache, fill
 
     training = TrainingSpec()  # the reference pass of `kto-bench run` at its defaults
@@ -489,8 +489,8 @@ def fill_reference(model, data, root: Path, s: BenchSettings, device: torch.devi
 def layout_agreement(model, data, s: BenchSettings, device: torch.device) -> dict[str, Any]:
     """Our default layout (shared prompts, the kernel `kto-bench run` picks here) against the plain padded
     SDPA path on the first DPO and KTO (+ KL) microbatches: the largest per-sequence log-prob differences."""
+    from kto_bench.scoring import collate, sequence_logps, use_attention
     from kto_bench.spec import TrainingSpec
-    from kto_bench.train.logps import collate, sequence_logps, use_attention
 
     pad = model.config.vocab_size - 1
     seqs = [data.sequences[i] for p in data.pair_batches[0] for i in data.pairs[p]]

@@ -47,3 +47,12 @@ def canonical_json(obj: Any) -> str:
 def stable_hash(obj: Any, n: int = 16) -> str:
     """A short sha256 of the canonical JSON of obj: the same on every machine."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

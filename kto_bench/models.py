@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from kto_bench.assets import sha256_file
 from kto_bench.errors import AssetError, KtoBenchError
+from kto_bench.io import sha256_file
 from kto_bench.spec import ModelSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -25,6 +25,7 @@ from kto_bench.data.transforms import corrupt, kto_weights
 from kto_bench.errors import StoreError, TrainingError
 from kto_bench.io import stable_hash
 from kto_bench.progress import progress
+from kto_bench.scoring import use_attention
 from kto_bench.spec import ExperimentSpec, RunSpec
 from kto_bench.store import (
     RunStore,
@@ -37,7 +38,6 @@ from kto_bench.store import (
     unreadable,
     write_json,
 )
-from kto_bench.train.logps import use_attention
 from kto_bench.train.losses import LOSSES
 from kto_bench.train.refcache import ReferenceCache, fill
 
@@ -391,7 +391,7 @@ def _write_rewards(
 
     `policy` is the prepared LogProbs module of the loop: every process calls this, the main one writes."""
     from kto_bench.io import atomic_write_text
-    from kto_bench.train.logps import collate
+    from kto_bench.scoring import collate
 
     beta = getattr(run.method, "beta", 1.0)
     items = data.binary[:limit]
@@ -419,7 +419,7 @@ def demo_data_files(model: models.ModelSpec) -> dict[str, Path] | None:
 
 
 def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> None:
-    from kto_bench.eval import run_evaluation
+    from kto_bench.eval.run import run_evaluation
 
     final = store.checkpoint_dir / "final"
     try:
@@ -480,7 +480,7 @@ def evaluate_stored(
             "choose another output folder, or delete that one to evaluate there from scratch"
         )
     if store.is_done("eval"):
-        from kto_bench.eval import result_key
+        from kto_bench.eval.run import result_key
 
         return [read_store_json(store.eval_dir / f"{result_key(t)}.json") for t in evaluation.tasks]
     if recorded is None:
@@ -492,7 +492,7 @@ def evaluate_stored(
                 "identity": identity,
             }
         )
-    from kto_bench.eval import run_evaluation
+    from kto_bench.eval.run import run_evaluation
 
     tok = models.load_tokenizer(model, where)
     loaded = models.load_model(model, where, device()).eval()

@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kto_bench.assets import ASSETS, fetch, sha256_file
+from kto_bench.assets import ASSETS, fetch
 from kto_bench.data.canonical import BinaryExample, Messages, Pair, as_dicts, content_id
 from kto_bench.errors import DataError, KtoBenchError
+from kto_bench.io import sha256_file
 from kto_bench.registry import Registry
 
 Kind = Literal["pairs", "binary"]

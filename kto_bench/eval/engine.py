@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kto_bench.errors import EvalError
-from kto_bench.train.logps import collate, per_sequence, scored_token_logps
+from kto_bench.scoring import collate, per_sequence, scored_token_logps
 
 R = TypeVar("R")
 TokenPair = tuple[list[int], list[int]]  # (context tokens, continuation tokens)

@@ -9,7 +9,6 @@ with its row count checked, or from an explicit file (tests, local copies).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import json
 import re
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 
 from kto_bench.errors import DataError, EvalError
+from kto_bench.io import sha256_file
 from kto_bench.registry import Registry
 
 TASK_YAML_DIR = Path(__file__).parent / "task_yaml"
@@ -98,14 +98,6 @@ def _json_source(path: Path) -> dict[str, Any]:
         "dataset_name": None,
         "dataset_kwargs": {"data_files": {"test": str(path)}},
     }
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_jsonl(path: Path) -> list[dict]:

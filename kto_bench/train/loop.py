@@ -25,10 +25,10 @@ import torch
 
 from kto_bench.data.tokenize import TokenizedData
 from kto_bench.errors import StoreError, TrainingError
+from kto_bench.scoring import LogProbs, collate, token_counts, use_attention
 from kto_bench.spec import RunSpec
 from kto_bench.store import fault_point, save_torch
 from kto_bench.train import precision
-from kto_bench.train.logps import LogProbs, collate, token_counts, use_attention
 from kto_bench.train.losses import LOSSES, call_loss
 
 UNITS = ("examples", "sequences", "tokens")

@@ -25,8 +25,8 @@ import torch
 from kto_bench.data.tokenize import Seq, seq_key
 from kto_bench.errors import StoreError
 from kto_bench.io import stable_hash
+from kto_bench.scoring import Layout, collate, sequence_logps
 from kto_bench.store import save_torch
-from kto_bench.train.logps import Layout, collate, sequence_logps
 
 
 class ReferenceCache:

@@ -10,9 +10,9 @@ from types import SimpleNamespace as NS
 import pytest
 
 from kto_bench.errors import EvalError
-from kto_bench.eval import run_evaluation
 from kto_bench.eval.engine import Engine
 from kto_bench.eval.lm_bridge import EngineLM, build_lm
+from kto_bench.eval.run import run_evaluation
 from kto_bench.spec import EvaluationSpec
 from tests.prereq import missing
 

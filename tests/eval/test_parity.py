@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kto_bench.eval import run_evaluation
+from kto_bench.eval.run import run_evaluation
 from kto_bench.spec import EvalTaskSpec, EvaluationSpec
 
 from . import char_tokenizer, tiny_llama

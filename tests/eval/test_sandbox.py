@@ -687,7 +687,8 @@ def test_humaneval_through_lm_eval_scores_with_the_harness(tmp_path, monkeypatch
     """The whole path: lm-eval task -> our filter -> pass_at_1 -> harness; the level lands in the result."""
     from types import SimpleNamespace
 
-    from kto_bench.eval import run_evaluation, tasks
+    from kto_bench.eval import tasks
+    from kto_bench.eval.run import run_evaluation
     from kto_bench.spec import EvaluationSpec
 
     from . import char_tokenizer, tiny_llama

@@ -176,7 +176,8 @@ def test_stock_humaneval_is_scored_by_our_sandbox(tmp_path, name):
 
 
 def test_code_execution_settings_record_the_isolation(monkeypatch):
-    from kto_bench.eval import code_execution_settings, sandbox
+    from kto_bench.eval import sandbox
+    from kto_bench.eval.run import code_execution_settings
 
     settings = code_execution_settings() if sandbox.probe_isolation().namespaces else None
     if settings is not None:

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from kto_bench.data.synthetic import tiny_config
 from kto_bench.data.tokenize import seq_key
-from kto_bench.train.logps import (
+from kto_bench.scoring import (
     allowed,
     choose_attention,
     choose_row_tokens,
@@ -177,7 +177,7 @@ def test_flex_block_mask_gives_the_dense_mask_attention():
 
     from torch.nn.attention.flex_attention import flex_attention
 
-    from kto_bench.train.logps import attention_mask_for
+    from kto_bench.scoring import attention_mask_for
 
     b = collate(SEQS, PAD, layout="shared", row_tokens=9)
     flex = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flex_attention"))

@@ -15,9 +15,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from kto_bench.data.synthetic import build_tokenizer, tiny_config
+from kto_bench.scoring import collate
 from kto_bench.spec import LoraSpec, expand, parse_spec
 from kto_bench.train import precision
-from kto_bench.train.logps import collate
 from kto_bench.train.loop import train
 from kto_bench.train.refcache import ReferenceCache, fill
 from tests.tiny_data import preference_pairs, tokenized

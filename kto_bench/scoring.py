@@ -1,5 +1,8 @@
 """Per-sequence summed log-probs of completion tokens: batch layouts, attention masks, chunked LM head.
 
+One scoring path for training (train.loop), the reference pass (train.refcache) and evaluation
+(eval.engine's log-likelihood).
+
 Layouts (`training.layout`), all giving the same per-sequence log-probs up to float rounding:
 
     padded   one sequence per row, right-padded (the peers' layout; plain causal attention)
