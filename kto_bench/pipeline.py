@@ -318,7 +318,7 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path, spec: Experim
         finally:
             tracking.finish(acc)
     if cache is not None:  # every process takes part in the forwards (FSDP); the main process writes
-        _write_rewards(ctx.module, data, cache, run, store, tok.pad_token_id, acc)
+        _write_rewards(ctx.module, data, cache, run, hyper, store, tok.pad_token_id, acc)
     state = model_state(acc, ctx.module)  # every process: FSDP gathers the shards here
     final = store.checkpoint_dir / "final"
     if acc.is_main_process:
@@ -382,6 +382,7 @@ def _write_rewards(
     data: TokenizedData,
     cache: ReferenceCache,
     run: RunSpec,
+    hyper: dict,
     store: RunStore,
     pad_id: int,
     acc,
@@ -389,19 +390,29 @@ def _write_rewards(
 ) -> None:
     """β·r of the final policy on (up to `limit`) training examples, for the reward-distribution plot.
 
+    The rewards are the method's loss's own (`LossResult`), called with the hyperparameters it trained
+    with: each example is its own batch row (a pair method sees it as both chosen and rejected).
     `policy` is the prepared LogProbs module of the loop: every process calls this, the main one writes."""
     from kto_bench.io import atomic_write_text
     from kto_bench.scoring import collate
+    from kto_bench.train.losses import call_loss
 
-    beta = getattr(run.method, "beta", 1.0)
     items = data.binary[:limit]
     lines = []
     policy.eval()
     for start in range(0, len(items), 64):
         chunk = items[start : start + 64]
         seqs = [data.sequences[s] for s, _ in chunk]
-        logps, _ = policy(**collate(seqs, pad_id, acc.device))
-        rewards = beta * (logps.float().cpu() - cache.lookup(seqs))
+        logps, lengths = policy(**collate(seqs, pad_id, acc.device))
+        logps, lengths, ref = logps.float().cpu(), lengths.cpu(), cache.lookup(seqs)
+        desirable = torch.tensor([bool(d) for _, d in chunk])
+        as_one_view = {"policy_logps": logps, "reference_logps": ref, "lengths": lengths}
+        as_one_view |= {"desirable": desirable, "kl_policy_logps": logps, "kl_reference_logps": ref}
+        for side in ("chosen", "rejected"):
+            as_one_view |= {f"{side}_{k}": v for k, v in (("policy_logps", logps), ("reference_logps", ref))}
+            as_one_view[f"{side}_lengths"] = lengths
+        result = call_loss(run.method.type, as_one_view, **hyper)
+        rewards = result.rewards if result.chosen_rewards is None else result.chosen_rewards
         for (s, desirable), r in zip(chunk, rewards.tolist(), strict=True):
             lines.append(_json_line({"seq": s, "desirable": bool(desirable), "reward": r}))
     if acc.is_main_process:
