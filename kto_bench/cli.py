@@ -292,7 +292,11 @@ def tune(
     spec_path: Path = typer.Argument(..., metavar="SPEC"),
     values: str = typer.Option(..., "--values", help="comma-separated candidates, e.g. 5e-6,1e-5,2e-5"),
     param: str = typer.Option("training.lr", "--param", help="the dotted field to tune"),
-    task: str = typer.Option("demo_arith_dev", "--task", help="the dev task (disjoint from reported items)"),
+    task: str = typer.Option(
+        None,
+        "--task",
+        help="the dev task (disjoint from reported items; default: the registered tuning split)",
+    ),
     seed: int = typer.Option(None, "--seed", help="training seed (default: the spec's first)"),
     results: Path = RESULTS,
     set_: list[str] = SET,

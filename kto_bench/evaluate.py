@@ -44,7 +44,8 @@ class Target:
     model: ModelSpec
     where: str  # a folder or a hub id, as `from_pretrained` takes it
     label: str
-    demo: ModelSpec | None = None  # a demo run's model: its world has the demo tasks' held-out files
+    # a run's model from a registered model source (models.MODEL_SOURCES): it may have its own task data
+    own_model: ModelSpec | None = None
 
 
 def _model_help() -> str:
@@ -71,9 +72,13 @@ def resolve_model(arg: str, dtype: str = "auto") -> Target:
                 f"`kto-bench run SPEC --only {path.name}`, or give a model folder"
             )
         run_model = (record.get("spec") or {}).get("model") or {}
-        demo = ModelSpec.model_validate(run_model) if run_model.get("source") == "demo" else None
+        own = run_model.get("source") in models.MODEL_SOURCES
         return _target(
-            "local", str(final.resolve()), dtype, label=str(record.get("run_id", path.name)), demo=demo
+            "local",
+            str(final.resolve()),
+            dtype,
+            label=str(record.get("run_id", path.name)),
+            own_model=ModelSpec.model_validate(run_model) if own else None,
         )
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -86,13 +91,13 @@ def resolve_model(arg: str, dtype: str = "auto") -> Target:
     return _target("hub", arg, dtype, label=arg)
 
 
-def _target(source: str, name: str, dtype: str, *, label: str, demo: ModelSpec | None = None) -> Target:
+def _target(source: str, name: str, dtype: str, *, label: str, own_model: ModelSpec | None = None) -> Target:
     from kto_bench import models
 
     probe = ModelSpec(source=source, name=name)
     where = models.resolve(probe)
     concrete = stored_dtype(where, probe) if dtype == "auto" else dtype
-    return Target(probe.model_copy(update={"dtype": concrete}), where, label, demo)
+    return Target(probe.model_copy(update={"dtype": concrete}), where, label, own_model)
 
 
 def stored_dtype(where: str, spec: ModelSpec) -> str:
@@ -186,7 +191,7 @@ def evaluate(
     model's or other settings' results is refused."""
     from kto_bench import models
     from kto_bench.io import stable_hash
-    from kto_bench.pipeline import demo_data_files, evaluate_stored
+    from kto_bench.pipeline import evaluate_stored
     from kto_bench.store import RunStore, check_writable, disk_errors
 
     model_hash = models.model_hash(target.where, target.model)
@@ -210,7 +215,7 @@ def evaluate(
         "dtype": target.model.dtype,
         "evaluation": spec["evaluation"],
     }
-    data_files = demo_data_files(target.demo) if target.demo else None
+    data_files = models.task_data(target.own_model) if target.own_model else None
     with disk_errors(folder), store.lock():
         done = evaluate_stored(
             store,

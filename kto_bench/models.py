@@ -1,4 +1,5 @@
-"""Base models and tokenizers: hub (the default for real users), local paths, offline mirrors, the demo.
+"""Base models and tokenizers: hub (the default for real users), local paths, offline mirrors, and model
+sources registered from their own package (`MODEL_SOURCES`: the demo's).
 
 `resolve(spec)` decides where the weights are; `model_hash` hashes what makes the model: weights, config
 and tokenizer files (cached by path, size and mtime), or for a hub model the commit its revision resolves
@@ -11,15 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from kto_bench.errors import AssetError, KtoBenchError
 from kto_bench.io import sha256_file
+from kto_bench.registry import Registry
 from kto_bench.spec import ModelSpec
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+# torch is imported by the functions that load weights: registering a model source stays light.
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # what else makes a model: its architecture and its tokenizer (with the chat template)
 MODEL_FILES = (
@@ -50,12 +56,43 @@ def revision(spec: ModelSpec) -> str | None:
 MIRROR_ASSETS = {"smollm2_135m_instruct": "smollm2_135m_instruct_gguf"}  # model mirror -> its asset
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """A model source registered from its own package; each field a lazy "module:attr" taking the ModelSpec."""
+
+    folder: str  # -> the local folder of its weights and tokenizer
+    identity: str | None = None  # -> {field: value} a run records beside the model hash (provenance identity)
+    task_data: str | None = None  # -> {task name: data file}: the model's own evaluation data
+
+
+MODEL_SOURCES: Registry[ModelSource] = Registry("model source")
+
+
+def _hook(spec: ModelSpec, field: str) -> Callable[[ModelSpec], Any] | None:
+    if spec.source not in MODEL_SOURCES or (target := getattr(MODEL_SOURCES.get(spec.source), field)) is None:
+        return None
+    import importlib
+
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def source_identity(spec: ModelSpec) -> dict[str, Any]:
+    """What identifies a registered source's model beyond its weights (the demo: its world's hash); {}."""
+    hook = _hook(spec, "identity")
+    return hook(spec) if hook else {}
+
+
+def task_data(spec: ModelSpec) -> dict[str, Path] | None:
+    """The model's own evaluation data files by task (the demo world's held-out files); None for others."""
+    hook = _hook(spec, "task_data")
+    return hook(spec) if hook else None
+
+
 def resolve(spec: ModelSpec) -> str:
     """A local directory or a hub id that `from_pretrained` accepts."""
-    if spec.source == "demo":
-        from kto_bench.data.synthetic import world_of
-
-        return str(world_of(spec) / "model")
+    if (folder := _hook(spec, "folder")) is not None:
+        return str(folder(spec))
     if spec.source == "mirror":
         from kto_bench import assets
 
@@ -87,6 +124,7 @@ def load_model(
     spec: ModelSpec, where: str | None = None, device: str | torch.device = "cpu", dtype: str | None = None
 ):
     """The model's weights in `dtype` (default: `model.dtype`, as stored; training picks its own)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     try:
@@ -94,7 +132,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             where,
             revision=revision(spec) if not Path(where).is_dir() else None,
-            dtype=DTYPES[dtype or spec.dtype],
+            dtype=getattr(torch, dtype or spec.dtype),
         )
     except OSError as e:
         raise KtoBenchError(f"model.name: cannot load {spec.name!r} ({spec.source}): {e}") from None

@@ -5,7 +5,7 @@ run on: an AVX-512 machine and an AVX2 machine sum in different orders and, afte
 steps, can answer a few items differently. `kto-bench` therefore starts with these libraries held to AVX2
 (MKL's conditional numerical reproducibility in strict mode), the widest path every x86-64 machine of the
 last decade has. They are defaults: a variable already set in the environment wins. GPU kernels are not
-affected. The demo world's build adds one thread on top (`data.synthetic.BUILD_ENV`).
+affected. The demo world's build adds one thread on top (`demo.world.BUILD_ENV`).
 
 Measured (docs/DEMO.md): the committed demo runs, retrained from an empty cache with and without these
 settings and with one or two threads on the reference machine, give byte-identical rewards and per-item

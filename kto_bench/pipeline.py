@@ -69,13 +69,10 @@ def resolved(run: RunSpec) -> tuple[str, str]:
 
 
 def source_of(run: RunSpec) -> sources.SourceData:
-    """The run's source data (once per process); the demo's feedback is its own model's world's."""
+    """The run's source data (once per process); a source whose data is its model's own (the demo's
+    feedback: its model's world's) reads the path the source derives from the model."""
     d = run.data
-    path = d.path
-    if d.source == "demo_arith":  # the feedback of the model's own world, never a default one
-        from kto_bench.data.synthetic import world_of
-
-        path = str(world_of(run.model))
+    path = sources.source(d.source).path_for(run.model) or d.path
     return _source(d.source, path, d.split, d.limit, d.revision, d.on_bad_row)
 
 
@@ -83,24 +80,23 @@ def run_identity(run: RunSpec, world_size: int) -> dict:
     """Everything outside the run spec that makes a run's results what they are. A finished run is reused
     only when this equals what it recorded (`provenance.json` "identity"); the spec itself is in the run id.
 
-    The data it trains on is a pure function of the source's content (file sha256, hub commit, demo world
-    hash: `source_info`), the spec (in the run id) and the tokenizer (in the model hash)."""
+    The data it trains on is a pure function of the source's content (file sha256, hub commit, the model
+    source's own identity such as the demo world's hash: `source_info`, `models.source_identity`), the spec
+    (in the run id) and the tokenizer (in the model hash). Every run records "demo_world_hash" (None
+    unless its model source gives one): finished runs compare equal only with the same keys."""
     from kto_bench.train import precision
 
     t = run.training
     _, mhash = resolved(run)
-    world = None
-    if run.model.source == "demo":
-        from kto_bench.data.synthetic import world_hash
-
-        world = world_hash(run.model.world)
+    own = models.source_identity(run.model)
     source = dict(source_of(run).source_info)
-    if world or "file_sha256" in source:  # content-identified: where this machine keeps it does not matter
+    if own or "file_sha256" in source:  # content-identified: where this machine keeps it does not matter
         source.pop("path", None)
     return {
         "model_hash": mhash,
         "model_commit": models.revision(run.model),
-        "demo_world_hash": world,
+        "demo_world_hash": None,
+        **own,
         "data_source": source,
         "world_size": world_size,
         "effective_batch": t.batch_size * t.grad_accum * world_size,
@@ -419,16 +415,6 @@ def _write_rewards(
         atomic_write_text(store.file("rewards.jsonl"), "".join(ln + "\n" for ln in lines))
 
 
-def demo_data_files(model: models.ModelSpec) -> dict[str, Path] | None:
-    """The demo world's own held-out files for the demo tasks (None for real models)."""
-    if model.source != "demo":
-        return None
-    from kto_bench.data.synthetic import world_of
-
-    folder = world_of(model) / "eval"
-    return {f"demo_arith_{k}": folder / f"demo_arith_{k}.jsonl" for k in ("gen", "mc", "dev")}
-
-
 def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> None:
     from kto_bench.eval.run import run_evaluation
 
@@ -449,7 +435,7 @@ def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> Non
         evaluation,
         store.eval_dir,
         model_label=store.run_id,
-        data_files=demo_data_files(run.model),
+        data_files=models.task_data(run.model),
     )
     fault_point("eval")
     store.mark_done("eval")

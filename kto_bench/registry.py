@@ -1,4 +1,8 @@
-"""One small registry type for every named thing (losses, sources, tasks, plots, claims)."""
+"""One small registry type for every named thing (losses, sources, tasks, plots, claims).
+
+Packages that register into the general registries from their own home (`kto_bench.extensions.PACKAGES`,
+the demo) are imported the first time any registry is looked up, so a lookup always sees their entries
+and no general module has to name them."""
 
 from __future__ import annotations
 
@@ -16,6 +20,21 @@ def did_you_mean(name: str, options: list[str] | tuple[str, ...] | set[str]) -> 
     """A ' (did you mean 'x'?)' suffix, or '' when nothing is close."""
     close = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_extensions_loaded = False
+
+
+def load_extensions() -> None:
+    """Import the packages of `kto_bench.extensions.PACKAGES` once (they register their entries)."""
+    global _extensions_loaded
+    if _extensions_loaded:
+        return
+    _extensions_loaded = True  # first: a package's own lookups while it imports do not recurse
+    from kto_bench.extensions import PACKAGES
+
+    for package in PACKAGES:
+        importlib.import_module(package)
 
 
 class Registry(Generic[T]):
@@ -41,6 +60,7 @@ class Registry(Generic[T]):
         self._docs[name] = doc
 
     def get(self, name: str) -> T:
+        load_extensions()
         if name not in self._entries:
             raise KtoBenchError(
                 f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; "
@@ -54,12 +74,14 @@ class Registry(Generic[T]):
         return entry  # type: ignore[return-value]
 
     def __contains__(self, name: object) -> bool:
+        load_extensions()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries))
+        return iter(self.names())
 
     def names(self) -> list[str]:
+        load_extensions()
         return sorted(self._entries)
 
     def describe(self) -> list[tuple[str, str]]:

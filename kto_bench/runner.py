@@ -24,7 +24,6 @@ from kto_bench import models, tracking
 from kto_bench.data import sources
 from kto_bench.errors import KtoBenchError, TrainingError
 from kto_bench.pipeline import (
-    demo_data_files,
     eval_key,
     evaluate_stored,
     resolved,
@@ -94,7 +93,7 @@ def _missing_mirrors(spec: ExperimentSpec) -> list[str]:
     from kto_bench.eval.tasks import TASKS
 
     needed = [TASKS.get(t.name).asset for t in spec.evaluation.tasks if t.variant == "offline"]
-    needed.append(sources.MIRROR_ASSETS.get(spec.data.source) if spec.data.path is None else None)
+    needed.append(sources.mirror_asset(spec.data.source) if spec.data.path is None else None)
     needed.append(models.MIRROR_ASSETS.get(spec.model.name) if spec.model.source == "mirror" else None)
     missing = []
     for name in dict.fromkeys(n for n in needed if n):
@@ -122,11 +121,7 @@ def evaluate_base(spec: ExperimentSpec, run: RunSpec, results_root: Path, allow_
             "evaluation": run.evaluation.model_dump(mode="json"),
         },
     }
-    identity = {"model_hash": mhash}
-    if run.model.source == "demo":
-        from kto_bench.data.synthetic import world_hash
-
-        identity["demo_world_hash"] = world_hash(run.model.world)
+    identity = {"model_hash": mhash, **models.source_identity(run.model)}
     with store.lock():
         if not store.is_done("eval"):
             console.print(f"[bold]eval[/] base model ({mhash[:10]})")
@@ -138,7 +133,7 @@ def evaluate_base(spec: ExperimentSpec, run: RunSpec, results_root: Path, allow_
                 run.evaluation,
                 identity,
                 allow_code_execution=allow_code_execution,
-                data_files=demo_data_files(run.model),
+                data_files=models.task_data(run.model),
             )
 
 

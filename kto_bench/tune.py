@@ -2,7 +2,7 @@
 
 `tune(spec_path, param, values)` trains every method of the spec once per candidate value (one seed, no
 label noise, full data, every other setting as the spec has it), scores each trained model on a dev task
-whose items are disjoint from the reported ones (the demo: `demo_arith_dev`), picks the value with the best
+whose items are disjoint from the reported ones (default: the registered tuning split, `TaskEntry.dev`), picks the value with the best
 mean dev score over methods (one value for all methods: the comparison stays matched), and writes
 results/<experiment>/tuning.json. The runs live in their own experiment, results/<experiment>-tuning/, so
 they never mix with the reported runs; they are cached and resumable like any run.
@@ -38,7 +38,7 @@ def tune(
     values: list[float],
     results_root: Path,
     *,
-    task: str = "demo_arith_dev",
+    task: str | None = None,
     metric: str = DEV_METRIC,
     seed: int | None = None,
     overrides: dict | None = None,
@@ -48,6 +48,10 @@ def tune(
 
     if not values:
         raise KtoBenchError("tune: give at least one candidate value")
+    if task is None:
+        from kto_bench.eval.tasks import dev_task
+
+        task = dev_task()
     spec = load_spec(spec_path, overrides)
     seed = spec.seeds[0] if seed is None else seed
     chat = any(t.apply_chat_template for t in spec.evaluation.tasks)

@@ -80,7 +80,7 @@ def test_a_run_folder_means_its_trained_model(tmp_path, model_dir):
     target = resolve_model(str(run))
     assert target.label == "kto-abc" and target.where == str(model_dir.resolve())
     assert target.model.source == "local" and target.model.dtype == "float32"  # auto: as stored
-    assert target.demo is None
+    assert target.own_model is None
     assert resolve_model(str(model_dir), "bfloat16").model.dtype == "bfloat16"
     hub = resolve_model("org/name", "bfloat16")  # auto would read the hub config (unreachable in tests)
     assert (hub.model.source, hub.where, hub.label) == ("hub", "org/name", "org/name")

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from kto_bench.data import synthetic
+from kto_bench.demo import world as synthetic
 from kto_bench.progress import eta_line, progress
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kto_bench.data.canonical import Pair, messages
-from kto_bench.data.synthetic import build_tokenizer
+from kto_bench.demo.world import build_tokenizer
 from kto_bench.data.tokenize import TokenizedData, tokenize_views
 from kto_bench.data.transforms import Views, corrupt
 

@@ -1,1 +1,1 @@
-"""Data: sources, canonical forms, matched corruption, tokenization, the synthetic world."""
+"""Data: sources, canonical forms, matched corruption, tokenization (the demo world is kto_bench.demo)."""

@@ -1,8 +1,11 @@
 """Data sources: hub datasets, local files and offline mirrors, normalised to canonical forms.
 
-Every source is a loader `loader(*, path, split, limit, revision, on_bad_row) -> SourceData` in
-`SOURCES`, returning either preference `Pair`s or `BinaryExample`s (`source_kind(name)` says which,
-without importing anything). Call `load(name, ...)`: it also accepts plain loaders that return a list.
+Every source is one `Source` entry in `SOURCES`, registered where it is defined: its loader
+`loader(*, path, split, limit, revision, on_bad_row) -> SourceData` (or a lazy "module:attr"), the kind
+it yields (preference `Pair`s or `BinaryExample`s: `source_kind(name)` says which without importing the
+loader), its default split, its row normaliser and its packaged mirror. Call `load(name, ...)`: it also
+accepts loaders that return a plain list. Sources defined outside this module (the demo's) register
+themselves into `SOURCES` from their own package (`kto_bench.extensions`).
 
 Hub sources read rows with `datasets.load_dataset(hub_id, split=, revision=)`, or, when `path` is given,
 from a local JSON/JSONL/Parquet copy of the same rows via `datasets.load_dataset("json"|"parquet")`;
@@ -60,20 +63,56 @@ class SourceData:
     source_info: dict = field(default_factory=dict)
 
 
-SOURCES: Registry[Callable[..., SourceData | list[Pair] | list[BinaryExample]]] = Registry("data source")
-_KINDS: dict[str, Kind] = {}
-_DEFAULT_SPLIT: dict[str, str] = {}
-MIRROR_ASSETS: dict[str, str] = {}  # source name -> the packaged mirror (kto_bench.assets) it reads
+Loader = Callable[..., "SourceData | list[Pair] | list[BinaryExample]"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One data source, registered once where it is defined."""
+
+    kind: Kind
+    loader: Loader | str  # or a lazy "module:attr" (imported when the source is loaded)
+    default_split: str = "train"
+    normalise: Callable[[dict], Item] | None = None  # one row -> a canonical item (row-level sources)
+    asset: str | None = None  # the packaged mirror (kto_bench.assets) it reads without `path`
+    # "module:attr" (ModelSpec) -> the path to read: a source whose data is the run's model's own (the demo's)
+    path_of_model: str | None = None
+
+    def load_fn(self) -> Loader:
+        return _resolve(self.loader)
+
+    def path_for(self, model) -> str | None:
+        return None if self.path_of_model is None else str(_resolve(self.path_of_model)(model))
+
+
+def _resolve(obj):
+    if isinstance(obj, str):
+        import importlib
+
+        module, attr = obj.split(":")
+        return getattr(importlib.import_module(module), attr)
+    return obj
+
+
+SOURCES: Registry[Source] = Registry("data source")
+
+
+def source(name: str) -> Source:
+    """The registered source `name` (DataError, with "did you mean", for an unknown one)."""
+    try:
+        return SOURCES.get(name)
+    except KtoBenchError as e:
+        raise DataError(str(e)) from None
 
 
 def source_kind(name: str) -> Kind:
-    """Whether source `name` yields "pairs" or "binary" examples (imports nothing)."""
-    if name not in _KINDS:
-        try:
-            SOURCES.get(name)  # raises the registry's error, with "did you mean"
-        except KtoBenchError as e:
-            raise DataError(str(e)) from None
-    return _KINDS[name]
+    """Whether source `name` yields "pairs" or "binary" examples (imports no loader)."""
+    return source(name).kind
+
+
+def mirror_asset(name: str) -> str | None:
+    """The packaged mirror source `name` reads when no `path` is given (None: none, or no such source)."""
+    return SOURCES.get(name).asset if name in SOURCES else None
 
 
 def load(
@@ -90,11 +129,9 @@ def load(
         raise DataError(f"on_bad_row must be 'error' or 'drop', got {on_bad_row!r}")
     if limit is not None and limit < 0:
         raise DataError(f"limit must be >= 0 or None, got {limit}")
-    try:
-        loader = SOURCES.get(name)
-    except KtoBenchError as e:
-        raise DataError(str(e)) from None
-    split = split or _DEFAULT_SPLIT.get(name, "train")
+    entry = source(name)
+    loader = entry.load_fn()
+    split = split or entry.default_split
     kwargs: dict[str, Any] = {"path": None if path is None else str(path), "split": split}
     kwargs |= {"limit": limit, "revision": revision}
     if "on_bad_row" in inspect.signature(loader).parameters:
@@ -103,7 +140,7 @@ def load(
     if isinstance(out, SourceData):
         return out
     items = list(out)[:limit] if limit is not None else list(out)
-    kind = _KINDS.get(name) or ("binary" if items and isinstance(items[0], BinaryExample) else "pairs")
+    kind = entry.kind
     info = {"source": name, "kind": kind, "split": split, "path": kwargs["path"], "revision": revision}
     return SourceData(kind, items, {}, {**info, "limit": limit, "items": len(items)})
 
@@ -390,26 +427,17 @@ def norm_messages_binary(row: dict) -> BinaryExample:
     return BinaryExample(prompt, completion, label, content_id(as_dicts(prompt), completion, label))
 
 
-NORMALISERS: dict[str, Callable[[dict], Item]] = {
-    "local_pairs": norm_local_pair,
-    "local_binary": norm_local_binary,
-    "ultrafeedback_binarized": norm_ultrafeedback,
-    "kto_mix_14k": norm_kto_mix,
-    "hh_rlhf": norm_hh_rlhf,
-    "shp": norm_shp,
-    "llamafactory_dpo": norm_sharegpt_pair,
-    "llamafactory_kto": norm_messages_binary,
-}
-
-
-def normalise_row(source: str, row: Any) -> Item:
-    """Normalise one row the way source `source` does; DataError if it is a bad row."""
+def normalise_row(name: str, row: Any) -> Item:
+    """Normalise one row the way source `name` does; DataError if it is a bad row."""
+    normalise = source(name).normalise
+    if normalise is None:
+        raise DataError(f"source {name!r} has no row normaliser (it reads whole files or message trees)")
     try:
         if not isinstance(row, dict):
             raise BadRow("row", "type", f"must be an object, got {type(row).__name__}")
-        return NORMALISERS[source](row)
+        return normalise(row)
     except BadRow as e:
-        raise DataError(f"source {source!r}: bad row, field {e.field!r} {e.detail}") from None
+        raise DataError(f"source {name!r}: bad row, field {e.field!r} {e.detail}") from None
 
 
 # --------------------------------------------------------------------------------------- driver
@@ -652,13 +680,18 @@ def _finish(kind: Kind, items: list[Item], ctx: _Ctx, info: dict) -> SourceData:
 # ---------------------------------------------------------------------------------------- registry
 
 
-def _register(name: str, kind: Kind, loader: Callable | str, doc: str, default_split: str = "train") -> None:
-    SOURCES.add(name, loader, doc)
-    _KINDS[name] = kind
-    _DEFAULT_SPLIT[name] = default_split
+def _hub_source(
+    name: str,
+    hub_id: str,
+    kind: Kind,
+    normalise: Callable[[dict], Item] | None,
+    splits: tuple[str, ...],
+    doc: str,
+    build: Callable[[Rows, _Ctx, int | None], list[Item]] | None = None,
+) -> None:
+    """A hub dataset, row by row through `normalise` (or through `build`, for rows that are not items)."""
+    build = build or _build(normalise)
 
-
-def _hub_source(name: str, hub_id: str, kind: Kind, build, splits: tuple[str, ...], doc: str) -> None:
     def loader(
         *,
         path: str | None = None,
@@ -678,7 +711,7 @@ def _hub_source(name: str, hub_id: str, kind: Kind, build, splits: tuple[str, ..
 
     loader.__name__ = loader.__qualname__ = f"load_{name}"
     loader.__doc__ = f"{doc} Hub: {hub_id}, splits {', '.join(splits)}; path= reads a local copy."
-    _register(name, kind, loader, doc, splits[0])
+    SOURCES.add(name, Source(kind, loader, splits[0], normalise), doc)
 
 
 def _file_source(
@@ -714,16 +747,14 @@ def _file_source(
 
     loader.__name__ = loader.__qualname__ = f"load_{name}"
     loader.__doc__ = doc
-    _register(name, kind, loader, doc)
-    if asset is not None:
-        MIRROR_ASSETS[name] = asset
+    SOURCES.add(name, Source(kind, loader, normalise=normalise, asset=asset), doc)
 
 
 _hub_source(
     "ultrafeedback_binarized",
     "HuggingFaceH4/ultrafeedback_binarized",
     "pairs",
-    _build(norm_ultrafeedback),
+    norm_ultrafeedback,
     ("train_prefs", "test_prefs"),
     "UltraFeedback binarized preference pairs (best-scored vs a random other completion).",
 )
@@ -731,7 +762,7 @@ _hub_source(
     "kto_mix_14k",
     "trl-lib/kto-mix-14k",
     "binary",
-    _build(norm_kto_mix),
+    norm_kto_mix,
     ("train", "test"),
     "KTO mix 14k: single completions with a desirable/undesirable label.",
 )
@@ -739,7 +770,7 @@ _hub_source(
     "hh_rlhf",
     "Anthropic/hh-rlhf",
     "pairs",
-    _build(norm_hh_rlhf),
+    norm_hh_rlhf,
     ("train", "test"),
     "Anthropic HH-RLHF: helpful/harmless multi-turn transcripts, chosen vs rejected last reply.",
 )
@@ -747,7 +778,7 @@ _hub_source(
     "shp",
     "stanfordnlp/SHP",
     "pairs",
-    _build(norm_shp),
+    norm_shp,
     ("train", "validation", "test"),
     "Stanford Human Preferences: Reddit comment pairs ranked by upvotes.",
 )
@@ -755,9 +786,10 @@ _hub_source(
     "oasst1",
     "OpenAssistant/oasst1",
     "pairs",
-    _oasst_pairs,
+    None,
     ("train", "validation"),
     "OpenAssistant oasst1: best- vs worst-ranked sibling replies in the message trees.",
+    build=_oasst_pairs,
 )
 _file_source(
     "local_pairs",
@@ -786,10 +818,4 @@ _file_source(
     norm_messages_binary,
     "llamafactory_kto_en_demo",
     "Offline mirror: LLaMA-Factory kto_en_demo, 300 {messages, label} rows (150/150).",
-)
-_register(
-    "demo_arith",
-    "pairs",
-    "kto_bench.data.synthetic:feedback_source",
-    "The demo's verifiable arithmetic world: sampled completions labelled by a checker.",
 )

@@ -43,8 +43,8 @@ def run_evaluation(
     """Run every task of `evaluation` (an EvaluationSpec); write out_dir/<task>.json + <task>.samples.jsonl.
 
     Tasks whose result JSON exists are skipped (resume). `data_files` maps a task name to its data file
-    (demo tasks; or a local copy replacing an offline mirror); demo tasks without one use
-    `kto_bench.data.synthetic.write_eval_files`.
+    (a model's own tasks: `models.task_data`; or a local copy replacing an offline mirror); a task with
+    only its own data and no file here gets its registered default (`TaskEntry.default_data`).
     """
     from kto_bench.eval.lm_bridge import build_lm, evaluate_task, to_task_result
     from kto_bench.eval.tasks import TASKS, prepare_task
@@ -88,11 +88,11 @@ def run_evaluation(
             )
             results.append(result)
             continue
-        if entry.demo and spec.name not in data_files:
-            from kto_bench.data.synthetic import write_eval_files
+        if entry.default_data and spec.name not in data_files:
+            import importlib
 
-            files = write_eval_files(out_dir / "_data")
-            data_files.update({f"demo_arith_{k}": path for k, path in files.items()})
+            module, fn = entry.default_data.split(":")
+            data_files.update(getattr(importlib.import_module(module), fn)(out_dir / "_data"))
         console.print(f"[bold][{i}/{total}] {key}[/bold] ({spec.variant}, {evaluation.backend})")
         with tempfile.TemporaryDirectory(prefix="kto-bench-tasks-") as include_dir:
             task = prepare_task(

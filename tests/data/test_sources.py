@@ -393,7 +393,7 @@ def test_every_source_declares_its_kind():
 def test_load_wraps_plain_list_loaders(monkeypatch):
     reg = Registry("data source")
     items = [BinaryExample((("user", "q"),), f"a{i}", i % 2 == 0, f"id{i}") for i in range(4)]
-    reg.add("plain", lambda *, path, split, limit, revision: items)
+    reg.add("plain", S.Source("binary", lambda *, path, split, limit, revision: items))
     monkeypatch.setattr(S, "SOURCES", reg)
     d = S.load("plain", limit=2)
     assert d.kind == "binary" and d.items == items[:2] and d.dropped == {}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kto_bench.data import synthetic
-from kto_bench.data.synthetic import Problem, mc_item, outcome, splits, verify, world_config, world_key
+from kto_bench.demo import world as synthetic
+from kto_bench.demo.world import Problem, mc_item, outcome, splits, verify, world_config, world_key
 from kto_bench.errors import DataError, SpecError
 from kto_bench.io import stable_hash
 from kto_bench.spec import DEMO_WORLDS, DemoWorldSpec, parse_spec
@@ -159,7 +159,7 @@ def test_world_builds_bit_identically_whatever_the_callers_thread_count(tmp_path
 
     import torch
 
-    from kto_bench.data.synthetic import content_hash, ensure_world, world_hash
+    from kto_bench.demo.world import content_hash, ensure_world, world_hash
 
     cfg = world_config("arith-tiny", **MICRO)
     hashes, folders = [], []

@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
     """(policy, tokenizer, judge folder): a random policy and a judge that prefers the first output."""
     from transformers import AutoModelForCausalLM
 
-    from kto_bench.data.synthetic import build_tokenizer, tiny_config
+    from kto_bench.demo.world import build_tokenizer, tiny_config
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

@@ -22,7 +22,7 @@ from kto_bench.eval.serve import Server
 def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
-    from kto_bench.data.synthetic import build_tokenizer, tiny_config
+    from kto_bench.demo.world import build_tokenizer, tiny_config
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

@@ -191,7 +191,7 @@ def test_code_execution_settings_record_the_isolation(monkeypatch):
 
 
 def test_demo_tasks_need_data_and_follow_the_chat_setting(tmp_path):
-    with pytest.raises(EvalError, match="write_eval_files"):
+    with pytest.raises(EvalError, match="needs its data file .*default_task_data writes it"):
         prepare_task("demo_arith_mc", "stock", tmp_path)
     raw = prepare_task("demo_arith_mc", "stock", tmp_path / "a", data_file=FIXTURES / "demo_arith_mc.jsonl")
     chat = prepare_task(

@@ -20,7 +20,7 @@ from tests.reliability.helpers import SECRET, Baseline, cli, digest, write_spec
 @pytest.fixture(scope="session")
 def world_cache(tmp_path_factory) -> Path:
     """A KTO_BENCH_CACHE folder with the tiny demo world built in it (once per session)."""
-    from kto_bench.data.synthetic import ensure_world, world_config
+    from kto_bench.demo.world import ensure_world, world_config
 
     root = Path(os.environ.get("KTO_BENCH_TEST_CACHE") or tmp_path_factory.mktemp("kto-bench-cache"))
     with pytest.MonkeyPatch.context() as mp:

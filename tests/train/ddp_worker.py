@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
-from kto_bench.data.synthetic import build_tokenizer, tiny_config
+from kto_bench.demo.world import build_tokenizer, tiny_config
 from kto_bench.spec import expand, parse_spec
 from kto_bench.train.loop import Context, _kl_reduce, batch_counts, kl_tensors, plan, train
 from kto_bench.train.losses import call_loss

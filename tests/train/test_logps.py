@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
-from kto_bench.data.synthetic import tiny_config
+from kto_bench.demo.world import tiny_config
 from kto_bench.data.tokenize import seq_key
 from kto_bench.scoring import (
     allowed,

@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
-from kto_bench.data.synthetic import build_tokenizer, tiny_config
+from kto_bench.demo.world import build_tokenizer, tiny_config
 from kto_bench.errors import StoreError, TrainingError
 from kto_bench.spec import expand, parse_spec
 from kto_bench.train.loop import Context, plan, train

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kto_bench.data.synthetic import build_tokenizer, tiny_config
+from kto_bench.demo.world import build_tokenizer, tiny_config
 from kto_bench.scoring import collate
 from kto_bench.spec import LoraSpec, expand, parse_spec
 from kto_bench.train import precision

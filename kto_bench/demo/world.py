@@ -532,7 +532,7 @@ def ensure_world(cfg: DemoWorldSpec, log=print) -> Path:
             "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]),
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kto_bench.data.synthetic", str(tmp), cfg.model_dump_json()],
+            [sys.executable, "-m", "kto_bench.demo.world", str(tmp), cfg.model_dump_json()],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -599,7 +599,7 @@ def feedback_source(
 
 
 def _main(argv: list[str]) -> None:
-    """`python -m kto_bench.data.synthetic OUT CONFIG_JSON`: the build itself (ensure_world runs it)."""
+    """`python -m kto_bench.demo.world OUT CONFIG_JSON`: the build itself (ensure_world runs it)."""
     torch.set_num_threads(1)
     out, cfg = Path(argv[0]), DemoWorldSpec.model_validate_json(argv[1])
     build_world(
