@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 from kto_bench.errors import AssetError, KtoBenchError
 from kto_bench.io import sha256_file
 from kto_bench.registry import Registry
-from kto_bench.spec import ModelSpec
 
 if TYPE_CHECKING:
     import torch
-# torch is imported by the functions that load weights: registering a model source stays light.
+
+    from kto_bench.spec import ModelSpec
+# torch is imported by the functions that load weights, and the spec is only annotations here: an extension
+# package registering a model source (on the first registry lookup, maybe while the spec imports) stays light.
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # what else makes a model: its architecture and its tokenizer (with the chat template)

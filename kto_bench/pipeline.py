@@ -26,7 +26,7 @@ from kto_bench.errors import StoreError, TrainingError
 from kto_bench.io import stable_hash
 from kto_bench.progress import progress
 from kto_bench.scoring import use_attention
-from kto_bench.spec import ExperimentSpec, RunSpec
+from kto_bench.spec import ExperimentSpec, ModelSpec, RunSpec
 from kto_bench.store import (
     RunStore,
     append_jsonl,
@@ -59,7 +59,7 @@ def _source(name: str, path, split, limit, revision, on_bad_row) -> sources.Sour
 @functools.lru_cache(maxsize=4)
 def _resolved(model_json: str) -> tuple[str, str]:
     """(where the weights are, their hash) for a model spec, computed once per process."""
-    spec = models.ModelSpec.model_validate_json(model_json)
+    spec = ModelSpec.model_validate_json(model_json)
     where = models.resolve(spec)
     return where, models.model_hash(where, spec)
 
@@ -456,7 +456,7 @@ def eval_key(prefix: str, model_hash: str, evaluation) -> str:
 def evaluate_stored(
     store: RunStore,
     record: dict,
-    model: models.ModelSpec,
+    model: ModelSpec,
     where: str,
     evaluation,
     identity: dict,
