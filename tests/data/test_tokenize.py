@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kto_bench.data.canonical import messages
-from kto_bench.demo.world import build_tokenizer
 from kto_bench.data.tokenize import encode, kl_partners, partition, render, tokenize_views
+from kto_bench.demo.world import build_tokenizer
 from kto_bench.errors import DataError
 from tests.data.test_transforms import make_pairs
 from tests.tiny_data import tokenized, views

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
-from kto_bench.demo.world import tiny_config
 from kto_bench.data.tokenize import seq_key
+from kto_bench.demo.world import tiny_config
 from kto_bench.scoring import (
     allowed,
     choose_attention,
