@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from kto_bench.spec import ExperimentSpec
 
 
-def _known(kind: str, names: Iterable[str], known: Registry[Any] | list[str]) -> None:
-    options = known.names() if isinstance(known, Registry) else known
+def _known(kind: str, names: Iterable[str], registry: Registry[Any]) -> None:
+    options = registry.names()
     for name in names:
         if name not in options:
             raise ValueError(

@@ -36,11 +36,6 @@ Method = Annotated[
 ]
 
 
-def method_config(name: str) -> type[MethodConfig]:
-    """The config class of method `name` (an error with did-you-mean for an unknown one)."""
-    return METHODS.get(name)
-
-
 def hyperparameters(name: str) -> dict[str, Any]:
     """A method's loss hyperparameters and their defaults (its config's, with no training data yet)."""
     return METHODS.get(name)().loss_kwargs()
@@ -83,5 +78,4 @@ __all__ = [
     "MethodConfig",
     "call_loss",
     "hyperparameters",
-    "method_config",
 ]

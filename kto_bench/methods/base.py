@@ -162,4 +162,4 @@ class MethodConfig(BaseModel):
         """The keyword arguments of `loss`: the fields it takes, plus values derived from the training data
         (`counts`: {"desirable": n, "undesirable": n} of the binary view; None before the data is known)."""
         takes = {p.name for p in loss_parameters(type(self).loss)}
-        return {k: v for k, v in self.model_dump(include=takes).items()}
+        return self.model_dump(include=takes)
