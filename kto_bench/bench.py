@@ -374,8 +374,10 @@ def run_ours(
     method: str, training: dict[str, str], model, data, cache, s: BenchSettings, device: torch.device
 ) -> tuple[StepLog, dict]:
     """Our loop's train_step with the reference cache, `s.steps` steps over consecutive microbatches."""
+    from kto_bench.methods.dpo import DPOConfig
+    from kto_bench.methods.kto import KTOConfig
     from kto_bench.scoring import LogProbs, use_attention
-    from kto_bench.spec import DataSpec, DPOMethod, KTOMethod, ModelSpec, RunSpec, TrainingSpec
+    from kto_bench.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
     from kto_bench.train import precision as precisions
     from kto_bench.train.loop import Context, disable_dropout, lr_lambda, train_step
 
@@ -383,7 +385,7 @@ def run_ours(
     run = RunSpec(
         model=ModelSpec(source="local", name="bench"),
         data=DataSpec(source="local_pairs"),
-        method=KTOMethod(beta=s.beta) if method == "kto" else DPOMethod(beta=s.beta),
+        method=KTOConfig(beta=s.beta) if method == "kto" else DPOConfig(beta=s.beta),
         training=TrainingSpec(
             lr=s.lr,
             batch_size=s.batch_size,

@@ -433,10 +433,10 @@ def ls(kind: str = typer.Argument("all", help="sources, methods, tasks, claims, 
     from kto_bench.assets import ASSETS
     from kto_bench.data.sources import SOURCES
     from kto_bench.eval.tasks import TASKS
+    from kto_bench.methods import METHODS
     from kto_bench.report.claims import CLAIMS
-    from kto_bench.train.losses import LOSSES
 
-    registries = {"sources": SOURCES, "methods": LOSSES, "tasks": TASKS, "claims": CLAIMS, "assets": ASSETS}
+    registries = {"sources": SOURCES, "methods": METHODS, "tasks": TASKS, "claims": CLAIMS, "assets": ASSETS}
     if kind != "all" and kind not in registries:
         _fail(KtoBenchError(f"unknown kind {kind!r}; choose from {', '.join(registries)} or all"))
     from kto_bench.eval.tasks import listing

@@ -67,7 +67,7 @@ class ModelSource:
     task_data: str | None = None  # -> {task name: data file}: the model's own evaluation data
 
 
-MODEL_SOURCES: Registry[ModelSource] = Registry("model source")
+MODEL_SOURCES: Registry[ModelSource] = Registry("model source", extensible=True)
 
 
 def _hook(spec: ModelSpec, field: str) -> Callable[[ModelSpec], Any] | None:

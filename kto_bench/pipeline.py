@@ -21,7 +21,7 @@ from kto_bench import models, tracking
 from kto_bench.card import write_card
 from kto_bench.data import sources
 from kto_bench.data.tokenize import TokenizedData, tokenize_views
-from kto_bench.data.transforms import corrupt, kto_weights
+from kto_bench.data.transforms import corrupt
 from kto_bench.errors import StoreError, TrainingError
 from kto_bench.io import stable_hash
 from kto_bench.progress import progress
@@ -38,7 +38,6 @@ from kto_bench.store import (
     unreadable,
     write_json,
 )
-from kto_bench.train.losses import LOSSES
 from kto_bench.train.refcache import ReferenceCache, fill
 
 console = Console(stderr=True)
@@ -135,10 +134,8 @@ def stage_data(run: RunSpec, store: RunStore) -> None:
         )
     n_d = sum(1 for _, des in data.binary if des)
     n_u = len(data.binary) - n_d
-    lam_d, lam_u = (1.0, 1.0)
-    if run.method.type == "kto":
-        m = run.method
-        lam_d, lam_u = kto_weights(n_d, n_u, m.lambda_ratio, m.desirable_weight, m.undesirable_weight)
+    derived = run.method.loss_kwargs({"desirable": n_d, "undesirable": n_u})  # KTO's λ from the class counts
+    lam_d, lam_u = derived.get("desirable_weight", 1.0), derived.get("undesirable_weight", 1.0)
     lengths = data.lengths()
     report = {
         "fingerprint": data.fingerprint(),
@@ -201,7 +198,7 @@ def reference_cache(run: RunSpec, results_root: Path) -> ReferenceCache:
 
 def stage_reference(run: RunSpec, store: RunStore, results_root: Path) -> None:
     """Reference log-probs of every sequence of both views (and KTO's KL pairs), once per content."""
-    if not LOSSES.get(run.method.type).needs_reference:
+    if not run.method.needs_reference:
         store.mark_done("reference", computed=0, cached=0, note="reference-free method")
         return
     data = load_data(store)
@@ -256,13 +253,8 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path, spec: Experim
         spec.tracking.trackers, project=project, run_id=run.run_id, run_dir=store.path, resumed_step=resumed
     )
     acc = precision.accelerator(run, cpu=not torch.cuda.is_available(), log_with=trackers)
-    cache = reference_cache(run, results_root) if LOSSES.get(run.method.type).needs_reference else None
-    hyper = run.method.loss_kwargs()
-    if run.method.type == "kto":
-        hyper |= {
-            "desirable_weight": report["lambda"]["desirable"],
-            "undesirable_weight": report["lambda"]["undesirable"],
-        }
+    cache = reference_cache(run, results_root) if run.method.needs_reference else None
+    hyper = run.method.loss_kwargs(report["counts"])  # as the data stage recorded them (KTO's λ)
     if cache is not None and cache.deleted_corrupt and (lost := cache.missing(data.sequences)):
         names = ", ".join(p.name for p in cache.deleted_corrupt)
         console.print(f"[yellow]reference[/] recomputing {len(lost)} log-probs of deleted shard(s) {names}")
@@ -391,7 +383,7 @@ def _write_rewards(
     `policy` is the prepared LogProbs module of the loop: every process calls this, the main one writes."""
     from kto_bench.io import atomic_write_text
     from kto_bench.scoring import collate
-    from kto_bench.train.losses import call_loss
+    from kto_bench.methods import call_loss
 
     items = data.binary[:limit]
     lines = []

@@ -1,8 +1,8 @@
 """One small registry type for every named thing (losses, sources, tasks, plots, claims).
 
 Packages that register into the general registries from their own home (`kto_bench.extensions.PACKAGES`,
-the demo) are imported the first time any registry is looked up, so a lookup always sees their entries
-and no general module has to name them."""
+the demo) are imported the first time an extensible registry (data sources, tasks, model sources) is
+looked up, so a lookup always sees their entries and no general module has to name them."""
 
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ class Registry(Generic[T]):
     """Maps names to objects. Entries are either objects or lazy 'module:attr' strings,
     so heavy dependencies are imported only when an entry is used."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, extensible: bool = False) -> None:
         self.kind = kind
+        self._extensible = extensible  # extension packages may register here: load them before a lookup
         self._entries: dict[str, T | str] = {}
         self._docs: dict[str, str] = {}
 
@@ -59,8 +60,12 @@ class Registry(Generic[T]):
         self._entries[name] = obj
         self._docs[name] = doc
 
+    def _complete(self) -> None:
+        if self._extensible:
+            load_extensions()
+
     def get(self, name: str) -> T:
-        load_extensions()
+        self._complete()
         if name not in self._entries:
             raise KtoBenchError(
                 f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; "
@@ -74,14 +79,14 @@ class Registry(Generic[T]):
         return entry  # type: ignore[return-value]
 
     def __contains__(self, name: object) -> bool:
-        load_extensions()
+        self._complete()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def names(self) -> list[str]:
-        load_extensions()
+        self._complete()
         return sorted(self._entries)
 
     def describe(self) -> list[tuple[str, str]]:

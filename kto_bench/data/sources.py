@@ -94,7 +94,7 @@ def _resolve(obj):
     return obj
 
 
-SOURCES: Registry[Source] = Registry("data source")
+SOURCES: Registry[Source] = Registry("data source", extensible=True)
 
 
 def source(name: str) -> Source:

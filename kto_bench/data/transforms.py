@@ -83,27 +83,6 @@ def pairs_from_binary(examples: list[BinaryExample]) -> list[Pair]:
     return out
 
 
-def kto_weights(
-    n_desirable: int,
-    n_undesirable: int,
-    ratio: float = 1.0,
-    desirable_weight: float | None = None,
-    undesirable_weight: float | None = None,
-) -> tuple[float, float]:
-    """λD, λU with λD·nD/(λU·nU) = ratio; the larger class keeps weight 1. Explicit weights win."""
-    if desirable_weight is not None and undesirable_weight is not None:
-        return desirable_weight, undesirable_weight
-    if n_desirable == 0 or n_undesirable == 0:
-        return desirable_weight or 1.0, undesirable_weight or 1.0
-    if desirable_weight is not None:
-        return desirable_weight, desirable_weight * n_desirable / (ratio * n_undesirable)
-    if undesirable_weight is not None:
-        return ratio * undesirable_weight * n_undesirable / n_desirable, undesirable_weight
-    if n_desirable * 1.0 <= ratio * n_undesirable:
-        return ratio * n_undesirable / n_desirable, 1.0
-    return 1.0, n_desirable / (ratio * n_undesirable)
-
-
 def counts(examples: list[BinaryExample]) -> dict[str, int]:
     c = Counter(e.desirable for e in examples)
     return {"desirable": c[True], "undesirable": c[False]}

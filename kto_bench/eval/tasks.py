@@ -320,7 +320,7 @@ def pass_at_1(references: list[str], predictions: list[list[str]], **_: Any) -> 
 
 # ----------------------------------------------------------------------------- registry
 
-TASKS: Registry[TaskEntry] = Registry("eval task")
+TASKS: Registry[TaskEntry] = Registry("eval task", extensible=True)
 for _entry in (
     TaskEntry(
         "gsm8k_cot",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kto_bench.report.config import ReportSpec
+from kto_bench.spec import ReportSpec
 
 
 def render_report(

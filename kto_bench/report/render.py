@@ -16,12 +16,14 @@ import html
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from kto_bench.io import atomic_write_text
+from kto_bench.registry import Registry
 from kto_bench.report import claims as claims_module
 from kto_bench.report.aggregate import Experiment, load_experiment
 from kto_bench.report.claims import (
@@ -30,7 +32,6 @@ from kto_bench.report.claims import (
     claims_table,
     evaluate_claims,
 )
-from kto_bench.report.config import ReportSpec
 from kto_bench.report.health import Health, health_checks, health_table, untrained_runs
 from kto_bench.report.plots import PLOTS, PlotResult, forest_data, plot_forest
 from kto_bench.report.tables import (
@@ -47,6 +48,7 @@ from kto_bench.report.tables import (
     to_markdown,
     training_table,
 )
+from kto_bench.spec import ReportSpec
 
 CSS = """
 *{box-sizing:border-box}
@@ -86,20 +88,34 @@ def build_tables(
 ) -> list[Table]:
     """The tables the spec names (`report.tables`), in its order."""
 
-    def claims() -> Table:
-        results = claim_results
-        if results is None:
-            results = evaluate_claims(report.claims, claim_context(exp, report, untrained or set()))
-        return claims_table(results, report.alpha)
+    def claims() -> list[ClaimResult]:
+        if claim_results is not None:
+            return claim_results
+        return evaluate_claims(report.claims, claim_context(exp, report, untrained or set()))
 
-    builders = {
-        "headline": lambda: headline_table(exp, report.alpha),
-        "paired": lambda: paired_table(exp, report.compare, report.alpha),
-        "audit": lambda: audit_table(exp, report.compare),
-        "training": lambda: training_table(exp),
-        "claims": claims,
-    }
-    return [builders[name]() for name in report.tables]
+    return [TABLES.get(name)(exp, report, claims) for name in report.tables]
+
+
+# The tables a spec can name (`report.tables`): (experiment, report section, the claims' results) -> Table.
+TableFn = Callable[[Experiment, ReportSpec, Callable[[], list[ClaimResult]]], Table]
+TABLES: Registry[TableFn] = Registry("table")
+TABLES.add(
+    "headline", lambda exp, r, _: headline_table(exp, r.alpha), "score per method and grid point, with CIs"
+)
+TABLES.add(
+    "claims", lambda exp, r, claims: claims_table(claims(), r.alpha), "the paper's claims and their verdicts"
+)
+TABLES.add(
+    "paired",
+    lambda exp, r, _: paired_table(exp, r.compare, r.alpha),
+    "paired differences of the compared methods",
+)
+TABLES.add(
+    "audit",
+    lambda exp, r, _: audit_table(exp, r.compare),
+    "matched settings per run: compute, budget, confounds",
+)
+TABLES.add("training", lambda exp, r, _: training_table(exp), "training summary per run")
 
 
 def provenance_summary(exp: Experiment) -> list[tuple[str, str]]:

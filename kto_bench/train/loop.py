@@ -25,11 +25,11 @@ import torch
 
 from kto_bench.data.tokenize import TokenizedData
 from kto_bench.errors import StoreError, TrainingError
+from kto_bench.methods import call_loss
 from kto_bench.scoring import LogProbs, collate, token_counts, use_attention
 from kto_bench.spec import RunSpec
 from kto_bench.store import fault_point, save_torch
 from kto_bench.train import precision
-from kto_bench.train.losses import LOSSES, call_loss
 
 UNITS = ("examples", "sequences", "tokens")
 
@@ -141,7 +141,7 @@ def batch_tensors(model, ctx: Context, batch_idx: int, fused_kl: bool) -> tuple[
     sequence, as a peer counts them) and the token counts of its forward.
 
     KTO's KL pairs come from `kl_tensors`, or with `fused_kl` ride along in this forward (detached)."""
-    data, info, device = ctx.data, LOSSES.get(ctx.run.method.type), ctx.accelerator.device
+    data, info, device = ctx.data, ctx.run.method, ctx.accelerator.device
     if info.data == "pairs":
         pairs = [data.pairs[i] for i in data.pair_batches[batch_idx]]
         seqs = [data.sequences[c] for c, _ in pairs] + [data.sequences[r] for _, r in pairs]
@@ -192,10 +192,6 @@ def kl_tensors(model, ctx: Context, batch_ids: list[int]) -> tuple[dict[str, tor
             reference.append(ctx.ref(kl).to(ctx.accelerator.device))
             counts += c
     return {"kl_policy_logps": torch.cat(policy), "kl_reference_logps": torch.cat(reference)}, counts
-
-
-def n_batches(data: TokenizedData, method: str) -> int:
-    return len(data.pair_batches if LOSSES.get(method).data == "pairs" else data.binary_batches)
 
 
 def batch_counts(data: TokenizedData, view: str) -> list[dict[str, int]]:
@@ -254,7 +250,7 @@ def train_step(model, ctx: Context, batch_ids: list[int], optimizer, scheduler) 
     counts: dict[str, int] = defaultdict(int)
     tokens = Counter()
     kl: dict[str, torch.Tensor] = {}
-    needs_kl = LOSSES.get(method).needs_kl
+    needs_kl = ctx.run.method.needs_kl
     step_scope = getattr(ctx.run.method, "z0_scope", "microbatch") == "step"
     fused_kl = needs_kl and not step_scope and ctx.run.training.kl_pass == "fused"
     if needs_kl and step_scope:  # z0 over the whole optimizer step (an ablation; layout-independent)
@@ -350,7 +346,7 @@ def train(model, ctx: Context) -> dict:
         model.get_decoder().compile(dynamic=True)
     p = plan(
         ctx.run,
-        batch_counts(ctx.data, LOSSES.get(ctx.run.method.type).data),
+        batch_counts(ctx.data, ctx.run.method.data),
         paired_epoch(ctx.data, t.grad_accum * acc.num_processes),
         acc.num_processes,
     )

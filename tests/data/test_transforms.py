@@ -1,4 +1,4 @@
-"""Matched corruption: flips, subsampling, λ weights, one-y-per-x — exact, seeded, the same for both methods."""
+"""Matched corruption: flips, subsampling, one-y-per-x — exact, seeded, the same for both methods."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from kto_bench.data.transforms import (
     flip_labels,
     flip_pairs,
     keep_one_output_per_prompt,
-    kto_weights,
     pairs_from_binary,
     subsample,
     unpair,
@@ -77,20 +76,6 @@ def test_subsampling_is_not_a_prefix():
     kept = subsample(unpair(make_pairs(100)), 0.1, 1.0, 3)
     ids = sorted(int(e.source_id.split("/")[0][1:]) for e in kept if e.desirable)
     assert ids != list(range(10))
-
-
-@settings(max_examples=80, deadline=None)
-@given(nd=st.integers(1, 1000), nu=st.integers(1, 1000), ratio=st.floats(1.0, 4 / 3))
-def test_lambda_ratio_lands_on_target(nd, nu, ratio):
-    ld, lu = kto_weights(nd, nu, ratio)
-    assert ld * nd / (lu * nu) == pytest.approx(ratio)
-    assert min(ld, lu) == pytest.approx(1.0) or max(ld, lu) >= 1.0
-
-
-def test_lambda_overrides():
-    assert kto_weights(10, 100, 1.0, 2.0, 0.5) == (2.0, 0.5)
-    ld, lu = kto_weights(10, 100, 1.0, desirable_weight=5.0)
-    assert ld == 5.0 and ld * 10 / (lu * 100) == pytest.approx(1.0)
 
 
 def test_dpo_view_under_imbalance():

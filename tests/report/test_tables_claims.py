@@ -15,7 +15,6 @@ from kto_bench.report.claims import (
     evaluate_claims,
     verdict_text,
 )
-from kto_bench.report.config import ReportSpec
 from kto_bench.report.render import build_tables
 from kto_bench.report.stats import holm, wilson
 from kto_bench.report.tables import (
@@ -28,6 +27,7 @@ from kto_bench.report.tables import (
     to_markdown,
     training_table,
 )
+from kto_bench.spec import ReportSpec
 from tests.report.conftest import SEEDS, ResultsBuilder, build
 
 CLEAN = [{"corruption.flip_rate": 0.0}]
@@ -316,14 +316,27 @@ def test_single_seed_win_rate_gets_a_wilson_interval():
 
 
 def test_named_tables_and_plots_match_their_builders(tmp_path):
-    from kto_bench.report.config import PLOTS as PLOT_NAMES
-    from kto_bench.report.config import TABLES
     from kto_bench.report.plots import PLOTS
+    from kto_bench.report.render import TABLES
+    from kto_bench.spec.report import DEFAULT_PLOTS, DEFAULT_TABLES
 
-    assert set(PLOTS.names()) == set(PLOT_NAMES)
+    assert set(PLOTS.names()) == set(DEFAULT_PLOTS)  # the defaults render every registered plot and table
+    assert set(TABLES.names()) == set(DEFAULT_TABLES)
     (tmp_path / "empty").mkdir()
     tables = build_tables(load_experiment(tmp_path / "empty"), ReportSpec())
-    assert [t.name for t in tables] == list(TABLES)
+    assert [t.name for t in tables] == list(DEFAULT_TABLES)
+
+
+def test_report_names_come_from_the_registries(monkeypatch):
+    from kto_bench.report.plots import PLOTS
+    from kto_bench.report.render import TABLES
+
+    monkeypatch.setitem(PLOTS._entries, "extra_plot", lambda exp, alpha, out: None)
+    monkeypatch.setitem(TABLES._entries, "extra_table", lambda exp, report, claims: None)
+    spec = ReportSpec(plots=["noise", "extra_plot"], tables=["extra_table"])  # registered, in no list
+    assert spec.plots == ["noise", "extra_plot"] and spec.tables == ["extra_table"]
+    with pytest.raises(ValidationError, match="unknown table 'extra_tabel'.*did you mean 'extra_table'"):
+        ReportSpec(tables=["extra_tabel"])
 
 
 # ---------------------------------------------------------------------------------------------- spec: claims vs tasks

@@ -18,9 +18,9 @@ from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
 from kto_bench.demo.world import build_tokenizer, tiny_config
+from kto_bench.methods import call_loss
 from kto_bench.spec import expand, parse_spec
 from kto_bench.train.loop import Context, _kl_reduce, batch_counts, kl_tensors, plan, train
-from kto_bench.train.losses import call_loss
 from kto_bench.train.refcache import ReferenceCache, fill
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script by torchrun

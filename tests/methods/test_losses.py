@@ -12,20 +12,13 @@ import pytest
 import torch
 
 from kto_bench.errors import KtoBenchError
-from kto_bench.train.losses import (
-    LOSSES,
-    TENSOR_NAMES,
-    LossResult,
-    call_loss,
-    dpo_loss,
-    hyperparameters,
-    ipo_loss,
-    kto_loss,
-    robust_dpo_loss,
-    sft_loss,
-    simpo_loss,
-    slic_loss,
-)
+from kto_bench.methods import METHODS, TENSOR_NAMES, LossResult, call_loss, hyperparameters
+from kto_bench.methods.dpo import dpo_loss, robust_dpo_loss
+from kto_bench.methods.ipo import ipo_loss
+from kto_bench.methods.kto import kto_loss
+from kto_bench.methods.sft import sft_loss
+from kto_bench.methods.simpo import simpo_loss
+from kto_bench.methods.slic import slic_loss
 
 
 def t(*values: float) -> torch.Tensor:
@@ -53,7 +46,7 @@ PAIRS = dict(
 
 
 def test_dpo_closed_form_and_pair_metrics():
-    out = dpo_loss(**PAIRS, beta=0.5)  # βm = [1, -0.5]
+    out = dpo_loss(**PAIRS, beta=0.5, label_smoothing=0.0)  # βm = [1, -0.5]
     assert out.loss.item() == pytest.approx((softplus(-1.0) + softplus(0.5)) / 2)
     assert out.chosen_rewards.tolist() == [0.5, 0.0]
     assert out.rejected_rewards.tolist() == [-0.5, 0.5]
@@ -74,20 +67,22 @@ def test_robust_dpo_closed_form_and_reduces_to_dpo():
     out = robust_dpo_loss(**PAIRS, beta=0.5, label_smoothing=0.1)
     per_pair = [(0.9 * softplus(-x) - 0.1 * softplus(x)) / 0.8 for x in (1.0, -0.5)]
     assert out.loss.item() == pytest.approx(sum(per_pair) / 2)
-    assert robust_dpo_loss(**PAIRS, beta=0.5).loss.item() == pytest.approx(
-        dpo_loss(**PAIRS, beta=0.5).loss.item()
+    assert robust_dpo_loss(**PAIRS, beta=0.5, label_smoothing=0.0).loss.item() == pytest.approx(
+        dpo_loss(**PAIRS, beta=0.5, label_smoothing=0.0).loss.item()
     )
 
 
 def test_ipo_closed_form_summed_and_per_token():
     summed = ipo_loss(**PAIRS, beta=0.25, length_normalize=False)  # 1/(2β) = 2, m = [2, -1]
     assert summed.loss.item() == pytest.approx((0.0 + 9.0) / 2)
-    per_token = ipo_loss(**PAIRS, chosen_lengths=t(2, 4), rejected_lengths=t(4, 2), beta=0.25)
+    per_token = ipo_loss(
+        **PAIRS, chosen_lengths=t(2, 4), rejected_lengths=t(4, 2), beta=0.25, length_normalize=True
+    )
     # h = r_w/|y_w| − r_l/|y_l| = [1/2 + 1/4, 0 − 1/2]
     assert per_token.loss.item() == pytest.approx(((0.75 - 2) ** 2 + (-0.5 - 2) ** 2) / 2)
     assert per_token.chosen_rewards.tolist() == [0.25, 0.0]  # rewards stay β·r, not per token
     with pytest.raises(KtoBenchError, match="chosen_lengths"):
-        ipo_loss(**PAIRS)
+        ipo_loss(**PAIRS, beta=0.1, length_normalize=True)
 
 
 def test_simpo_closed_form():
@@ -96,6 +91,9 @@ def test_simpo_closed_form():
         rejected_policy_logps=t(-6.0),
         chosen_lengths=torch.tensor([4]),
         rejected_lengths=torch.tensor([3]),
+        beta=2.0,
+        gamma_beta_ratio=0.5,
+        label_smoothing=0.0,
     )  # β = 2, γ/β = 0.5: s = −0.5 − (−2) = 1.5, β(s − 0.5) = 2
     assert out.loss.item() == pytest.approx(softplus(-2.0))
     assert out.chosen_rewards.tolist() == [-1.0]
@@ -103,7 +101,7 @@ def test_simpo_closed_form():
 
 
 def test_slic_hinge_closed_form():
-    out = slic_loss(**PAIRS, beta=0.5)  # relu(1 − [1, −0.5]) = [0, 1.5]
+    out = slic_loss(**PAIRS, beta=0.5, delta=1.0)  # relu(1 − [1, −0.5]) = [0, 1.5]
     assert out.loss.item() == pytest.approx(0.75)
     assert slic_loss(**PAIRS, beta=0.5, delta=2.0).loss.item() == pytest.approx((1.0 + 2.5) / 2)
 
@@ -136,6 +134,7 @@ KTO = dict(
     kl_reference_logps=t(-2.0, -2.0),
     desirable=torch.tensor([True, False]),
 )
+KTO_H = {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}  # hyperparameters("kto")
 
 
 def test_kto_closed_form_with_weights():
@@ -160,7 +159,7 @@ def test_kto_closed_form_with_weights():
 @pytest.mark.parametrize("cls", [True, False])
 def test_kto_one_class_batch(cls: bool):
     batch = {**KTO, "desirable": torch.tensor([cls, cls])}
-    out = kto_loss(**batch, beta=1.0)
+    out = kto_loss(**batch, **(KTO_H | {"beta": 1.0}))
     losses = [1 - sigmoid(r - 0.5) if cls else 1 - sigmoid(0.5 - r) for r in (0.5, -1.0)]
     assert out.loss.item() == pytest.approx(sum(losses) / 2)
     present, absent = ("desirable", "undesirable") if cls else ("undesirable", "desirable")
@@ -172,15 +171,15 @@ def test_kto_one_class_batch(cls: bool):
 @pytest.mark.parametrize("cls,weight", [(True, "desirable_weight"), (False, "undesirable_weight")])
 def test_kto_weights_scale_their_class_only(cls: bool, weight: str):
     batch = {**KTO, "desirable": torch.tensor([cls, cls])}
-    base = kto_loss(**batch).loss.item()
-    assert kto_loss(**batch, **{weight: 2.5}).loss.item() == pytest.approx(2.5 * base)
+    base = kto_loss(**batch, **KTO_H).loss.item()
+    assert kto_loss(**batch, **(KTO_H | {weight: 2.5})).loss.item() == pytest.approx(2.5 * base)
     other = "undesirable_weight" if weight == "desirable_weight" else "desirable_weight"
-    assert kto_loss(**batch, **{other: 2.5}).loss.item() == pytest.approx(base)
+    assert kto_loss(**batch, **(KTO_H | {other: 2.5})).loss.item() == pytest.approx(base)
 
 
 def test_kto_reference_point_clamped_at_zero():
     batch = {**KTO, "kl_policy_logps": t(-3.0, -2.0)}  # mean KL log-ratio −0.5
-    out = kto_loss(**batch, beta=1.0)
+    out = kto_loss(**batch, **(KTO_H | {"beta": 1.0}))
     assert out.kl.item() == 0.0 and out.metrics["kl"] == 0.0
     assert out.loss.item() == pytest.approx(((1 - sigmoid(0.5)) + (1 - sigmoid(1.0))) / 2)
 
@@ -188,7 +187,7 @@ def test_kto_reference_point_clamped_at_zero():
 def test_kto_reference_point_is_detached():
     kl_policy = KTO["kl_policy_logps"].clone().requires_grad_()
     policy = KTO["policy_logps"].clone().requires_grad_()
-    out = kto_loss(**{**KTO, "policy_logps": policy, "kl_policy_logps": kl_policy})
+    out = kto_loss(**{**KTO, "policy_logps": policy, "kl_policy_logps": kl_policy}, **KTO_H)
     out.loss.backward()
     assert kl_policy.grad is None
     assert policy.grad is not None and policy.grad.abs().sum() > 0
@@ -203,20 +202,28 @@ def test_kto_kl_reduce_runs_before_clamp():
         seen.append(x.item())
         return x + 1.0  # e.g. the other processes had a larger KL
 
-    out = kto_loss(**batch, kl_reduce=reduce)
+    out = kto_loss(**batch, **KTO_H, kl_reduce=reduce)
     assert seen == [-0.5]
     assert out.kl.item() == pytest.approx(0.5)  # clamp after reduce; reduce-after-clamp would give 1.0
 
 
 def test_bad_shapes_and_arguments_raise():
     with pytest.raises(KtoBenchError, match="equal length"):
-        dpo_loss(t(-1.0, -2.0), t(-1.0), t(-1.0), t(-1.0))
+        dpo_loss(t(-1.0, -2.0), t(-1.0), t(-1.0), t(-1.0), beta=0.1, label_smoothing=0.0)
     with pytest.raises(KtoBenchError, match="non-empty"):
-        kto_loss(**{**KTO, "kl_policy_logps": t(), "kl_reference_logps": t()})
+        kto_loss(**{**KTO, "kl_policy_logps": t(), "kl_reference_logps": t()}, **KTO_H)
     with pytest.raises(KtoBenchError, match="label_smoothing"):
-        robust_dpo_loss(**PAIRS, label_smoothing=0.5)
+        robust_dpo_loss(**PAIRS, beta=0.1, label_smoothing=0.5)
     with pytest.raises(KtoBenchError, match="chosen_lengths"):
-        simpo_loss(t(-1.0), t(-1.0), torch.tensor([0]), torch.tensor([1]))
+        simpo_loss(
+            t(-1.0),
+            t(-1.0),
+            torch.tensor([0]),
+            torch.tensor([1]),
+            beta=2.0,
+            gamma_beta_ratio=0.5,
+            label_smoothing=0.0,
+        )
 
 
 # --- gradients ------------------------------------------------------------------------------------
@@ -247,7 +254,7 @@ def test_gradcheck_wrt_policy_logps(method: str):
     batch = _random_batch(0)
     policy_names = (
         ("policy_logps",)
-        if LOSSES.get(method).data == "binary"
+        if METHODS.get(method).data == "binary"
         else ("chosen_policy_logps", "rejected_policy_logps")
     )
     hyper = {"label_smoothing": 0.2} if method in ("dpo", "rdpo", "simpo") else {}
@@ -265,7 +272,9 @@ def test_gradcheck_wrt_policy_logps(method: str):
 
 
 def test_registry_describes_every_method():
-    flags = {n: (LOSSES.get(n).data, LOSSES.get(n).needs_reference, LOSSES.get(n).needs_kl) for n in LOSSES}
+    flags = {
+        n: (METHODS.get(n).data, METHODS.get(n).needs_reference, METHODS.get(n).needs_kl) for n in METHODS
+    }
     assert flags == {
         "kto": ("binary", True, True),
         "dpo": ("pairs", True, False),
@@ -275,7 +284,7 @@ def test_registry_describes_every_method():
         "slic": ("pairs", True, False),
         "sft": ("binary", False, False),
     }
-    assert all(doc for _, doc in LOSSES.describe())
+    assert all(doc for _, doc in METHODS.describe())
     assert hyperparameters("simpo") == {"beta": 2.0, "gamma_beta_ratio": 0.5, "label_smoothing": 0.0}
 
 
@@ -284,9 +293,11 @@ def test_call_loss_passes_what_the_method_takes(method: str):
     batch = _random_batch(1)
     out = call_loss(method, batch, beta=0.3)  # every method is handed every tensor and beta
     assert isinstance(out, LossResult) and out.loss.ndim == 0 and torch.isfinite(out.loss)
-    fn = LOSSES.get(method).fn
+    fn = METHODS.get(method).loss
     takes = {k: v for k, v in batch.items() if k in inspect.signature(fn).parameters}
-    direct = fn(**takes, **({"beta": 0.3} if "beta" in hyperparameters(method) else {}))
+    direct = fn(
+        **takes, **(hyperparameters(method) | ({"beta": 0.3} if "beta" in hyperparameters(method) else {}))
+    )
     assert out.loss.item() == direct.loss.item()
 
 
