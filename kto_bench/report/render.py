@@ -21,32 +21,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from kto_bench.io import atomic_write_text
+from kto_bench.io import atomic_write_text, read_json
 from kto_bench.report import claims as claims_module
 from kto_bench.report.aggregate import Experiment, load_experiment
-from kto_bench.report.claims import (
-    ClaimContext,
-    ClaimResult,
-    claims_table,
-    evaluate_claims,
-)
+from kto_bench.report.audit import confounds, method_audit_table
+from kto_bench.report.claims import ClaimContext, ClaimResult, evaluate_claims
 from kto_bench.report.config import ReportSpec
 from kto_bench.report.health import Health, health_checks, health_table, untrained_runs
-from kto_bench.report.plots import PLOTS, PlotResult, forest_data, plot_forest
-from kto_bench.report.tables import (
-    MISSING,
-    Table,
-    audit_table,
-    confounds,
-    headline_table,
-    method_audit_table,
-    paired_table,
-    to_csv,
-    to_html,
-    to_latex,
-    to_markdown,
-    training_table,
-)
+from kto_bench.report.labels import MISSING
+from kto_bench.report.plots import PlotResult, forest_data, plot_forest
+from kto_bench.report.registries import PLOTS, TABLES, TableInputs
+from kto_bench.report.writers import WRITERS, Table, to_csv, to_html, to_markdown
 
 CSS = """
 *{box-sizing:border-box}
@@ -84,22 +69,15 @@ def build_tables(
     claim_results: list[ClaimResult] | None = None,
     untrained: set[str] | None = None,
 ) -> list[Table]:
-    """The tables the spec names (`report.tables`), in its order."""
+    """The tables the spec names (`report.tables`), in its order, each built by its entry in `TABLES`."""
 
-    def claims() -> Table:
-        results = claim_results
-        if results is None:
-            results = evaluate_claims(report.claims, claim_context(exp, report, untrained or set()))
-        return claims_table(results, report.alpha)
+    def claims() -> list[ClaimResult]:
+        if claim_results is not None:
+            return claim_results
+        return evaluate_claims(report.claims, claim_context(exp, report, untrained or set()))
 
-    builders = {
-        "headline": lambda: headline_table(exp, report.alpha),
-        "paired": lambda: paired_table(exp, report.compare, report.alpha),
-        "audit": lambda: audit_table(exp, report.compare),
-        "training": lambda: training_table(exp),
-        "claims": claims,
-    }
-    return [builders[name]() for name in report.tables]
+    inputs = TableInputs(exp, report.alpha, report.compare, claims)
+    return [TABLES.get(name)(inputs) for name in report.tables]
 
 
 def provenance_summary(exp: Experiment) -> list[tuple[str, str]]:
@@ -270,12 +248,12 @@ def _is_chosen(candidate: dict, chosen: dict) -> bool:
 def tuning_table(exp: Experiment) -> Table | None:
     """results/<experiment>/tuning.json (hyperparameters chosen on a dev split), when present."""
     path = exp.root / "tuning.json"
-    if not path.exists():
-        return None
     try:
-        t = json.loads(path.read_text())
+        t = read_json(path)
     except (OSError, json.JSONDecodeError) as e:
         exp.issues.append(f"{path}: unreadable ({e}); hyperparameter selection not shown")
+        return None
+    if t is None:
         return None
     chosen = t.get("chosen") or {}
     table = Table("tuning", "Hyperparameter selection", ["method", "parameters", "score", "chosen"], [])
@@ -415,7 +393,7 @@ def render_report(
     back = [t for t in spec_tables if t.name not in FRONT_TABLES]
     forest_table = Table("forest", "Contrasts of the forest plot", list(forest.columns), [], data=forest)
     for t in [*front, *back]:
-        for ext, writer in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex), ("html", to_html)):
+        for ext, writer in WRITERS.items():
             atomic_write_text(out_dir / "tables" / f"{t.name}.{ext}", writer(t))
     atomic_write_text(out_dir / "tables" / "forest.csv", to_csv(forest_table))
     plots_dir = out_dir / "plots"
