@@ -12,6 +12,9 @@ group unless the grid varies the model, as scale_sweep does) must share one mode
 row is the base-<hash>-<eval> folder whose provenance has that hash (and, among several, the same
 evaluation settings). Trained runs of one group with different model hashes are an error naming them:
 a report never shows two base rows for one model, nor a base that is not the runs' base.
+
+Over 400 lines because reading the store, choosing the compared runs and their base rows, and the
+tidy frame are one contract (the results layout in ARCHITECTURE.md), kept in one reader.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import pandas as pd
 
 from kto_bench.errors import StoreError
 from kto_bench.io import read_json, read_jsonl
-from kto_bench.report.axes import CLEAN_VALUES
+from kto_bench.report.axes import CLEAN_VALUES, MODEL_PREFIX
 from kto_bench.report.labels import (
     GRAD_NORM,
     KL,
@@ -353,7 +356,7 @@ def load_experiment(
     for r in trained:
         r.point = _point_label(r.grid, varying)
     bases, base_issues = choose_bases(
-        trained, [r for r in runs if r.is_base], [f for f in varying if f.startswith("model.")]
+        trained, [r for r in runs if r.is_base], [f for f in varying if f.startswith(MODEL_PREFIX)]
     )
     issues += base_issues
     for b in runs:

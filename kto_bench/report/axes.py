@@ -21,6 +21,8 @@ class Axis:
 NOISE = Axis("corruption.flip_rate", "flip rate")
 IMBALANCE = Axis("corruption.desirable_fraction", "desirable fraction")
 ONE_Y_PER_X = "corruption.one_output_per_prompt"
+# grid fields under this prefix choose the model: runs that share them form one comparison group (one base row)
+MODEL_PREFIX = "model."
 
 # Corruption settings whose value means "no corruption"; the reference point has these where they vary.
 # The spec's defaults are the clean values (`CorruptionSpec()`); the corruption seed is no setting.

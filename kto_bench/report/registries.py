@@ -44,7 +44,7 @@ PlotFn = Callable[["Experiment", float, Path], "PlotResult"]
 TABLES: Registry[TableBuilder] = Registry("table")
 for _name, _where, _doc in (
     ("headline", "kto_bench.report.headline:build", "score per method and grid point, seed CIs, best separated in bold"),
-    ("claims", "kto_bench.report.claims:build_table", "paper claims: measured difference, sign and size verdicts"),
+    ("claims", "kto_bench.report.claims_table:build_table", "paper claims: measured difference, sign and size verdicts"),
     ("paired", "kto_bench.report.paired:build", "paired differences on the same items, seeds × items CIs, Holm"),
     ("audit", "kto_bench.report.audit:build", "matched-settings audit per run: what differs between compared runs"),
     ("training", "kto_bench.report.training:build", "training summaries: steps, tokens, loss, reward margin, KL"),

@@ -7,6 +7,9 @@ The report answers first: one sentence for the method comparison at the referenc
 holds across the grid, one sentence per claim with its verdict and interval, the confounds and the
 runs that did not train, then the forest plot of every contrast; the curves and tables follow;
 provenance, the per-run audit and the run lists come last.
+
+Over 400 lines because the page order (answer first, curves, tables, provenance last) is written
+once for Markdown and once for HTML, side by side; the tables come from report/registries.TABLES.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from kto_bench.io import atomic_write_text, read_json
-from kto_bench.report import claims as claims_module
+from kto_bench.report import claims_table
 from kto_bench.report.aggregate import Experiment, load_experiment
 from kto_bench.report.audit import confounds, method_audit_table
 from kto_bench.report.claims import ClaimContext, ClaimResult, evaluate_claims
@@ -191,7 +194,7 @@ def comparison_sentences(forest: pd.DataFrame, exp: Experiment, report: ReportSp
 
 def claim_sentence(r: ClaimResult, alpha: float) -> str:
     """One sentence per claim: the claims module's own (statement, measured setting, interval, paper)."""
-    return claims_module.claim_sentence(r)
+    return claims_table.claim_sentence(r)
 
 
 def health_sentence(checks: list[Health]) -> str:

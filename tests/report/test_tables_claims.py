@@ -8,14 +8,8 @@ from pydantic import ValidationError
 from kto_bench.errors import KtoBenchError, StoreError
 from kto_bench.report.aggregate import load_experiment, training_summary
 from kto_bench.report.audit import audit_table
-from kto_bench.report.claims import (
-    CLAIMS,
-    ClaimContext,
-    claim_sentence,
-    claims_table,
-    evaluate_claims,
-    verdict_text,
-)
+from kto_bench.report.claims import CLAIMS, ClaimContext, evaluate_claims
+from kto_bench.report.claims_table import claim_sentence, claims_table, verdict_text
 from kto_bench.report.config import ReportSpec
 from kto_bench.report.headline import format_cell, headline_table, summarize_cell
 from kto_bench.report.paired import paired_table
