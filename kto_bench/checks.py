@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from kto_bench.errors import KtoBenchError
 from kto_bench.registry import Registry, did_you_mean
-from kto_bench.spec.report import DEFAULT_PLOTS, DEFAULT_TABLES
 
 if TYPE_CHECKING:
     from kto_bench.spec import ExperimentSpec
@@ -52,21 +51,24 @@ def eval_variant(name: str, variant: str, num_fewshot: int | None) -> None:
 
 
 def report_tables(names: list[str]) -> list[str]:
-    if set(names) <= set(DEFAULT_TABLES):  # registered (tests/report): skips importing matplotlib and pandas
-        return names
-    from kto_bench.report.render import TABLES
+    from kto_bench.report.registries import TABLES  # lazy entries: no pandas or matplotlib
 
     _known("table", names, TABLES)
     return names
 
 
 def report_plots(names: list[str]) -> list[str]:
-    if set(names) <= set(DEFAULT_PLOTS):  # registered (tests/report): skips importing matplotlib and pandas
-        return names
-    from kto_bench.report.plots import PLOTS
+    from kto_bench.report.registries import PLOTS
 
     _known("plot", names, PLOTS)
     return names
+
+
+def report_defaults(kind: str) -> list[str]:
+    """What a spec renders when it names no tables (`kind` "tables") or plots ("plots"): all of them."""
+    from kto_bench.report.registries import PLOTS, TABLES
+
+    return {"tables": TABLES, "plots": PLOTS}[kind].in_order()
 
 
 def report_claims(names: list[str]) -> list[str]:

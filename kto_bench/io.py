@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,25 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_jsonl(
+    path: Path, default: Any = None, bad_line: Callable[[int, Exception], None] | None = None
+) -> list[Any] | Any:
+    """The rows of a JSON-lines file (blank lines skipped), or `default` when it does not exist. A line
+    that does not parse raises, unless `bad_line(line_number, error)` is given: then it is reported
+    there and skipped (a run may still be writing its last line)."""
+    path = Path(path)
+    if not path.exists():
+        return default
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if bad_line is None:
+                raise
+            bad_line(i, e)
+    return rows

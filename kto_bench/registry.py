@@ -91,3 +91,7 @@ class Registry(Generic[T]):
 
     def describe(self) -> list[tuple[str, str]]:
         return [(n, self._docs.get(n, "")) for n in self.names()]
+
+    def in_order(self) -> list[str]:
+        """Names in registration order (where the order is meaningful, e.g. a default that lists all)."""
+        return list(self._entries)

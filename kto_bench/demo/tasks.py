@@ -35,6 +35,7 @@ TASK_ENTRIES = (
         build=_build("demo_arith_gen"),
         own_variant="demo",
         default_data=DEFAULT_DATA,
+        label="Demo arith (gen)",
     ),
     TaskEntry(
         "demo_arith_mc",
@@ -45,6 +46,7 @@ TASK_ENTRIES = (
         own_variant="demo",
         default_data=DEFAULT_DATA,
         card_type="multiple-choice",
+        label="Demo arith (MC)",
     ),
     TaskEntry(
         "demo_arith_dev",

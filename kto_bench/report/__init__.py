@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kto_bench.spec import ReportSpec
+if TYPE_CHECKING:
+    from kto_bench.spec import ReportSpec
 
 
 def render_report(
@@ -23,4 +25,4 @@ def render_report(
     return render(experiment_dir, out_dir, report, spec_text, experiment, run_ids)
 
 
-__all__ = ["ReportSpec", "render_report"]
+__all__ = ["render_report"]

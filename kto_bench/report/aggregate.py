@@ -12,6 +12,9 @@ group unless the grid varies the model, as scale_sweep does) must share one mode
 row is the base-<hash>-<eval> folder whose provenance has that hash (and, among several, the same
 evaluation settings). Trained runs of one group with different model hashes are an error naming them:
 a report never shows two base rows for one model, nor a base that is not the runs' base.
+
+Over 400 lines because reading the store, choosing the compared runs and their base rows, and the
+tidy frame are one contract (the results layout in ARCHITECTURE.md), kept in one reader.
 """
 
 from __future__ import annotations
@@ -27,43 +30,43 @@ from typing import Any
 import pandas as pd
 
 from kto_bench.errors import StoreError
+from kto_bench.io import read_json, read_jsonl
+from kto_bench.report.axes import CLEAN_VALUES, MODEL_PREFIX
+from kto_bench.report.labels import (
+    GRAD_NORM,
+    KL,
+    LOSS,
+    OLD_REWARD_PREFIX,
+    REWARD_ALIASES,
+    REWARD_DESIRABLE,
+    REWARD_PREFIX,
+    REWARD_UNDESIRABLE,
+    STEP_TIME,
+    TOKENS_SEEN,
+)
+from kto_bench.store import STAGES
 
 # Grid fields that are not part of a "point" (they identify the run, not the setting).
 NON_POINT_FIELDS = ("method.type", "method", "seed")
-# Corruption settings whose value means "no corruption"; the reference point has these where they vary.
-CLEAN_VALUES: dict[str, Any] = {
-    "corruption.flip_rate": 0.0,
-    "corruption.desirable_fraction": 1.0,
-    "corruption.undesirable_fraction": 1.0,
-    "corruption.one_output_per_prompt": False,
-    "corruption.dpo_unpaired": "drop",
-}
 METHOD_ORDER = ("base", "sft", "dpo", "kto")
-STAGES = ("data", "reference", "train", "eval", "done")
 
 
 def _read_json(path: Path, issues: list[str]) -> dict | None:
-    if not path.exists():
-        return None
+    """A JSON file of the store, None when absent; an unreadable one is an issue, not an error."""
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except (OSError, json.JSONDecodeError) as e:
         issues.append(f"{path}: unreadable ({e}); treated as missing")
         return None
 
 
 def _read_jsonl(path: Path, issues: list[str]) -> list[dict] | None:
-    if not path.exists():
-        return None
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            issues.append(f"{path}:{i}: unreadable line skipped (a run still writing?)")
-    return rows
+    """A JSON-lines file of the store, None when absent; unreadable lines are issues and skipped."""
+
+    def bad_line(i: int, _: Exception) -> None:
+        issues.append(f"{path}:{i}: unreadable line skipped (a run still writing?)")
+
+    return read_jsonl(path, bad_line=bad_line)
 
 
 @dataclass
@@ -212,11 +215,8 @@ def sample_score(scores: dict[str, Any], metric: str) -> float | None:
 def normalize_metric_name(name: str) -> str:
     """train/rewards_desirable and train/rewards/desirable are the same; DPO's chosen/rejected are
     the desirable/undesirable of a pair."""
-    name = name.replace("train/rewards_", "train/rewards/")
-    return {
-        "train/rewards/chosen": "train/rewards/desirable",
-        "train/rewards/rejected": "train/rewards/undesirable",
-    }.get(name, name)
+    name = name.replace(OLD_REWARD_PREFIX, REWARD_PREFIX)
+    return REWARD_ALIASES.get(name, name)
 
 
 def _load_run(path: Path, issues: list[str]) -> Run | None:
@@ -356,7 +356,7 @@ def load_experiment(
     for r in trained:
         r.point = _point_label(r.grid, varying)
     bases, base_issues = choose_bases(
-        trained, [r for r in runs if r.is_base], [f for f in varying if f.startswith("model.")]
+        trained, [r for r in runs if r.is_base], [f for f in varying if f.startswith(MODEL_PREFIX)]
     )
     issues += base_issues
     for b in runs:
@@ -422,16 +422,16 @@ def training_summary(metrics: pd.DataFrame | None, summary: dict | None) -> dict
         return out
     if out["steps"] is None and "step" in metrics:
         out["steps"] = int(metrics["step"].max())
-    if out["tokens"] is None and "tokens/seen" in metrics:
-        out["tokens"] = int(metrics["tokens/seen"].dropna().iloc[-1])
-    if out["wall_s"] is None and "time/step_s" in metrics:
-        out["wall_s"] = float(metrics["time/step_s"].sum())
+    if out["tokens"] is None and TOKENS_SEEN in metrics:
+        out["tokens"] = int(metrics[TOKENS_SEEN].dropna().iloc[-1])
+    if out["wall_s"] is None and STEP_TIME in metrics:
+        out["wall_s"] = float(metrics[STEP_TIME].sum())
     margins = margin_series(metrics)
     columns = {
-        "loss": metrics.get("train/loss"),
+        "loss": metrics.get(LOSS),
         "margin": margins,
-        "kl": metrics.get("train/kl"),
-        "grad_norm": metrics.get("train/grad_norm"),
+        "kl": metrics.get(KL),
+        "grad_norm": metrics.get(GRAD_NORM),
     }
     for name, col in columns.items():
         col = None if col is None else col.dropna()
@@ -446,8 +446,7 @@ def training_summary(metrics: pd.DataFrame | None, summary: dict | None) -> dict
 
 
 def margin_series(metrics: pd.DataFrame) -> pd.Series | None:
-    if "train/rewards/margins" in metrics:
-        return metrics["train/rewards/margins"]
-    if {"train/rewards/desirable", "train/rewards/undesirable"} <= set(metrics.columns):
-        return metrics["train/rewards/desirable"] - metrics["train/rewards/undesirable"]
+    """The reward margin per step: desirable − undesirable (β·r; see `labels.REWARD_DESIRABLE`)."""
+    if {REWARD_DESIRABLE, REWARD_UNDESIRABLE} <= set(metrics.columns):
+        return metrics[REWARD_DESIRABLE] - metrics[REWARD_UNDESIRABLE]
     return None

@@ -1,7 +1,7 @@
 """The registry of paper claims, each measured on an experiment and given a verdict by its interval.
 
 A claim's measure is a linear contrast of per-item scores on the items every compared run shares,
-with the interval of `stats.contrast_interval` (seeds × items; see tables.contrast_terms). Runs are
+with the interval of `stats.contrast_interval` (seeds × items; see contrasts.contrast_terms). Runs are
 taken at each setting group's reference point (corruption at clean values) unless the claim is about
 a corruption setting, in which case only that field moves. A setting group is one combination of the
 non-corruption fields the experiment varies (a scale sweep is judged at every model size, each
@@ -17,6 +17,10 @@ Verdicts, in two levels:
         smaller / consistent / larger.
 The claim's statement names the setting actually run (model and data of its runs); a benchmark that
 stands in for the paper's says how it differs (proxy).
+
+Over 400 lines because the paper's claims are registered here at their definitions (benchmark,
+selection, spec needs) next to the rules that measure and judge them; their text and table are in
+claims_table.py.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import pandas as pd
-
 from kto_bench.registry import Registry
-from kto_bench.report.aggregate import CLEAN_VALUES, Experiment, Run
+from kto_bench.report.aggregate import Experiment, Run
+from kto_bench.report.axes import CLEAN_VALUES, IMBALANCE, NOISE, ONE_Y_PER_X
+from kto_bench.report.contrasts import contrast_terms
+from kto_bench.report.headline import proportion_scale
+from kto_bench.report.labels import column_label
 from kto_bench.report.stats import Interval, holm, size_verdict
-from kto_bench.report.tables import Table, column_label, contrast_terms, proportion_scale
 
 # ---------------------------------------------------------------------------------------------- benchmarks
 
@@ -338,7 +343,7 @@ def versus(plus: str, minus: str, moves: dict[str, Callable[[Any], bool]] | None
 
 
 def _imbalance(exp: Experiment) -> Terms | str:
-    field_ = "corruption.desirable_fraction"
+    field_ = IMBALANCE.field
     if field_ not in exp.varying:
         return f"{field_} does not vary in this experiment"
     fractions = [r.grid.get(field_) for r in exp.trained if r.method == "kto"]
@@ -351,7 +356,7 @@ def _imbalance(exp: Experiment) -> Terms | str:
 
 
 def _noise(exp: Experiment) -> Terms | str:
-    field_ = "corruption.flip_rate"
+    field_ = NOISE.field
     if field_ not in exp.varying:
         return f"{field_} does not vary in this experiment"
     rates = sorted({r.grid[field_] for r in exp.trained if r.grid.get(field_) is not None})
@@ -444,7 +449,7 @@ _add(Claim("table2_kto_vs_sft_gsm8k", "KTO improves GSM8K (8-shot CoT) over the 
            methods=("kto",), needs=_needs_base))  # fmt: skip
 _add(Claim("table2_one_y_per_x", "KTO with one output per prompt ≥ DPO on GSM8K (8-shot CoT)",
            "KTO one-y-per-x 50.0 vs DPO 40.0: +10.0", ZEPHYR, (GSM8K, GSM8K_5SHOT),
-           versus("kto", "dpo", {"corruption.one_output_per_prompt": lambda v: v is True}), 0.10,
+           versus("kto", "dpo", {ONE_Y_PER_X: lambda v: v is True}), 0.10,
            needs=_needs_one_y))  # fmt: skip
 _add(Claim("oasst_winrate", "KTO's win rate ≥ DPO's", "KTO 0.652 ± 0.036 vs DPO 0.600 ± 0.037 (90% CI): +5.2 "
            "points", "Mistral-7B on OpenAssistant, GPT-4 judge vs the SFT target", (WINRATE_PROXY,),
@@ -463,112 +468,7 @@ _add(Claim("demo_kto_vs_dpo", "KTO ≥ DPO on the demo world's verifiable arithm
            "", (DEMO,), versus("kto", "dpo")))  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------- text
-
-
-def _pts(x: float, scale: float) -> str:
-    return f"{x * scale:+.{1 if scale == 100.0 else 3}f}"
-
-
-def format_measurement(m: Measurement | None) -> str:
-    if m is None:
-        return "—"
-    iv = m.interval
-    return f"{_pts(iv.estimate, m.scale)} [{_pts(iv.lo, m.scale)}, {_pts(iv.hi, m.scale)}]"
-
-
-def verdict_text(r: ClaimResult) -> str:
-    """e.g. 'reproduced: sign; size +4.1 [+1.0, +7.2] vs paper +13.5 (smaller)'."""
-    m = r.measurement
-    if m is None:
-        return r.verdict
-    head = f"{r.verdict}: sign" if r.verdict in ("reproduced", "contradicted") else r.verdict
-    paper = r.claim.paper_delta
-    if paper is None:
-        return f"{head}; no paper number for the size"
-    return f"{head}; size {format_measurement(m)} vs paper {_pts(paper, m.scale)} ({r.size})"
-
-
-def claim_sentence(r: ClaimResult) -> str:
-    """One sentence per claim result, for the top of a report."""
-    m = r.measurement
-    where = f" ({r.group})" if r.group else ""
-    if m is None:
-        return f"{r.claim.id}{where}: {r.verdict} — {r.reason}."
-    iv = m.interval
-    level = f"{100 * (1 - iv.alpha):g}%"
-    proxy = f" Proxy: {m.proxy}." if m.proxy else ""
-    return (
-        f"{r.claim.id}{where}: {r.statement}. Measured {format_measurement(m)} {'points' if m.scale == 100 else ''}"
-        f" ({level} interval, {iv.interval}; {iv.n_items} items; seeds {m.seeds}); {verdict_text(r)}."
-        f" Paper{f' ({r.claim.paper_setting})' if r.claim.paper_setting else ''}: {r.claim.paper}.{proxy}"
-    ).replace("  (", " (")
-
-
-def claims_table(results: list[ClaimResult], alpha: float) -> Table:
-    level = f"{100 * (1 - alpha):g}%"
-    tested = sum(1 for r in results if math.isfinite(r.p_holm))
-    table = Table(
-        "claims",
-        "Paper claims",
-        [
-            "claim",
-            "statement (setting run)",
-            "paper",
-            f"measured Δ [{level}]",
-            "interval",
-            "p",
-            "p (Holm)",
-            "verdict",
-            "on",
-        ],  # fmt: skip
-        [],
-        notes=[
-            f"Sign verdict: reproduced / contradicted when Holm's correction across the {tested} seeded tests of "
-            f"this table gives p < {alpha:g} (two-sided, against the claim's threshold) with the estimate on / off "
-            "the claimed side; inconclusive otherwise. Intervals are unadjusted (each at "
-            f"{level}); a Holm-inconclusive claim may show an interval that excludes 0.",
-            "Intervals count items and training seeds (seeds × items, paired by item and, where every side has the "
-            "same seeds, by seed). 'item-level only': a compared method has one seed, so the interval covers the "
-            "items but not the training-seed variance, and gives no sign verdict (not counted in Holm). With two "
-            "seeds a side the seed variance has one degree of freedom and the interval is conservative "
-            "(simulated coverage 96–99%; 94–98% from three seeds on: docs/REPORTS.md).",
-            "Size: the measured Δ and its interval against the paper's number (smaller / consistent / larger); the "
-            "paper measured its own setting (column 'paper'), which may differ from the one run here.",
-            "Δ is in points for proportions. Runs at the reference grid point unless the claim moves a corruption "
-            "field; a sweep over models or other settings is judged at each. 'not trained': a compared run did not "
-            "move from its base model (see the health check).",
-        ],
-    )
-    data = []
-    for r in results:
-        m = r.measurement
-        iv = m.interval if m else None
-        on = r.reason if m is None else "; ".join(
-            p for p in (m.column, f"{iv.n_items} items", f"seeds {m.seeds}", f"proxy: {m.proxy}" if m.proxy else "") if p
-        )  # fmt: skip
-        p = f"{iv.p:.3g}" if iv else "—"
-        p_holm = f"{r.p_holm:.3g}" if math.isfinite(r.p_holm) else "—"
-        claim_id = f"{r.claim.id} ({r.group})" if r.group else r.claim.id
-        paper = f"{r.claim.paper} ({r.claim.paper_setting})" if r.claim.paper_setting else r.claim.paper
-        table.rows.append(
-            [claim_id, r.statement, paper, format_measurement(m), iv.interval if iv else "—", p, p_holm,
-             verdict_text(r), on]
-        )  # fmt: skip
-        data.append(
-            {"claim": r.claim.id, "group": r.group, "setting": m.setting if m else None, "verdict": r.verdict,
-             "size": r.size, "estimate": iv.estimate if iv else None, "ci_lo": iv.lo if iv else None,
-             "ci_hi": iv.hi if iv else None, "p": iv.p if iv else None, "p_holm": r.p_holm,
-             "interval": iv.interval if iv else None, "n_items": iv.n_items if iv else None,
-             "seeds": m.seeds if m else None, "scale": m.scale if m else None, "paper_delta": r.claim.paper_delta,
-             "proxy": m.proxy if m else None, "direction": r.claim.direction, "threshold": r.claim.threshold,
-             "reason": r.reason}
-        )  # fmt: skip
-    table.data = pd.DataFrame(data) if data else None
-    return table
-
-
 __all__ = [
-    "CLAIMS", "Benchmark", "Claim", "ClaimContext", "ClaimResult", "Measurement", "claim_sentence", "claims_table",
-    "evaluate_claim", "evaluate_claims", "spec_problems", "verdict_text",
+    "CLAIMS", "Benchmark", "Claim", "ClaimContext", "ClaimResult", "Measurement", "evaluate_claim", "evaluate_claims",
+    "spec_problems",
 ]  # fmt: skip

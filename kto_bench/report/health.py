@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from kto_bench.report.aggregate import Experiment, Run, dig, method_rank
-from kto_bench.report.tables import MISSING, Table
+from kto_bench.report.labels import MISSING, REWARD_DESIRABLE, REWARD_UNDESIRABLE
+from kto_bench.report.writers import Table
 
 CHANGED_MIN = 0.01  # a run that changed fewer than 1% of its answers vs the base did not move them
 REWARD_Z = 1.96  # reward accuracy within this many null SEs of 0.5 is "not separated"
@@ -116,7 +117,7 @@ def run_health(exp: Experiment, run: Run) -> Health:
         if beta is not None and nd and nu:
             dlogp_d, dlogp_u, source = float(d.mean() / beta), float(u.mean() / beta), "final policy"
     if dlogp_d is None and beta is not None and (metrics := exp.metrics(run.run_id)) is not None:
-        cols = ("train/rewards/desirable", "train/rewards/undesirable")
+        cols = (REWARD_DESIRABLE, REWARD_UNDESIRABLE)
         if set(cols) <= set(metrics.columns):
             tail = metrics.tail(max(1, len(metrics) // 10))
             dlogp_d, dlogp_u = (float(tail[c].mean() / beta) for c in cols)

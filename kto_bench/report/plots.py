@@ -6,12 +6,14 @@ the min-max envelope across seeds (a t-interval over 2-3 curves is mostly noise)
 with intervals on an axis zoomed to the data (a bar from 0 would hide differences of a few points).
 Files are byte-identical across renders of an unchanged store: fixed SVG hash salt, no dates or
 software versions in SVG or PNG metadata.
+
+Over 400 lines because every figure shares the style (colours, markers, hatches), the deterministic
+save and the sweep helpers; the registry that names them is report/registries.py.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,18 +22,20 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kto_bench.registry import Registry
 from kto_bench.report.aggregate import Experiment, Run, margin_series, method_rank
-from kto_bench.report.stats import mean_ci
-from kto_bench.report.tables import (
+from kto_bench.report.axes import IMBALANCE, NOISE, Axis
+from kto_bench.report.contrasts import contrast, runs_of
+from kto_bench.report.headline import column_scale, headline_cells, proportion_scale
+from kto_bench.report.labels import (
+    KL,
+    LOSS,
+    REWARD_DESIRABLE,
+    REWARD_UNDESIRABLE,
+    Z0,
     column_label,
-    column_scale,
-    contrast,
-    headline_cells,
-    proportion_scale,
     row_label,
-    runs_of,
 )
+from kto_bench.report.stats import mean_ci
 
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 STYLE = {  # method -> (colour, marker, hatch)
@@ -62,10 +66,6 @@ class PlotResult:
     png: Path | None = None
     svg: Path | None = None
     missing: str = ""
-
-
-PlotFn = Callable[[Experiment, float, Path], PlotResult]
-PLOTS: Registry[PlotFn] = Registry("plot")
 
 
 # SVG element ids are hashes salted by this (matplotlib's default salt is random per process)
@@ -105,7 +105,6 @@ def run_values(exp: Experiment, runs: list[Run], col: tuple[str, str]) -> list[f
 # ---------------------------------------------------------------------------------------------- bars
 
 
-@PLOTS.register("bars", "score per benchmark at the reference grid point: dots with CI whiskers, zoomed axis")
 def plot_bars(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
     caption = (
         "Score per benchmark at the reference grid point: dot = seed mean, whiskers = seed CI (Wilson for "
@@ -159,7 +158,7 @@ def plot_bars(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
 def contrast_interval(
     exp: Experiment, plus: list[Run], minus: list[Run], col: tuple[str, str], *, alpha: float
 ) -> dict | None:
-    """The one place the report's figures call `tables.contrast` (seeds × items, paired on items):
+    """The one place the report's figures call `contrasts.contrast` (seeds × items, paired on items):
     estimate, lo, hi, n_items and the interval's method."""
     r = contrast(exp, plus, minus, *col, alpha=alpha)
     if r is None:
@@ -283,9 +282,8 @@ def _base_line(ax, exp: Experiment, col, scale: float) -> None:
         ax.axhline(values[0] * scale, color=STYLE["base"][0], linestyle=":", label="base")
 
 
-def _sweep_plot(
-    exp: Experiment, alpha: float, out_dir: Path, name: str, field: str, caption: str, xlabel: str
-):
+def _sweep_plot(exp: Experiment, alpha: float, out_dir: Path, name: str, axis: Axis, caption: str):
+    field = axis.field
     if field not in exp.varying:
         return PlotResult(name, caption, missing=f"{field} does not vary in this experiment")
     columns = _columns(exp)
@@ -303,7 +301,7 @@ def _sweep_plot(
             elif len(s):
                 _draw_series(ax, s, m, scale, row_label(m, ""))
         _base_line(ax, exp, col, scale)
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(axis.label)
         ax.set_title(column_label(*col) + (" (%)" if scale == 100.0 else ""), fontsize=9)
         ax.grid(alpha=0.3)
         xs = sorted({r.grid.get(field) for r in exp.trained} - {None})
@@ -325,28 +323,24 @@ def _dpo_reference(ax, exp: Experiment, s: pd.DataFrame, scale: float) -> None:
         ax.axhspan(row["lo"] * scale, row["hi"] * scale, color=colour, alpha=0.15, linewidth=0)
 
 
-@PLOTS.register("noise", "score vs label flip rate per method, with seed CI bands")
 def plot_noise(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
     caption = "Score vs fraction of flipped preference labels (other settings at the reference point); bands: seed CI."
-    return _sweep_plot(exp, alpha, out_dir, "noise", "corruption.flip_rate", caption, "flip rate")
+    return _sweep_plot(exp, alpha, out_dir, "noise", NOISE, caption)
 
 
-@PLOTS.register("imbalance", "score vs fraction of desirable data kept, DPO full-data reference")
 def plot_imbalance(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
     caption = "Score vs fraction of desirable examples kept (paper Figure 6 shape); dashed line and band: DPO on full data."
-    return _sweep_plot(
-        exp, alpha, out_dir, "imbalance", "corruption.desirable_fraction", caption, "desirable fraction"
-    )
+    return _sweep_plot(exp, alpha, out_dir, "imbalance", IMBALANCE, caption)
 
 
 # ---------------------------------------------------------------------------------------------- training
 
 
 CURVES = [
-    ("loss", lambda m: m.get("train/loss")),
+    ("loss", lambda m: m.get(LOSS)),
     ("reward margin (desirable − undesirable)", margin_series),
     ("rewards: desirable (solid) / undesirable (dashed)", None),
-    ("KL / z0", lambda m: m.get("train/kl", m.get("train/z0"))),
+    ("KL / z0", lambda m: m.get(KL, m.get(Z0))),
 ]
 
 
@@ -355,7 +349,6 @@ def _envelope(frames: list[pd.Series]) -> pd.DataFrame:
     return pd.DataFrame({"mean": wide.mean(axis=1), "lo": wide.min(axis=1), "hi": wide.max(axis=1)})
 
 
-@PLOTS.register("training", "training curves (loss, margins, rewards, KL) per method with seed bands")
 def plot_training(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
     ref = exp.reference_point()
     caption = f"Training curves at the reference point ({ref or 'all runs'}); line: seed mean, band: min-max over seeds."
@@ -369,11 +362,7 @@ def plot_training(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
     for ax, (title, get) in zip(axes, CURVES, strict=True):
         for method in sorted(per_method, key=method_rank):
             colour, marker, _ = style(method)
-            keys = (
-                [("train/rewards/desirable", "-"), ("train/rewards/undesirable", "--")]
-                if get is None
-                else [(get, "-")]
-            )
+            keys = [(REWARD_DESIRABLE, "-"), (REWARD_UNDESIRABLE, "--")] if get is None else [(get, "-")]
             for key, ls in keys:
                 series = [(m.get(key) if isinstance(key, str) else key(m)) for m in per_method[method]]
                 series = [s.dropna() for s in series if s is not None and s.notna().any()]
@@ -400,7 +389,6 @@ def plot_training(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
 # ---------------------------------------------------------------------------------------------- rewards
 
 
-@PLOTS.register("rewards", "final-policy reward distributions, desirable vs undesirable, per method")
 def plot_rewards(exp: Experiment, alpha: float, out_dir: Path) -> PlotResult:
     ref = exp.reference_point()
     caption = f"Final-policy implied rewards of training examples at the reference point ({ref or '—'}), seeds pooled."

@@ -7,6 +7,9 @@ The report answers first: one sentence for the method comparison at the referenc
 holds across the grid, one sentence per claim with its verdict and interval, the confounds and the
 runs that did not train, then the forest plot of every contrast; the curves and tables follow;
 provenance, the per-run audit and the run lists come last.
+
+Over 400 lines because the page order (answer first, curves, tables, provenance last) is written
+once for Markdown and once for HTML, side by side; the tables come from report/registries.TABLES.
 """
 
 from __future__ import annotations
@@ -22,32 +25,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from kto_bench.io import atomic_write_text
-from kto_bench.registry import Registry
-from kto_bench.report import claims as claims_module
+from kto_bench.io import atomic_write_text, read_json
+from kto_bench.report import claims_table
 from kto_bench.report.aggregate import Experiment, load_experiment
-from kto_bench.report.claims import (
-    ClaimContext,
-    ClaimResult,
-    claims_table,
-    evaluate_claims,
-)
+from kto_bench.report.audit import confounds, method_audit_table
+from kto_bench.report.claims import ClaimContext, ClaimResult, evaluate_claims
 from kto_bench.report.health import Health, health_checks, health_table, untrained_runs
-from kto_bench.report.plots import PLOTS, PlotResult, forest_data, plot_forest
-from kto_bench.report.tables import (
-    MISSING,
-    Table,
-    audit_table,
-    confounds,
-    headline_table,
-    method_audit_table,
-    paired_table,
-    to_csv,
-    to_html,
-    to_latex,
-    to_markdown,
-    training_table,
-)
+from kto_bench.report.labels import MISSING
+from kto_bench.report.plots import PlotResult, forest_data, plot_forest
+from kto_bench.report.registries import PLOTS, TABLES, TableInputs
+from kto_bench.report.writers import WRITERS, Table, to_csv, to_html, to_markdown
 from kto_bench.spec import ReportSpec
 
 CSS = """
@@ -86,36 +73,15 @@ def build_tables(
     claim_results: list[ClaimResult] | None = None,
     untrained: set[str] | None = None,
 ) -> list[Table]:
-    """The tables the spec names (`report.tables`), in its order."""
+    """The tables the spec names (`report.tables`), in its order, each built by its entry in `TABLES`."""
 
     def claims() -> list[ClaimResult]:
         if claim_results is not None:
             return claim_results
         return evaluate_claims(report.claims, claim_context(exp, report, untrained or set()))
 
-    return [TABLES.get(name)(exp, report, claims) for name in report.tables]
-
-
-# The tables a spec can name (`report.tables`): (experiment, report section, the claims' results) -> Table.
-TableFn = Callable[[Experiment, ReportSpec, Callable[[], list[ClaimResult]]], Table]
-TABLES: Registry[TableFn] = Registry("table")
-TABLES.add(
-    "headline", lambda exp, r, _: headline_table(exp, r.alpha), "score per method and grid point, with CIs"
-)
-TABLES.add(
-    "claims", lambda exp, r, claims: claims_table(claims(), r.alpha), "the paper's claims and their verdicts"
-)
-TABLES.add(
-    "paired",
-    lambda exp, r, _: paired_table(exp, r.compare, r.alpha),
-    "paired differences of the compared methods",
-)
-TABLES.add(
-    "audit",
-    lambda exp, r, _: audit_table(exp, r.compare),
-    "matched settings per run: compute, budget, confounds",
-)
-TABLES.add("training", lambda exp, r, _: training_table(exp), "training summary per run")
+    inputs = TableInputs(exp, report.alpha, report.compare, claims)
+    return [TABLES.get(name)(inputs) for name in report.tables]
 
 
 def provenance_summary(exp: Experiment) -> list[tuple[str, str]]:
@@ -229,7 +195,7 @@ def comparison_sentences(forest: pd.DataFrame, exp: Experiment, report: ReportSp
 
 def claim_sentence(r: ClaimResult, alpha: float) -> str:
     """One sentence per claim: the claims module's own (statement, measured setting, interval, paper)."""
-    return claims_module.claim_sentence(r)
+    return claims_table.claim_sentence(r)
 
 
 def health_sentence(checks: list[Health]) -> str:
@@ -286,12 +252,12 @@ def _is_chosen(candidate: dict, chosen: dict) -> bool:
 def tuning_table(exp: Experiment) -> Table | None:
     """results/<experiment>/tuning.json (hyperparameters chosen on a dev split), when present."""
     path = exp.root / "tuning.json"
-    if not path.exists():
-        return None
     try:
-        t = json.loads(path.read_text())
+        t = read_json(path)
     except (OSError, json.JSONDecodeError) as e:
         exp.issues.append(f"{path}: unreadable ({e}); hyperparameter selection not shown")
+        return None
+    if t is None:
         return None
     chosen = t.get("chosen") or {}
     table = Table("tuning", "Hyperparameter selection", ["method", "parameters", "score", "chosen"], [])
@@ -431,7 +397,7 @@ def render_report(
     back = [t for t in spec_tables if t.name not in FRONT_TABLES]
     forest_table = Table("forest", "Contrasts of the forest plot", list(forest.columns), [], data=forest)
     for t in [*front, *back]:
-        for ext, writer in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex), ("html", to_html)):
+        for ext, writer in WRITERS.items():
             atomic_write_text(out_dir / "tables" / f"{t.name}.{ext}", writer(t))
     atomic_write_text(out_dir / "tables" / "forest.csv", to_csv(forest_table))
     plots_dir = out_dir / "plots"

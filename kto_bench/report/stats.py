@@ -244,7 +244,7 @@ def pivot_interval(
 
 @dataclass(frozen=True)
 class Interval:
-    """A difference with its interval: what `tables.contrast` and the claims report.
+    """A difference with its interval: what `contrasts.contrast` and the claims report.
 
     interval: the method's label (SEED_PAIRED, SEED_UNPAIRED or ITEMS_ONLY); item_level_only is
     True when it does not cover training-seed variance (a seeded group has one run)."""

@@ -90,7 +90,7 @@ class ExperimentSpec(Strict):
     training: TrainingSpec = TrainingSpec()
     seeds: list[int] = Field([1], min_length=1)
     evaluation: EvaluationSpec = EvaluationSpec()
-    report: ReportSpec = ReportSpec()
+    report: ReportSpec = Field(default_factory=ReportSpec)
     tracking: TrackingSpec = TrackingSpec()
     grid: list[GridBlock] = Field(default_factory=list, description="union of cross products")
 

@@ -1,7 +1,9 @@
 """The `report:` section of a spec: which tables, plots and claims to render, and how.
 
-Names are checked against the report's own registries (`kto_bench.checks`); the defaults are fixed lists,
-since they are part of every spec hash."""
+Names are checked against the report's own registries (`kto_bench.checks`), and the defaults are those
+registries in registration order (`report/registries.py` is the only list of names). The section is part
+of the spec hash: registering a new table or plot changes the hash of specs that take the defaults.
+Run ids do not depend on it."""
 
 from __future__ import annotations
 
@@ -9,8 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kto_bench.spec.hooks import check
 
-DEFAULT_TABLES = ("headline", "claims", "paired", "audit", "training")
-DEFAULT_PLOTS = ("bars", "noise", "imbalance", "training", "rewards")
 
 
 class ReportSpec(BaseModel):
@@ -18,8 +18,8 @@ class ReportSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tables: list[str] = Field(default_factory=lambda: list(DEFAULT_TABLES))
-    plots: list[str] = Field(default_factory=lambda: list(DEFAULT_PLOTS))
+    tables: list[str] = Field(default_factory=lambda: check("report_defaults", "tables"))
+    plots: list[str] = Field(default_factory=lambda: check("report_defaults", "plots"))
     claims: list[str] = Field(default_factory=list)
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     compare: tuple[str, str] = ("kto", "dpo")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kto_bench.report import ReportSpec, render_report
+from kto_bench.report import render_report
+from kto_bench.spec import ReportSpec
 from tests.prereq import missing
 from tests.report.conftest import build
 

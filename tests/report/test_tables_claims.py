@@ -7,26 +7,15 @@ from pydantic import ValidationError
 
 from kto_bench.errors import KtoBenchError, StoreError
 from kto_bench.report.aggregate import load_experiment, training_summary
-from kto_bench.report.claims import (
-    CLAIMS,
-    ClaimContext,
-    claim_sentence,
-    claims_table,
-    evaluate_claims,
-    verdict_text,
-)
+from kto_bench.report.audit import audit_table
+from kto_bench.report.claims import CLAIMS, ClaimContext, evaluate_claims
+from kto_bench.report.claims_table import claim_sentence, claims_table, verdict_text
+from kto_bench.report.headline import format_cell, headline_table, summarize_cell
+from kto_bench.report.paired import paired_table
 from kto_bench.report.render import build_tables
 from kto_bench.report.stats import holm, wilson
-from kto_bench.report.tables import (
-    audit_table,
-    format_cell,
-    headline_table,
-    paired_table,
-    summarize_cell,
-    to_latex,
-    to_markdown,
-    training_table,
-)
+from kto_bench.report.training import training_table
+from kto_bench.report.writers import to_latex, to_markdown
 from kto_bench.spec import ReportSpec
 from tests.report.conftest import SEEDS, ResultsBuilder, build
 
@@ -316,27 +305,42 @@ def test_single_seed_win_rate_gets_a_wilson_interval():
 
 
 def test_named_tables_and_plots_match_their_builders(tmp_path):
-    from kto_bench.report.plots import PLOTS
-    from kto_bench.report.render import TABLES
-    from kto_bench.spec.report import DEFAULT_PLOTS, DEFAULT_TABLES
+    from kto_bench.report import plots
+    from kto_bench.report.registries import PLOTS, TABLES
 
-    assert set(PLOTS.names()) == set(DEFAULT_PLOTS)  # the defaults render every registered plot and table
-    assert set(TABLES.names()) == set(DEFAULT_TABLES)
+    # the registries are the only lists: the spec's defaults and its validation read them
+    assert ReportSpec().tables == TABLES.in_order() and ReportSpec().plots == PLOTS.in_order()
+    assert set(TABLES.names()) == {"headline", "claims", "paired", "audit", "training"}
+    assert set(PLOTS.names()) == {"bars", "noise", "imbalance", "training", "rewards"}
+    for name in PLOTS:  # every lazy entry resolves to the plot function of that name
+        assert PLOTS.get(name) is getattr(plots, f"plot_{name}")
+    with pytest.raises(ValidationError, match="did you mean 'imbalance'"):
+        ReportSpec(plots=["imbalanse"])
     (tmp_path / "empty").mkdir()
     tables = build_tables(load_experiment(tmp_path / "empty"), ReportSpec())
-    assert [t.name for t in tables] == list(DEFAULT_TABLES)
+    assert [t.name for t in tables] == TABLES.in_order()
 
 
-def test_report_names_come_from_the_registries(monkeypatch):
-    from kto_bench.report.plots import PLOTS
-    from kto_bench.report.render import TABLES
+def test_listing_report_names_imports_no_pandas_or_matplotlib():
+    import subprocess
+    import sys
 
-    monkeypatch.setitem(PLOTS._entries, "extra_plot", lambda exp, alpha, out: None)
-    monkeypatch.setitem(TABLES._entries, "extra_table", lambda exp, report, claims: None)
-    spec = ReportSpec(plots=["noise", "extra_plot"], tables=["extra_table"])  # registered, in no list
-    assert spec.plots == ["noise", "extra_plot"] and spec.tables == ["extra_table"]
-    with pytest.raises(ValidationError, match="unknown table 'extra_tabel'.*did you mean 'extra_table'"):
-        ReportSpec(tables=["extra_tabel"])
+    code = (
+        "import sys; from kto_bench.report.registries import PLOTS, TABLES; "
+        "from kto_bench.spec import ReportSpec; ReportSpec(tables=['audit'], plots=['noise']); "
+        "print(TABLES.names(), PLOTS.names(), [m for m in ('pandas', 'matplotlib', 'torch') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("[]"), out
+
+
+def test_report_column_order_names_registered_tasks():
+    from kto_bench.eval.tasks import TASKS
+    from kto_bench.report.labels import COLUMN_ORDER, column_label
+
+    assert set(COLUMN_ORDER) <= set(TASKS.names())
+    assert column_label("gsm8k_cot", "exact_match,strict-match") == "GSM8K CoT EM strict-match"
+    assert column_label("demo_arith_dev", "exact_match") == "demo_arith_dev EM"  # unlabelled: its name
 
 
 # ---------------------------------------------------------------------------------------------- spec: claims vs tasks
@@ -402,7 +406,7 @@ def test_every_shipped_spec_validates_with_its_claims():
 
 
 def test_contrast_pairs_seeds_only_where_they_are_shared(tmp_path):
-    from kto_bench.report.tables import contrast
+    from kto_bench.report.contrasts import contrast
 
     b = ResultsBuilder(tmp_path / "seeds")
     b.base()
