@@ -465,7 +465,9 @@ def bench(
     limit: int = typer.Option(None, "--limit", help="eval: items per task (lm-eval's --limit)"),
     batch_size: int = typer.Option(8, "--batch-size", help="train: per-device batch"),
     batch_sizes: str = typer.Option(
-        "1,64,auto", "--batch-sizes", help="eval: lm-eval hf's batch sizes, one row each (as its --batch_size)"
+        "1,64,auto",
+        "--batch-sizes",
+        help="eval: lm-eval hf's batch sizes, one row each (as its --batch_size)",
     ),
     eval_batch_size: int = typer.Option(64, "--eval-batch-size", help="eval: our engine's batch"),
     seed: int = typer.Option(0, "--seed"),

@@ -15,18 +15,20 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kto_bench.bench.record import PRESETS, BenchSettings, PeakMemory, param_counts, peak_flops, ratio, sync
+from kto_bench.bench import record
+from kto_bench.bench.record import MAX_NEW_TOKENS, PRESETS, BenchSettings, PeakMemory, sync
 
 
 def evaluation(s: BenchSettings, task: str):
     """One task of the preset as the EvaluationSpec `kto-bench eval` builds from its flags."""
     from kto_bench.spec import EvalTaskSpec, EvaluationSpec
 
-    preset = PRESETS[s.model_config]
-    options = preset["tasks"][task] | {"limit": s.limit, "max_new_tokens": preset["max_new_tokens"]}
+    cap = MAX_NEW_TOKENS.get(s.model_config)
+    options = PRESETS[s.model_config]["tasks"][task] | {"limit": s.limit, "max_new_tokens": cap}
     return EvaluationSpec(tasks=[EvalTaskSpec(name=task, **options)], batch_size=s.eval_batch_size, seed=1234)
 
 
@@ -43,62 +45,64 @@ def target(s: BenchSettings):
 
 
 def run_ours(s: BenchSettings, tgt, task: str, out: Path) -> dict[str, Any]:
+    """`kto-bench eval` of one task (`evaluate.evaluate`, our engine), timed from model load to results."""
     from kto_bench.evaluate import evaluate
 
+    return timed(s, lambda: evaluate(tgt, evaluation(s, task), out / f"ours-{task}")[0] / "eval")
+
+
+def run_stock(s: BenchSettings, tgt, task: str, batch_size: int | str, out: Path) -> dict[str, Any]:
+    """lm-eval's `hf` model, built by lm-eval's registry from the model folder as `simple_evaluate(model="hf",
+    model_args="pretrained=…", batch_size=…)` builds it, run by the eval stage's own task loop."""
+    from lm_eval.api.registry import get_model
+
+    from kto_bench.eval import run_evaluation
+    from kto_bench.pipeline import demo_data_files
+
+    files = demo_data_files(tgt.demo) if tgt.demo else None
+    folder = out / f"lm-eval-hf-b{batch_size}-{task}"
+    built = {}
+
+    def run() -> Path:
+        built["lm"] = get_model("hf").create_from_arg_string(
+            f"pretrained={tgt.where},dtype={tgt.model.dtype}",
+            {"batch_size": batch_size, "max_batch_size": 64, "device": str(s.resolved_device())},
+        )
+        run_evaluation(
+            None,
+            None,
+            evaluation(s, task),
+            folder,
+            model_label="lm-eval-hf",
+            data_files=files,
+            lm=built["lm"],
+        )
+        return folder
+
+    got = timed(s, run)
+    return got | {"detected": getattr(built["lm"], "batch_sizes", None) or None}
+
+
+def timed(s: BenchSettings, run) -> dict[str, Any]:
+    """Run one contender (it returns its eval folder); its seconds, peak memory, TaskResult and samples."""
     device = s.resolved_device()
     with PeakMemory(device) as mem:
         sync(device)
         t0 = time.perf_counter()
-        folder, (result,) = evaluate(tgt, evaluation(s, task), out / f"ours-{task}")
+        folder = run()
         sync(device)
         secs = time.perf_counter() - t0
-    samples = (folder / "eval" / result["samples_file"]).read_text().splitlines()
-    return {"secs": secs, "memory": mem.record(), "result": result, "samples": [json.loads(x) for x in samples]}
-
-
-def run_stock(s: BenchSettings, tgt, task: str, batch_size: int | str) -> dict[str, Any]:
-    from lm_eval.api.registry import get_model
-
-    from kto_bench.eval.lm_bridge import evaluate_task, to_task_result
-    from kto_bench.eval.tasks import prepare_task
-    from kto_bench.pipeline import demo_data_files
-
-    spec = evaluation(s, task).tasks[0]
-    device = s.resolved_device()
-    files = demo_data_files(tgt.demo) if tgt.demo else {}
-    with PeakMemory(device) as mem, tempfile.TemporaryDirectory(prefix="kto-bench-tasks-") as include:
-        sync(device)
-        t0 = time.perf_counter()
-        lm = get_model("hf").create_from_arg_string(  # what simple_evaluate(model="hf", …) does
-            f"pretrained={tgt.where},dtype={tgt.model.dtype}",
-            {"batch_size": batch_size, "max_batch_size": 64, "device": str(device)},
-        )
-        prepared = prepare_task(
-            spec.name,
-            spec.variant,
-            Path(include),
-            num_fewshot=spec.num_fewshot,
-            apply_chat_template=spec.apply_chat_template,
-            data_file=(files or {}).get(spec.name),
-        )
-        raw = evaluate_task(
-            lm,
-            prepared,
-            limit=spec.limit,
-            apply_chat_template=spec.apply_chat_template,
-            seed=1234,
-            max_new_tokens=spec.max_new_tokens,
-        )
-        sync(device)
-        secs = time.perf_counter() - t0
-        result, samples = to_task_result(raw, prepared, model_label="lm-eval-hf", settings={}, samples_file="")
-    detected = getattr(lm, "batch_sizes", None) or None
-    return {"secs": secs, "memory": mem.record(), "result": result, "samples": samples, "detected": detected}
+    (result_path,) = (p for p in folder.glob("*.json"))
+    result = json.loads(result_path.read_text())
+    samples = [json.loads(x) for x in (folder / result["samples_file"]).read_text().splitlines()]
+    return {"secs": secs, "memory": mem.record(), "result": result, "samples": samples}
 
 
 def _row(side: str, task: str, batch, got: dict, tok, n_params: int, peak: float | None) -> dict[str, Any]:
     samples = got["samples"]
-    texts = [s["output"] for s in samples if isinstance(s.get("output"), str)]  # generation (choices: an index)
+    texts = [
+        s["output"] for s in samples if isinstance(s.get("output"), str)
+    ]  # generation (choices: an index)
     generated = sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in texts)
     prompts = sum(len(tok(s["prompt"], add_special_tokens=False)["input_ids"]) for s in samples)
     secs = got["secs"]
@@ -124,7 +128,11 @@ def agreement(ours: list[dict], stock: list[dict]) -> dict[str, Any]:
     """Item by item (pure): identical generations, largest log-likelihood difference, equal scores."""
     pairs = list(zip(ours, stock, strict=True))
     gen = [(a, b) for a, b in pairs if isinstance(a.get("output"), str)]
-    ll = [abs(x - y) for a, b in pairs for x, y in zip(a.get("loglikelihoods", []), b.get("loglikelihoods", []))]
+    ll = [
+        abs(x - y)
+        for a, b in pairs
+        for x, y in zip(a.get("loglikelihoods", []), b.get("loglikelihoods", []), strict=True)
+    ]
     return {
         "items": len(pairs),
         "generate_identical": sum(a["output"] == b["output"] for a, b in gen) / len(gen) if gen else None,
@@ -138,19 +146,23 @@ def bench_eval(s: BenchSettings) -> dict[str, Any]:
 
     tgt = target(s)
     tok = models.load_tokenizer(tgt.model, tgt.where)
-    counts = param_counts(models.load_model(tgt.model, tgt.where, "cpu", dtype="float32"))
-    peak = peak_flops(s.resolved_device())
+    counts = record.param_counts(models.load_model(tgt.model, tgt.where, "cpu", dtype="float32"))
+    peak = record.peak_flops(s.resolved_device())
     rows, agree = [], {}
     with tempfile.TemporaryDirectory() as tmp:
+        for task in PRESETS[s.model_config][
+            "tasks"
+        ]:  # untimed: the process's first load, imports, task build
+            run_ours(replace(s, limit=1), tgt, task, Path(tmp) / "warm-up")
         for task in PRESETS[s.model_config]["tasks"]:
             ours = run_ours(s, tgt, task, Path(tmp))
             rows.append(_row("ours", task, s.eval_batch_size, ours, tok, counts["flops_n"], peak))
             for b in s.batch_sizes:
-                stock = run_stock(s, tgt, task, b)
+                stock = run_stock(s, tgt, task, b, Path(tmp))
                 rows.append(_row("lm-eval-hf", task, b, stock, tok, counts["flops_n"], peak))
                 agree[f"{task}@{b}"] = agreement(ours["samples"], stock["samples"])
     ratios = [
-        ratio(rows, f"ours-{t}", f"lm-eval-hf-b{b}-{t}", k)
+        record.ratio(rows, f"ours-{t}", f"lm-eval-hf-b{b}-{t}", k)
         for t in PRESETS[s.model_config]["tasks"]
         for b in s.batch_sizes
         for k in ("requests_per_s", "tokens_per_s_processed")
@@ -160,5 +172,9 @@ def bench_eval(s: BenchSettings) -> dict[str, Any]:
         "ratios": ratios,
         "agreement": agree,
         "model": {"preset": s.model_config, "spec": tgt.model.model_dump(mode="json"), "params": counts},
-        "inputs": {"tasks": PRESETS[s.model_config]["tasks"], "limit": s.limit, "batch_sizes": list(s.batch_sizes)},
+        "inputs": {
+            "tasks": PRESETS[s.model_config]["tasks"],
+            "limit": s.limit,
+            "batch_sizes": list(s.batch_sizes),
+        },
     }

@@ -34,32 +34,29 @@ FLOPS_N = (
 )
 
 # Presets: the model, data and evaluation tasks of a spec (`kto-bench run` / `kto-bench eval` take the same).
+PAIRS = {"source": "llamafactory_dpo", "max_length": 1024, "max_prompt_length": 512}  # offline mirror
+GSM8K_MMLU = {"gsm8k_cot": {"variant": "offline", "num_fewshot": 8}, "mmlu": {"variant": "offline"}}
+DEMO_DATA = {"source": "demo_arith", "max_length": 96, "max_prompt_length": 32}  # as experiments/demo.yaml
+DEMO_TASKS = {name: {"apply_chat_template": True} for name in ("demo_arith_gen", "demo_arith_mc")}
 PRESETS: dict[str, dict[str, Any]] = {
-    "qwen2.5-0.5b": {  # the GPU targets
+    # the GPU targets
+    "qwen2.5-0.5b": {
         "model": {"source": "hub", "name": "Qwen/Qwen2.5-0.5B"},
-        "data": {"source": "llamafactory_dpo", "max_length": 1024, "max_prompt_length": 512},
-        "tasks": {"gsm8k_cot": {"variant": "offline", "num_fewshot": 8}, "mmlu": {"variant": "offline"}},
-        "max_new_tokens": 256,
+        "data": PAIRS,
+        "tasks": GSM8K_MMLU,
     },
-    "small": {  # CPU, a real 135M model at real lengths (offline mirrors)
+    # CPU, a real 135M model at real lengths (offline mirrors)
+    "small": {
         "model": {"source": "mirror", "name": "smollm2_135m_instruct"},
-        "data": {"source": "llamafactory_dpo", "max_length": 1024, "max_prompt_length": 512},
-        "tasks": {"gsm8k_cot": {"variant": "offline", "num_fewshot": 8}, "mmlu": {"variant": "offline"}},
-        "max_new_tokens": 64,
+        "data": PAIRS,
+        "tasks": GSM8K_MMLU,
     },
-    "demo": {  # CPU: the offline demo's world (experiments/demo.yaml: its model, feedback and held-out tasks)
-        "model": {"source": "demo", "name": "arith-sft"},
-        "data": {"source": "demo_arith", "max_length": 96, "max_prompt_length": 32},
-        "tasks": {"demo_arith_gen": {"apply_chat_template": True}, "demo_arith_mc": {"apply_chat_template": True}},
-        "max_new_tokens": None,
-    },
-    "tiny": {  # CPU, CI: the arith-tiny world (seconds to build; 6 pairs, so --batch-size 2)
-        "model": {"source": "demo", "name": "arith-tiny"},
-        "data": {"source": "demo_arith", "max_length": 96, "max_prompt_length": 32},
-        "tasks": {"demo_arith_gen": {"apply_chat_template": True}, "demo_arith_mc": {"apply_chat_template": True}},
-        "max_new_tokens": None,
-    },
+    # CPU: the offline demo's world (its model, feedback and held-out tasks)
+    "demo": {"model": {"source": "demo", "name": "arith-sft"}, "data": DEMO_DATA, "tasks": DEMO_TASKS},
+    # CPU, CI: the arith-tiny world (seconds to build; 6 pairs, so --batch-size 2)
+    "tiny": {"model": {"source": "demo", "name": "arith-tiny"}, "data": DEMO_DATA, "tasks": DEMO_TASKS},
 }
+MAX_NEW_TOKENS = {"qwen2.5-0.5b": 256, "small": 64}  # generation tasks' cap (demo tasks: their own)
 
 
 @dataclass(frozen=True)
@@ -155,7 +152,10 @@ class PeakMemory:
 
     def record(self) -> dict[str, Any]:
         if self.device.type == "cuda":
-            return {"peak_memory_gib": self.peak / 2**30, "peak_memory_kind": "torch.cuda.max_memory_allocated"}
+            return {
+                "peak_memory_gib": self.peak / 2**30,
+                "peak_memory_kind": "torch.cuda.max_memory_allocated",
+            }
         high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
         return {
             "peak_memory_gib": self.peak / 2**30,
@@ -220,7 +220,14 @@ def ratio(rows: list[dict], ours: str, peer: str, metric: str) -> dict[str, Any]
     """ours/peer for one metric, from the measured rows (pure)."""
     a = next(r for r in rows if r["name"] == ours)[metric]
     b = next(r for r in rows if r["name"] == peer)[metric]
-    return {"ours": ours, "peer": peer, "metric": metric, "ours_value": a, "peer_value": b, "ratio": a / b if b else None}
+    return {
+        "ours": ours,
+        "peer": peer,
+        "metric": metric,
+        "ours_value": a,
+        "peer_value": b,
+        "ratio": a / b if b else None,
+    }
 
 
 # ----------------------------------------------------------------------------- provenance, record, output

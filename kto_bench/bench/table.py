@@ -48,13 +48,20 @@ def _eval(rec: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rec["rows"]:
-        batch = r["batch_size"] if not r.get("batch_size_detected") else f"{r['batch_size']} → {r['batch_size_detected']}"
+        batch = (
+            r["batch_size"]
+            if not r.get("batch_size_detected")
+            else f"{r['batch_size']} → {r['batch_size_detected']}"
+        )
         lines.append(
             f"| {r['name']} | {batch} | {_f(r['requests_per_s'])} | {_f(r['generated_tokens_per_s'])} | "
             f"{_f(r['tokens_per_s_processed'])} | {_f(r['mfu'], 2)} | {_f(r['peak_memory_gib'])} | "
             f"{_f(r['measured_s'])} |"
         )
-    lines += ["", "| task @ lm-eval batch | items | identical generations | log-likelihood max diff | same scores |"]
+    lines += [
+        "",
+        "| task @ lm-eval batch | items | identical generations | log-likelihood max diff | same scores |",
+    ]
     lines += ["|---|---|---|---|---|"]
     for k, a in rec["agreement"].items():
         lines.append(

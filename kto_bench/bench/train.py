@@ -21,7 +21,16 @@ from typing import Any
 
 import torch
 
-from kto_bench.bench.record import PRESETS, BenchSettings, PeakMemory, param_counts, peak_flops, ratio, summarize, sync
+from kto_bench.bench.record import (
+    PRESETS,
+    BenchSettings,
+    PeakMemory,
+    param_counts,
+    peak_flops,
+    ratio,
+    summarize,
+    sync,
+)
 from kto_bench.errors import KtoBenchError
 
 # each measured on its own: padded is the peers' layout; checkpointing matches TRL's default
@@ -122,7 +131,14 @@ def run_ours(s: BenchSettings, method: str, training: dict[str, Any], root: Path
         "layout": t.layout,
         "kl_pass": t.kl_pass if method == "kto" else None,
     }
-    return {"steps": steps, "memory": mem.record(), "settings": settings, "reference_s": reference_s, "run": run, "store": store}
+    return {
+        "steps": steps,
+        "memory": mem.record(),
+        "settings": settings,
+        "reference_s": reference_s,
+        "run": run,
+        "store": store,
+    }
 
 
 def trained_examples(run, data) -> list[tuple[tuple[int, ...], ...]]:
@@ -274,7 +290,10 @@ def layout_agreement(run, store, device: torch.device) -> dict[str, Any]:
     out: dict[str, Any] = {"sequences": len(seqs)}
     logps = {}
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-        for name, training in (("plain", TrainingSpec(layout="padded", attention="sdpa")), ("fast", TrainingSpec())):
+        for name, training in (
+            ("plain", TrainingSpec(layout="padded", attention="sdpa")),
+            ("fast", TrainingSpec()),
+        ):
             attention, row_tokens = use_attention(model, training, run.data.max_length, device)
             logps[name], _ = sequence_logps(model, collate(seqs, pad, device, training.layout, row_tokens))
             out[name] = {"layout": training.layout, "attention": attention, "row_tokens": row_tokens}
@@ -308,8 +327,14 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
                 if first is None:
                     first = got
                     data_report = json.loads(got["store"].file("data_report.json").read_text())
-                    reference[method] = {"seconds": got["reference_s"], "sequences": data_report["counts"]["sequences"]}
-                    inputs[method] = {"data_fingerprint": data_report["fingerprint"], "counts": data_report["counts"]}
+                    reference[method] = {
+                        "seconds": got["reference_s"],
+                        "sequences": data_report["counts"]["sequences"],
+                    }
+                    inputs[method] = {
+                        "data_fingerprint": data_report["fingerprint"],
+                        "counts": data_report["counts"],
+                    }
                 if counts is None:
                     counts = model_counts(got["run"])
                 once = reference[method]["seconds"]
@@ -318,7 +343,9 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
             if agreement is None:
                 agreement = layout_agreement(first["run"], first["store"], device)
             for variant, precompute in (("defaults", False), ("precompute_ref_log_probs", True)):
-                got = run_trl(s, method, first["run"], first["store"], precompute=precompute, out_dir=Path(tmp) / "trl")
+                got = run_trl(
+                    s, method, first["run"], first["store"], precompute=precompute, out_dir=Path(tmp) / "trl"
+                )
                 once = got["settings"]["init_s"] if precompute else 0.0
                 rows.append(_row("trl", method, variant, got, s, counts, peak, once))
                 gc.collect()
