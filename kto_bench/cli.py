@@ -463,7 +463,7 @@ def bench(
     steps: int = typer.Option(20, "--steps", help="optimizer steps per contender, warm-up included"),
     warmup: int = typer.Option(2, "--warmup", help="first steps timed apart and excluded from throughput"),
     limit: int = typer.Option(None, "--limit", help="eval: items per task (lm-eval's --limit)"),
-    batch_size: int = typer.Option(8, "--batch-size", help="train: per-device batch"),
+    batch_size: int = typer.Option(None, "--batch-size", help="train: per-device batch (8; tiny: 2)"),
     batch_sizes: str = typer.Option(
         "1,64,auto",
         "--batch-sizes",
@@ -488,7 +488,7 @@ def bench(
             steps=steps,
             warmup=warmup,
             limit=limit,
-            batch_size=batch_size,
+            batch_size=batch_size or (2 if model_config == "tiny" else 8),
             batch_sizes=parse_batch_sizes(batch_sizes),
             eval_batch_size=eval_batch_size,
             seed=seed,

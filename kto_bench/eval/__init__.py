@@ -96,7 +96,7 @@ def run_evaluation(
 
             files = write_eval_files(out_dir / "_data")
             data_files.update({f"demo_arith_{k}": path for k, path in files.items()})
-        console.print(f"[bold][{i}/{total}] {key}[/bold] ({spec.variant}, {evaluation.backend})")
+        console.print(f"[bold][{i}/{total}] {key}[/bold] ({spec.variant}, {backend})")
         with tempfile.TemporaryDirectory(prefix="kto-bench-tasks-") as include_dir:
             task = prepare_task(
                 spec.name,
