@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from kto_bench import bench, pipeline
-from kto_bench.bench import record, train
+from kto_bench.bench import peer_trl, record, train
 from kto_bench.bench.eval import agreement
 from kto_bench.errors import KtoBenchError
 
@@ -154,7 +154,7 @@ def test_ours_is_the_run_train_stage(monkeypatch, tmp_path):
     assert summary["steps"] == 2 and summary["tokens"] == sum(st["tokens/trained"] for st in got["steps"])
     # TRL's examples are the microbatches this run trained, in its order
     data = pipeline.load_data(got["store"])
-    examples = train.trained_examples(got["run"], data)
+    examples = peer_trl.trained_examples(got["run"], data)
     assert (
         len(examples) == 2 * 2
         and sum(len(p) + len(c) + len(p) + len(r) for p, c, r in examples) == summary["tokens"]

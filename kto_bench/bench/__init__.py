@@ -1,9 +1,10 @@
 """`kto-bench bench train|eval`: our entry points against their peers on the same inputs, with provenance.
 
-train.py   a run's own stages (`kto-bench run`) vs TRL's KTOTrainer / DPOTrainer on the examples it trained
-eval.py    `kto-bench eval` vs lm-eval's `hf` backend at the batch sizes users pick (1, 64, auto)
-record.py  settings, presets (spec fragments), timing and memory, provenance, the JSON record
-table.py   the record as Markdown
+train.py     a run's own stages (`kto-bench run`) vs TRL on the examples the run trained
+peer_trl.py  the TRL contender: KTOTrainer / DPOTrainer at their defaults and with precomputed reference
+eval.py      `kto-bench eval` vs lm-eval's `hf` backend at the batch sizes users pick (1, 64, auto)
+record.py    settings, presets (spec fragments), timing and memory, provenance, the JSON record
+table.py     the record as Markdown
 """
 
 from __future__ import annotations
