@@ -457,8 +457,14 @@ def bench(
     model_config: str = typer.Option(
         "qwen2.5-0.5b",
         "--model-config",
-        help="qwen2.5-0.5b (the GPU targets), small (SmolLM2-135M mirror, CPU) or tiny (the demo's arith-tiny "
-        "world, CI)",
+        help="qwen2.5-0.5b (the GPU targets), small (SmolLM2-135M mirror, CPU), demo (the demo's arith-sft world, "
+        "CPU) or tiny (the arith-tiny world, CI)",
+    ),
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="bench this model (a folder, mirror or hub id, as `kto-bench eval MODEL`); the preset gives the data "
+        "and tasks",
     ),
     steps: int = typer.Option(20, "--steps", help="optimizer steps per contender, warm-up included"),
     warmup: int = typer.Option(2, "--warmup", help="first steps timed apart and excluded from throughput"),
@@ -494,6 +500,7 @@ def bench(
             seed=seed,
             device=device,
             threads=threads,
+            model=model,
             reference_batch_size=16 if model_config == "tiny" else 64,
         )
         path = bench_mod.main(settings, out_dir, name)

@@ -261,6 +261,34 @@ def test_batch_sizes_and_agreement_are_pure():
     }
 
 
+@pytest.mark.parametrize("preset", sorted(record.PRESETS))
+def test_every_preset_is_a_valid_spec(preset):
+    """A preset is what a user would write: it validates as `kto-bench run` / `kto-bench eval` validate."""
+    from kto_bench.bench.eval import evaluation
+    from kto_bench.spec import expand
+
+    s = record.BenchSettings(kind="train", against="trl", model_config=preset, steps=5, device="cpu")
+    for method, variants in train.VARIANTS.items():
+        for training in variants:
+            (run,) = expand(train.bench_spec(s, method, training))
+            assert run.method.type == method and run.training.budget.rule == "steps"
+            assert run.training.budget.value == 5 and run.training.layout == training["layout"]
+            assert run.model.model_dump(include={"source", "name"}) == record.PRESETS[preset]["model"]
+    for task in record.PRESETS[preset]["tasks"]:
+        assert evaluation(s, task).tasks[0].name == task
+
+
+def test_model_flag_replaces_the_preset_model():
+    from kto_bench import models
+    from kto_bench.spec import ModelSpec, expand
+
+    folder = models.resolve(ModelSpec(source="demo", name="arith-tiny"))
+    s = record.BenchSettings(kind="train", against="trl", model=folder, **TINY)
+    assert record.model_spec(s) == {"source": "local", "name": str(Path(folder).resolve())}
+    with pytest.raises(KtoBenchError, match="model.source: demo"):  # the demo's data is its own model's
+        expand(train.bench_spec(s, "dpo", {"layout": "shared"}))
+
+
 def test_bad_settings_are_project_errors():
     with pytest.raises(KtoBenchError, match="model-config"):
         bench.run_bench(record.BenchSettings(kind="train", against="trl", model_config="nope"))

@@ -36,10 +36,12 @@ def target(s: BenchSettings):
     """The preset's model as `kto-bench eval` resolves a MODEL (a demo world's model keeps its world: the
     demo tasks' held-out files are its own)."""
     from kto_bench import models
-    from kto_bench.evaluate import Target
+    from kto_bench.evaluate import Target, resolve_model
     from kto_bench.spec import ModelSpec
 
     dtype = "bfloat16" if s.resolved_device().type == "cuda" else "float32"
+    if s.model is not None:
+        return resolve_model(s.model, dtype)
     spec = ModelSpec.model_validate(PRESETS[s.model_config]["model"] | {"dtype": dtype})
     return Target(spec, models.resolve(spec), s.model_config, spec if spec.source == "demo" else None)
 

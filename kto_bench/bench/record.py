@@ -77,6 +77,7 @@ class BenchSettings:
     device: str = "auto"
     methods: tuple[str, ...] = ("kto", "dpo")
     threads: int | None = None  # torch CPU threads (None = torch's default); 1 on shared CPUs
+    model: str | None = None  # instead of the preset's model: what `kto-bench eval MODEL` takes
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -91,6 +92,17 @@ class BenchSettings:
         peer = {"train": "trl", "eval": "lm-eval-hf"}[self.kind]
         if self.against != peer:
             raise KtoBenchError(f"bench {self.kind} --against {self.against!r}: the peer is {peer!r}")
+
+
+def model_spec(s: BenchSettings) -> dict[str, Any]:
+    """The ModelSpec fields (dtype aside) of the model benched: `--model` as `kto-bench eval` resolves it, or
+    the preset's."""
+    if s.model is None:
+        return PRESETS[s.model_config]["model"]
+    from kto_bench.evaluate import resolve_model
+
+    m = resolve_model(s.model).model
+    return {"source": m.source, "name": m.name} | ({"revision": m.revision} if m.revision else {})
 
 
 def parse_batch_sizes(text: str) -> tuple[int | str, ...]:

@@ -26,6 +26,7 @@ from kto_bench.bench.record import (
     PRESETS,
     BenchSettings,
     PeakMemory,
+    model_spec,
     param_counts,
     peak_flops,
     ratio,
@@ -70,7 +71,7 @@ def bench_spec(s: BenchSettings, method: str, training: dict[str, Any]):
     cuda = s.resolved_device().type == "cuda"
     spec = {
         "name": "bench",
-        "model": preset["model"] | {"dtype": "bfloat16" if cuda else "float32"},
+        "model": model_spec(s) | {"dtype": "bfloat16" if cuda else "float32"},
         "data": preset["data"],
         "methods": [{"type": method, "beta": s.beta}],
         "training": {
@@ -232,7 +233,7 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
         "layout_agreement": agreement,
         "rows": rows,
         "ratios": ratios,
-        "model": {"preset": s.model_config, "spec": preset["model"], "params": counts},
+        "model": {"preset": s.model_config, "spec": model_spec(s), "params": counts},
         "inputs": {"data": preset["data"], **inputs},
     }
 
