@@ -461,36 +461,53 @@ def bench(
     model_config: str = typer.Option(
         "qwen2.5-0.5b",
         "--model-config",
-        help="qwen2.5-0.5b (the GPU targets), small (CPU, real lengths) or tiny (CPU, CI)",
+        help="qwen2.5-0.5b (the GPU targets), small (SmolLM2-135M mirror, CPU), demo (the demo's arith-sft world, "
+        "CPU) or tiny (the arith-tiny world, CI)",
+    ),
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="bench this model (a folder, mirror or hub id, as `kto-bench eval MODEL`); the preset gives the data "
+        "and tasks",
     ),
     steps: int = typer.Option(20, "--steps", help="optimizer steps per contender, warm-up included"),
     warmup: int = typer.Option(2, "--warmup", help="first steps timed apart and excluded from throughput"),
-    limit: int = typer.Option(None, "--limit", help="eval: generation requests (log-likelihood gets 16x)"),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    limit: int = typer.Option(None, "--limit", help="eval: items per task (lm-eval's --limit)"),
+    batch_size: int = typer.Option(None, "--batch-size", help="train: per-device batch (8; tiny: 2)"),
+    batch_sizes: str = typer.Option(
+        "1,64,auto",
+        "--batch-sizes",
+        help="eval: lm-eval hf's batch sizes, one row each (as its --batch_size)",
+    ),
+    eval_batch_size: int = typer.Option(64, "--eval-batch-size", help="eval: our engine's batch"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (1 on shared CPUs)"),
     out_dir: Path = typer.Option(Path("results/bench"), "--out"),
     name: str = typer.Option(None, "--name"),
 ) -> None:
-    """Time our train step / eval engine against TRL / lm-eval hf on identical inputs."""
+    """Time `kto-bench run`'s train stage / `kto-bench eval` against TRL / lm-eval hf on the same inputs."""
     from kto_bench import bench as bench_mod
+    from kto_bench.bench.record import BenchSettings, parse_batch_sizes
 
     try:
-        path = bench_mod.main(
-            kind,
-            against,
-            model_config,
-            steps,
-            warmup,
-            limit,
-            batch_size,
-            seed,
-            device,
-            threads,
-            out_dir,
-            name,
+        settings = BenchSettings(
+            kind=kind,
+            against=against or ("trl" if kind == "train" else "lm-eval-hf"),
+            model_config=model_config,
+            steps=steps,
+            warmup=warmup,
+            limit=limit,
+            batch_size=batch_size or (2 if model_config == "tiny" else 8),
+            batch_sizes=parse_batch_sizes(batch_sizes),
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            device=device,
+            threads=threads,
+            model=model,
+            reference_batch_size=16 if model_config == "tiny" else 64,
         )
+        path = bench_mod.main(settings, out_dir, name)
     except KtoBenchError as e:
         _fail(e)
     out.print(f"[green]bench[/] {path} and {path.with_suffix('.md')}")

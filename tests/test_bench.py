@@ -1,13 +1,18 @@
-"""The bench harness (tiny preset, ours vs TRL and vs lm-eval hf) and every fast path against its plain path."""
+"""The bench package on the arith-tiny world: `kto-bench run`'s train stage vs TRL, `kto-bench eval` vs lm-eval
+`hf` at batch 1, 64 and auto; and its pure parts."""
 
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from kto_bench import bench
+from kto_bench import bench, pipeline
+from kto_bench.bench import peer_trl, record, train
+from kto_bench.bench.eval import agreement
 from kto_bench.errors import KtoBenchError
 
 TRAIN_ROW_KEYS = {
@@ -31,43 +36,37 @@ TRAIN_ROW_KEYS = {
     "tokens_real_total",
     "settings",
 }
+TINY = dict(model_config="tiny", threads=1, device="cpu")
 
 
-def rows_by_name(record: dict) -> dict[str, dict]:
-    return {r["name"]: r for r in record["rows"]}
+def rows_by_name(rec: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in rec["rows"]}
 
 
-def check_ratios(record: dict) -> None:
-    rows = rows_by_name(record)
-    assert record["ratios"]
-    for r in record["ratios"]:
+def check_ratios(rec: dict) -> None:
+    rows = rows_by_name(rec)
+    assert rec["ratios"]
+    for r in rec["ratios"]:
         assert r["ours_value"] == rows[r["ours"]][r["metric"]]
         assert r["peer_value"] == rows[r["peer"]][r["metric"]]
         assert r["ratio"] == pytest.approx(r["ours_value"] / r["peer_value"])
 
 
-def check_provenance(record: dict) -> None:
-    p = record["provenance"]
+def check_provenance(rec: dict) -> None:
+    p = rec["provenance"]
     assert p["torch"] == torch.__version__
     assert p["packages"]["transformers"] and p["packages"]["trl"] and p["packages"]["lm_eval"]
     assert set(p["git"]) == {"commit", "dirty"}
     assert p["hardware"]["cpu_count"] >= 1
-    assert record["schema"] == bench.SCHEMA
-    assert record["settings"]["model_config"] == "tiny"
+    assert rec["schema"] == record.SCHEMA
+    assert rec["settings"]["model_config"] == "tiny"
+    assert "H100" in rec["note"] and rec["gpu_command"] in rec["note"]
 
 
 @pytest.fixture(scope="module")
 def train_record():
-    s = bench.BenchSettings(
-        kind="train",
-        against="trl",
-        model_config="tiny",
-        steps=2,
-        warmup=1,
-        threads=1,
-        reference_batch_size=16,
-        methods=("kto", "dpo"),
-        device="cpu",
+    s = record.BenchSettings(
+        kind="train", against="trl", steps=2, warmup=1, batch_size=2, reference_batch_size=16, **TINY
     )
     return bench.run_bench(s)
 
@@ -95,89 +94,123 @@ def test_train_bench_schema_ratios_provenance(train_record, tmp_path):
         assert row["tokens_per_s_real_with_one_time"] <= row["tokens_per_s_real"]
     check_ratios(rec)
     check_provenance(rec)
-    assert "H100" in rec["note"] and rec["gpu_command"] in rec["note"]
-    assert rows_by_name(rec)["ours-dpo-shared + checkpointing"]["settings"]["gradient_checkpointing"] is True
-    assert rows_by_name(rec)["ours-dpo-shared"]["settings"]["gradient_checkpointing"] is False
-    agreement = rec["layout_agreement"]  # fp32 on CPU: the shared layout gives the padded path's log-probs
-    assert agreement["fast"]["layout"] == "shared" and agreement["plain"]["layout"] == "padded"
-    assert agreement["max_rel_diff"] < 1e-5
-    # the peer saw exactly our tokens: same trained non-pad tokens over the run (one epoch of the same data)
     rows = rows_by_name(rec)
+    assert rows["ours-dpo-shared + checkpointing"]["settings"]["gradient_checkpointing"] is True
+    assert rows["ours-dpo-shared"]["settings"]["gradient_checkpointing"] is False
+    assert rows["ours-kto-shared + fused KL"]["settings"]["kl_pass"] == "fused"
+    # each of ours is a run of its own (its spec differs in the layout only), trained by the train stage
+    assert (
+        len({rows[f"ours-{m}-{v}"]["settings"]["run_id"] for m in ours_variants for v in ours_variants[m]})
+        == 9
+    )
+    agreement_ = rec["layout_agreement"]  # fp32 on CPU: the shared layout gives the padded path's log-probs
+    assert agreement_["fast"]["layout"] == "shared" and agreement_["plain"]["layout"] == "padded"
+    assert agreement_["max_rel_diff"] < 1e-5
     for m in ("kto", "dpo"):
+        # TRL trained exactly our examples: their text encodes to our ids, and the same tokens over the run
+        for v in ("defaults", "precompute_ref_log_probs"):
+            assert rows[f"trl-{m}-{v}"]["settings"]["text_encodes_to_our_ids"] == 1.0
         for v in ours_variants[m]:
             ours = rows[f"ours-{m}-{v}"]["tokens_real_total"]
             assert ours == rows[f"trl-{m}-defaults"]["tokens_real_total"]
             assert ours == rows[f"trl-{m}-precompute_ref_log_probs"]["tokens_real_total"]
-        # packing removes the padding; sharing also runs each pair's prompt (KTO: each KL row's prompt) once
-        padded = rows[f"ours-{m}-padded"]["padding_fraction"]
-        assert padded > 0.2  # right-padding to the longest row of random lengths
-        assert rows[f"ours-{m}-packed"]["padding_fraction"] < padded / 2
-        assert rows[f"ours-{m}-shared"]["padding_fraction"] < padded / 2
-        assert (
-            rows[f"ours-{m}-shared"]["executed_per_trained_token"]
-            < rows[f"ours-{m}-packed"]["executed_per_trained_token"]
-        )
-    assert rows["ours-kto-shared"]["one_time_s"] == pytest.approx(
-        rec["reference_pass"]["matched"]["seconds"] + rec["reference_pass"]["kl"]["seconds"]
-    )
-    # every distinct sequence once: the pairs' (KTO's matched ones are among them), then the new KL rows
-    inp = bench.train_inputs("tiny", n_pairs=16, n_binary=16, seed=0)
-    data = bench.tokenized_data(inp, batch_size=8, max_length=bench.PRESETS["tiny"]["max_length"])
-    matched = {data.sequences[i] for pair in data.pairs for i in pair}
-    kl = {data.sequences[k] for batch in data.kl_seqs for k in batch} - matched
-    assert rec["reference_pass"]["matched"]["sequences"] == len(matched) == 2 * rec["inputs"]["pairs"]
-    assert rec["reference_pass"]["kl"]["sequences"] == len(kl)
-    assert rec["inputs"]["data_fingerprint"] == data.fingerprint()
-
-    json_path, md_path = bench.write_results(rec, tmp_path, "t")
-    assert bench.read_json_file(json_path)["rows"] == rec["rows"]
-    md = md_path.read_text()
+            assert rows[f"ours-{m}-{v}"]["one_time_s"] == rec["reference_pass"][m]["seconds"]
+        # packing removes padding; sharing also runs each pair's prompt once
+        assert rows[f"ours-{m}-packed"]["padding_fraction"] <= rows[f"ours-{m}-padded"]["padding_fraction"]
+        assert rows[f"ours-{m}-shared"]["padding_fraction"] <= rows[f"ours-{m}-padded"]["padding_fraction"]
+        assert rec["reference_pass"][m]["sequences"] == rec["inputs"][m]["counts"]["sequences"]
+    assert rows["ours-dpo-padded"]["padding_fraction"] > 0  # right-padding to the longest row
     assert (
-        "ours-kto-shared + fused KL" in md
-        and "Fast path vs plain path" in md
-        and rec["gpu_command"] in md
-        and f"trl {version('trl')}" in md
+        rows["ours-dpo-shared"]["executed_per_trained_token"]
+        < rows["ours-dpo-packed"]["executed_per_trained_token"]
+    )
+    assert (
+        rec["inputs"]["kto"]["data_fingerprint"] == rec["inputs"]["dpo"]["data_fingerprint"]
+    )  # one data set
+
+    json_path, md_path = record.write_results(rec, tmp_path, "t")
+    assert record.read_json_file(json_path)["rows"] == rec["rows"]
+    md = md_path.read_text()
+    assert "ours-kto-shared + fused KL" in md and "Fast path vs plain path" in md
+    assert rec["gpu_command"] in md and f"trl {version('trl')}" in md
+
+
+def test_ours_is_the_run_train_stage(monkeypatch, tmp_path):
+    """Our contender is `kto-bench run`'s train stage, and its numbers are the run's own metrics.jsonl."""
+    calls = []
+    stage_train = pipeline.stage_train
+
+    def spy(run, store, root, spec):
+        calls.append(run.run_id)
+        stage_train(run, store, root, spec)
+
+    monkeypatch.setattr(pipeline, "stage_train", spy)
+    s = record.BenchSettings(kind="train", against="trl", steps=2, warmup=1, batch_size=2, **TINY)
+    got = train.run_ours(s, "dpo", {"layout": "shared"}, tmp_path)
+    assert calls == [got["run"].run_id]
+    logged = got["store"].file("metrics.jsonl").read_text().splitlines()
+    assert [st["step"] for st in got["steps"]] == [1, 2] == list(range(1, len(logged) + 1))
+    summary = record.read_json_file(got["store"].file("train_summary.json"))
+    assert summary["steps"] == 2 and summary["tokens"] == sum(st["tokens/trained"] for st in got["steps"])
+    # TRL's examples are the microbatches this run trained, in its order
+    data = pipeline.load_data(got["store"])
+    examples = peer_trl.trained_examples(got["run"], data)
+    assert (
+        len(examples) == 2 * 2
+        and sum(len(p) + len(c) + len(p) + len(r) for p, c, r in examples) == summary["tokens"]
     )
 
 
-def test_eval_bench_schema_ratios_agreement(tmp_path):
-    s = bench.BenchSettings(
-        kind="eval", against="lm-eval-hf", model_config="tiny", limit=2, threads=1, device="cpu"
-    )
+def test_eval_bench_against_lm_eval_hf_batch_sizes(tmp_path):
+    s = record.BenchSettings(kind="eval", against="lm-eval-hf", limit=2, batch_sizes=(1, 64, "auto"), **TINY)
     rec = bench.run_bench(s)
+    tasks = ("demo_arith_gen", "demo_arith_mc")
     assert {r["name"] for r in rec["rows"]} == {
-        "ours-generate",
-        "ours-loglikelihood",
-        "lm-eval-hf-generate",
-        "lm-eval-hf-loglikelihood",
+        name for t in tasks for name in (f"ours-{t}", *(f"lm-eval-hf-b{b}-{t}" for b in (1, 64, "auto")))
     }
     rows = rows_by_name(rec)
-    assert rows["lm-eval-hf-generate"]["batch_size"] == 1  # lm-eval's default
-    assert rows["ours-generate"]["requests"] == 2 and rows["ours-loglikelihood"]["requests"] == 32
+    for t in tasks:
+        assert [rows[f"lm-eval-hf-b{b}-{t}"]["batch_size"] for b in (1, 64, "auto")] == [1, 64, "auto"]
+        assert rows[f"ours-{t}"]["batch_size"] == 64
+        for b in (1, 64, "auto"):
+            # the same items and model: the same texts, scores and metrics, so the timings compare equal work
+            a = rec["agreement"][f"{t}@{b}"]
+            assert a["items"] == 2 and a["scores_identical"] == 1.0
+            assert rows[f"lm-eval-hf-b{b}-{t}"]["metrics"] == pytest.approx(rows[f"ours-{t}"]["metrics"])
+    assert all(
+        a["generate_identical"] == 1.0 for k, a in rec["agreement"].items() if k.startswith("demo_arith_gen")
+    )
+    assert all(
+        a["loglikelihood_max_abs_diff"] < 1e-3
+        for k, a in rec["agreement"].items()
+        if k.startswith("demo_arith_mc")
+    )
     for r in rec["rows"]:
+        assert r["requests"] == 2
         assert r["measured_s"] > 0 and r["requests_per_s"] == pytest.approx(r["requests"] / r["measured_s"])
-    # greedy on the same fp32 model: same texts and the same scores, so the timings compare equal work
-    assert rec["agreement"]["generate_identical"] == 1.0
-    assert rec["agreement"]["loglikelihood_max_abs_diff"] < 1e-3
+    assert rows["ours-demo_arith_gen"]["generated_tokens"] > 0
     check_ratios(rec)
     check_provenance(rec)
-    _, md_path = bench.write_results(rec, tmp_path, "e")
-    assert "lm-eval-hf-generate" in md_path.read_text()
+    _, md_path = record.write_results(rec, tmp_path, "e")
+    assert "lm-eval-hf-bauto-demo_arith_gen" in md_path.read_text()
 
 
 # ----------------------------------------------------------------------------- pure parts
 
 
 def test_summarize_excludes_warmup_and_counts_flops():
-    log = bench.StepLog(
-        times=[5.0, 1.0, 1.0],
-        trained=[100, 10, 30],
-        processed=[200, 20, 60],
-        grad=[100, 10, 30],
-        kl=[50, 5, 15],
-        reference=[0, 1, 1],
-    )
-    out = bench.summarize(log, warmup=1, n=1000, peak=1e6)
+    def step(secs, trained, processed, grad, kl, ref):
+        return {
+            "time/step_s": secs,
+            "tokens/trained": trained,
+            "tokens/processed": processed,
+            "tokens/nonpad_grad": grad,
+            "tokens/nonpad_nograd": kl,
+            "tokens/reference": ref,
+        }
+
+    steps = [step(5.0, 100, 200, 100, 50, 0), step(1.0, 10, 20, 10, 5, 1), step(1.0, 30, 60, 30, 15, 1)]
+    out = record.summarize(steps, warmup=1, n=1000, peak=1e6)
     assert out["warmup_s"] == 5.0 and out["measured_s"] == 2.0 and out["steps_per_s"] == 1.0
     assert out["tokens_per_s_real"] == 20.0 and out["tokens_per_s_processed"] == 40.0
     assert out["padding_fraction"] == pytest.approx(0.25)
@@ -185,46 +218,88 @@ def test_summarize_excludes_warmup_and_counts_flops():
     flops = 6 * 1000 * 40 + 2 * 1000 * (20 + 2)
     assert out["model_flops_per_s"] == flops / 2 and out["mfu"] == pytest.approx(flops / 2 / 1e6)
     assert out["tokens_real_total"] == 140
-    assert bench.summarize(log, 1, 1000, None)["mfu"] is None
+    assert record.summarize(steps, 1, 1000, None)["mfu"] is None
     with pytest.raises(KtoBenchError, match="--steps"):
-        bench.summarize(log, warmup=3, n=1, peak=None)
+        record.summarize(steps, warmup=3, n=1, peak=None)
 
 
 def test_param_counts_tied_head_counts_once():
-    model = bench.build_model("tiny", torch.device("cpu"), 0)
-    c = bench.param_counts(model)
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    cfg = Qwen2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=64, vocab_size=128, tie_word_embeddings=True,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(cfg)
+    c = record.param_counts(model)
     emb = model.get_input_embeddings().weight.numel()
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert c["total"] == sum(p.numel() for p in model.parameters())
     assert c["non_embedding"] == c["total"] - emb and c["flops_n"] == c["total"]
 
 
-def test_synthetic_text_encodes_to_our_ids():
-    tok = bench.synthetic_tokenizer(512)
-    inp = bench.train_inputs("tiny", n_pairs=4, n_binary=4, seed=1)
-    for p, c in zip(inp.prompts, inp.chosen, strict=True):
-        assert c[-1] == tok.eos_token_id
-        prompt = bench.ids_text(p, tok)
-        assert tok(prompt, add_special_tokens=False)["input_ids"] == list(p)
-        full = tok(prompt + bench.completion_text(c, tok), add_special_tokens=False)["input_ids"]
-        assert full == list(p) + list(c)
+def test_batch_sizes_and_agreement_are_pure():
+    assert record.parse_batch_sizes("1, 64,auto") == (1, 64, "auto")
+    assert record.parse_batch_sizes("auto:4") == ("auto:4",)
+    for bad in ("", "0", "x", "1,-2"):
+        with pytest.raises(KtoBenchError, match="--batch-sizes"):
+            record.parse_batch_sizes(bad)
+    ours = [
+        {"output": "a", "scores": {"m": 1.0}},
+        {"output": 1, "loglikelihoods": [-1.0, -2.0], "scores": {"m": 0}},
+    ]
+    stock = [
+        {"output": "b", "scores": {"m": 1.0}},
+        {"output": 1, "loglikelihoods": [-1.0, -2.5], "scores": {"m": 0}},
+    ]
+    a = agreement(ours, stock)
+    assert a == {
+        "items": 2,
+        "generate_identical": 0.0,
+        "loglikelihood_max_abs_diff": 0.5,
+        "scores_identical": 1.0,
+    }
 
 
-def test_tokenized_data_batches_and_kl_pairs():
-    inp = bench.train_inputs("tiny", n_pairs=8, n_binary=8, seed=0)
-    data = bench.tokenized_data(inp, batch_size=4, max_length=128)
-    assert data.pair_batches == [[0, 1, 2, 3], [4, 5, 6, 7]] and len(data.binary_batches) == 2
-    for b, batch in enumerate(data.binary_batches):
-        seqs = [data.sequences[data.binary[i][0]] for i in batch]
-        kl = [data.sequences[k] for k in data.kl_seqs[b]]
-        assert [k[0] for k in kl] == [s[0] for s in seqs]  # own prompt
-        assert [k[1] for k in kl] == [seqs[(j + 1) % 4][1] for j in range(4)]  # the next slot's completion
+@pytest.mark.parametrize("preset", sorted(record.PRESETS))
+def test_every_preset_is_a_valid_spec(preset):
+    """A preset is what a user would write: it validates as `kto-bench run` / `kto-bench eval` validate."""
+    from kto_bench.bench.eval import evaluation
+    from kto_bench.spec import expand
+
+    s = record.BenchSettings(kind="train", against="trl", model_config=preset, steps=5, device="cpu")
+    for method, variants in train.VARIANTS.items():
+        for training in variants:
+            (run,) = expand(train.bench_spec(s, method, training))
+            assert run.method.type == method and run.training.budget.rule == "steps"
+            assert run.training.budget.value == 5 and run.training.layout == training["layout"]
+            assert run.model.model_dump(include={"source", "name"}) == record.PRESETS[preset]["model"]
+    for task in record.PRESETS[preset]["tasks"]:
+        assert evaluation(s, task).tasks[0].name == task
+
+
+def test_model_flag_replaces_the_preset_model():
+    from kto_bench import models
+    from kto_bench.spec import ModelSpec, expand
+
+    folder = models.resolve(ModelSpec(source="demo", name="arith-tiny"))
+    s = record.BenchSettings(kind="train", against="trl", model=folder, **TINY)
+    assert record.model_spec(s) == {"source": "local", "name": str(Path(folder).resolve())}
+    with pytest.raises(KtoBenchError, match="model.source: demo"):  # the demo's data is its own model's
+        expand(train.bench_spec(s, "dpo", {"layout": "shared"}))
 
 
 def test_bad_settings_are_project_errors():
     with pytest.raises(KtoBenchError, match="model-config"):
-        bench.run_bench(bench.BenchSettings(kind="train", against="trl", model_config="nope"))
+        bench.run_bench(record.BenchSettings(kind="train", against="trl", model_config="nope"))
     with pytest.raises(KtoBenchError, match="'trl'"):
-        bench.run_bench(bench.BenchSettings(kind="train", against="lm-eval-hf", model_config="tiny"))
+        bench.run_bench(record.BenchSettings(kind="train", against="lm-eval-hf", model_config="tiny"))
     with pytest.raises(KtoBenchError, match="'lm-eval-hf'"):
-        bench.run_bench(bench.BenchSettings(kind="eval", against="trl", model_config="tiny"))
+        bench.run_bench(record.BenchSettings(kind="eval", against="trl", model_config="tiny"))
+
+
+def test_cli_batch_sizes_flag_is_checked(tmp_path: Path):
+    from kto_bench.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "eval", "--model-config", "tiny", "--batch-sizes", "1,big"])
+    assert result.exit_code == 2 and "--batch-sizes" in result.output

@@ -39,8 +39,12 @@ def run_evaluation(
     *,
     model_label: str,
     data_files: dict[str, Path] | None = None,
+    lm=None,
 ) -> list[dict]:
     """Run every task of `evaluation` (an EvaluationSpec); write out_dir/<task>.json + <task>.samples.jsonl.
+
+    `lm`: an lm-eval model to run instead of the one `evaluation.backend` builds over `model` (the bench's
+    lm-eval `hf` contender, built by lm-eval from a model folder as `lm_eval --model hf` builds it).
 
     Tasks whose result JSON exists are skipped (resume). `data_files` maps a task name to its data file
     (a model's own tasks: `models.task_data`; or a local copy replacing an offline mirror); a task with
@@ -53,7 +57,7 @@ def run_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     data_files = dict(data_files or {})
     results: list[dict] = []
-    lm = None
+    backend = evaluation.backend if lm is None else f"lm-eval {type(lm).__name__}"
     total = len(evaluation.tasks)
     for i, spec in enumerate(evaluation.tasks, 1):
         key = result_key(spec)
@@ -67,7 +71,7 @@ def run_evaluation(
             "apply_chat_template": spec.apply_chat_template,
             "limit": spec.limit,
             "seed": evaluation.seed,
-            "backend": evaluation.backend,
+            "backend": backend,
             "max_new_tokens": spec.max_new_tokens,
         }
         if entry.needs_code_execution and not evaluation.allow_code_execution:
@@ -82,7 +86,7 @@ def run_evaluation(
             import importlib
 
             module, fn = entry.runner.split(":")
-            console.print(f"[bold][{i}/{total}] {key}[/bold] ({spec.variant}, {evaluation.backend})")
+            console.print(f"[bold][{i}/{total}] {key}[/bold] ({spec.variant}, {backend})")
             result = getattr(importlib.import_module(module), fn)(
                 model, tokenizer, spec, evaluation, out_dir, model_label=model_label
             )
@@ -93,7 +97,7 @@ def run_evaluation(
 
             module, fn = entry.default_data.split(":")
             data_files.update(getattr(importlib.import_module(module), fn)(out_dir / "_data"))
-        console.print(f"[bold][{i}/{total}] {key}[/bold] ({spec.variant}, {evaluation.backend})")
+        console.print(f"[bold][{i}/{total}] {key}[/bold] ({spec.variant}, {backend})")
         with tempfile.TemporaryDirectory(prefix="kto-bench-tasks-") as include_dir:
             task = prepare_task(
                 spec.name,

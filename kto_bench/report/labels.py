@@ -32,7 +32,7 @@ METRIC_LABELS = {
 # ---------------------------------------------------------------------------------------------- training metrics
 
 # The training metrics the report reads from metrics.jsonl, as train/loop.py logs them ("train/" + the
-# loss's metric names, train/losses.py). Pairwise losses log rewards of the chosen/rejected completion,
+# loss's metric names, kto_bench/methods/). Pairwise losses log rewards of the chosen/rejected completion,
 # KTO of the desirable/undesirable one; the report reads both under the desirable/undesirable names
 # (`aggregate.normalize_metric_name`), and "train/rewards_<x>" is an older spelling of "train/rewards/<x>".
 LOSS = "train/loss"

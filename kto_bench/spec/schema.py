@@ -34,7 +34,7 @@ class DemoWorldSpec(Strict):
 
     `model.name` picks a preset from DEMO_WORLDS (its fields become the defaults); fields given here override
     it. Validation writes the resolved world into the spec, so run ids hash every field that shapes the
-    world. See kto_bench/data/synthetic.py and docs/DEMO.md."""
+    world. See kto_bench/demo/world.py and docs/DEMO.md."""
 
     seed: int = 0
     max_term: int = Field(12, ge=2, description="operands are drawn from 1..max_term")
@@ -219,7 +219,7 @@ class TrainingSpec(Strict):
     layout: Literal["padded", "packed", "shared"] = Field(
         "shared",
         description="microbatch layout: padded rows (as the peers), packed without padding, or packed with "
-        "one copy of each prompt shared by its completions (same log-probs; see kto_bench/train/logps.py)",
+        "one copy of each prompt shared by its completions (same log-probs; see kto_bench/scoring.py)",
     )
     kl_pass: Literal["separate", "fused"] = Field(
         "separate",
