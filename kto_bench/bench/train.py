@@ -146,8 +146,8 @@ def layout_agreement(run, store, device: torch.device) -> dict[str, Any]:
     """The default layout (shared prompts, the kernel `kto-bench run` picks here) against the plain padded
     SDPA path on the run's first microbatch (and its KL rows): the largest per-sequence differences."""
     from kto_bench import models, pipeline
-    from kto_bench.spec import TrainingSpec
     from kto_bench.scoring import collate, sequence_logps, use_attention
+    from kto_bench.spec import TrainingSpec
 
     where, _ = pipeline.resolved(run)
     model = models.load_model(run.model, where, device, dtype="float32").eval()

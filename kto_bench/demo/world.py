@@ -18,6 +18,9 @@ Everything here runs offline on a CPU in a few minutes and is cached under a key
 The build runs in a subprocess with a fixed environment (one thread, MKL/oneDNN/ATen pinned to their AVX2
 code paths, deterministic algorithms), so it gives the same bytes whatever the caller's thread settings;
 `world_hash` returns the content hash recorded for provenance.
+
+Over 400 lines because the world's steps (problems, tokenizer, SFT model, feedback, held-out splits) are
+one content-hashed build; each step is a small function.
 """
 
 from __future__ import annotations

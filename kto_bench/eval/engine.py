@@ -12,6 +12,8 @@ results come back in input order.
 Tokenisation mimics lm-eval's `_encode_pair`: trailing spaces of the context move to the
 continuation, the whole string is encoded, and the continuation is the part beyond the context's
 own token count.
+
+Over 400 lines because generation and log-likelihood share tokenisation, length sorting and batching.
 """
 
 from __future__ import annotations

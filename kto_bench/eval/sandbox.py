@@ -30,6 +30,9 @@ result as `settings.sandbox`):
   only; it could read your files and signal your processes. Refused unless explicitly allowed:
   `--allow-unisolated-code-execution` on `kto-bench run`, the environment variable
   KTO_BENCH_ALLOW_UNISOLATED_CODE_EXECUTION=1, or `allow_unisolated=True`.
+
+Over 1,000 lines because the isolation levels, the two-process protocol and the memory watchdog are one
+security boundary, reviewed and tested as a unit (docs/SANDBOX.md); nothing else imports its parts.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ An offline variant is a generated lm-eval YAML that `include:`s (or copies the f
 installed task file and overrides the dataset with `dataset_path: json` + a local JSONL file. Prompts,
 filters and metrics stay lm-eval's. Data comes from a sha256-checked packaged mirror (`kto_bench.assets`)
 with its row count checked, or from an explicit file (tests, local copies).
+
+Over 400 lines because every stock task is registered here at its definition with the builder of its
+offline data (GSM8K, MMLU's subjects, HumanEval), and `check_variant` reads those registrations.
 """
 
 from __future__ import annotations

@@ -21,7 +21,10 @@ for _name, _doc in (
     ("report_tables", "report.tables are registered tables"),
     ("report_plots", "report.plots are registered plots"),
     ("report_claims", "report.claims are registered claims"),
-    ("report_defaults", "the registered tables or plots in registration order (report.tables/plots defaults)"),
+    (
+        "report_defaults",
+        "the registered tables or plots in registration order (report.tables/plots defaults)",
+    ),
     ("experiment", "the spec runs what it claims to measure (claims, the AlpacaEval judge)"),
 ):
     CHECKS.add(_name, f"kto_bench.checks:{_name}", _doc)

@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from kto_bench.spec.hooks import check
 
 
-
 class ReportSpec(BaseModel):
     """What `kto-bench report` renders. Confidence intervals are two-sided at level 1 - alpha."""
 

@@ -9,6 +9,9 @@ w processes with grad_accum g see the same microbatches per step as one process 
 KTO's z0 is the mean over the whole step (all its microbatches, averaged across processes) and the
 logged metrics are global means, so both layouts give the same curve. A checkpoint is one dict of
 stateful parts (weights, optimizer, scheduler, RNG, step), so a resumed run continues the same curve.
+
+Over 400 lines because the plan (budget -> steps), the data order, the step and the checkpoint state
+are one contract that the multi-process and resume tests check together.
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ import pytest
 
 from kto_bench.errors import StoreError
 from kto_bench.report import render_report
-from kto_bench.spec import ReportSpec
 from kto_bench.report.aggregate import load_experiment
 from kto_bench.report.audit import audit_table, confounds, method_audit_table
 from kto_bench.report.headline import headline_table
 from kto_bench.report.health import health_checks, reward_accuracy, run_health, untrained_runs
+from kto_bench.spec import ReportSpec
 from tests.report.conftest import SEEDS, ResultsBuilder, build
 
 CLEAN = {"corruption.flip_rate": 0.0}
