@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ from typing import IO, Literal
 from filelock import FileLock
 
 from kto_bench.errors import AssetError, KtoBenchError
-from kto_bench.io import atomic_write_json, sha256_file
+from kto_bench.io import atomic_write_json, read_json, sha256_file
 from kto_bench.registry import Registry
 
 RowCount = Literal["lines", "json", "gzip_lines"]
@@ -218,8 +217,7 @@ def _paths(asset: Asset, cache_dir: Path | str | None) -> tuple[Path, Path]:
 def count_rows(path: Path, how: RowCount) -> int:
     """Rows of a data file: non-empty lines (optionally gzipped) or the length of a JSON list."""
     if how == "json":
-        with open(path, encoding="utf-8") as f:
-            return len(json.load(f))
+        return len(read_json(path))
     opener = gzip.open if how == "gzip_lines" else open
     with opener(path, "rb") as f:
         return sum(1 for line in f if line.strip())
@@ -258,7 +256,7 @@ def _cheaply_verified(asset: Asset, path: Path, sidecar: Path) -> bool:
     if not (path.is_file() and sidecar.is_file()):
         return False
     try:
-        rec = json.loads(sidecar.read_text())
+        rec = read_json(sidecar)
     except (OSError, ValueError):
         return False
     return rec.get("sha256") == asset.sha256 and {k: rec.get(k) for k in ("size", "mtime_ns")} == _stamp(path)

@@ -9,16 +9,15 @@ that commit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kto_bench.errors import AssetError, KtoBenchError
-from kto_bench.io import sha256_file
+from kto_bench.io import atomic_write_json, read_json, sha256_file
 from kto_bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -175,7 +174,7 @@ def model_hash(where: str, spec: ModelSpec) -> str:
     sidecar = folder / ".kto-bench-hash.json"
     stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     try:
-        cached = json.loads(sidecar.read_text())
+        cached = read_json(sidecar)
         if cached["stamp"] == stamp and cached.get("version") == 2:
             return cached["hash"]
     except (OSError, ValueError, KeyError):
@@ -186,10 +185,6 @@ def model_hash(where: str, spec: ModelSpec) -> str:
         digest = real.name if len(real.name) == 64 and "blobs" in real.parts else sha256_file(real)
         h.update(f"{p.name}:{digest}\n".encode())
     value = h.hexdigest()[:16]
-    try:
-        tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"stamp": stamp, "hash": value, "version": 2}))
-        os.replace(tmp, sidecar)
-    except OSError:
-        pass  # a read-only model folder: hash again next time
+    with contextlib.suppress(OSError):  # a read-only model folder: hash again next time
+        atomic_write_json(sidecar, {"stamp": stamp, "hash": value, "version": 2})
     return value

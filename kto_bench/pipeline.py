@@ -26,7 +26,7 @@ from kto_bench.data import sources
 from kto_bench.data.tokenize import TokenizedData, tokenize_views
 from kto_bench.data.transforms import corrupt
 from kto_bench.errors import StoreError, TrainingError
-from kto_bench.io import stable_hash
+from kto_bench.io import atomic_write_text, read_torch, stable_hash, write_jsonl
 from kto_bench.progress import progress
 from kto_bench.scoring import use_attention
 from kto_bench.spec import ExperimentSpec, ModelSpec, RunSpec
@@ -184,7 +184,7 @@ def histogram(values: list[int], bins: int = 10) -> dict:
 def load_data(store: RunStore) -> TokenizedData:
     path = store.file("data.pt")
     try:
-        return TokenizedData.from_state(torch.load(path, weights_only=False))
+        return TokenizedData.from_state(read_torch(path, trusted=True))
     except Exception as e:  # truncated or damaged: torch raises several types
         raise unreadable(path, e, redo(store)) from None
 
@@ -276,7 +276,7 @@ def stage_train(run: RunSpec, store: RunStore, results_root: Path, spec: Experim
 
     def log(step: int, metrics: dict) -> None:  # one call feeds every sink
         if acc.is_main_process:
-            append_jsonl(metrics_path, _json_line({"step": step, **metrics}))
+            append_jsonl(metrics_path, {"step": step, **metrics})
         acc.log(metrics, step=step)  # the trackers (main process only)
 
     ctx = Context(
@@ -337,11 +337,7 @@ def _truncate_metrics(path: Path, checkpoint: Path, run_id: str) -> int:
     import json
 
     try:
-        state = (
-            torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-            if checkpoint.exists()
-            else {}
-        )
+        state = read_torch(checkpoint, trusted=True, mmap=True) if checkpoint.exists() else {}
     except Exception:
         return 0
     if state and state.get("run_id") != run_id:
@@ -355,16 +351,8 @@ def _truncate_metrics(path: Path, checkpoint: Path, run_id: str) -> int:
             return float("inf")  # a half-written line
 
     lines = [ln for ln in path.read_text().splitlines() if ln.strip() and step(ln) <= last]
-    from kto_bench.io import atomic_write_text
-
     atomic_write_text(path, "".join(ln + "\n" for ln in lines))
     return last
-
-
-def _json_line(obj: dict) -> str:
-    import json
-
-    return json.dumps(obj, sort_keys=True, allow_nan=True)
 
 
 @torch.no_grad()
@@ -384,12 +372,11 @@ def _write_rewards(
     The rewards are the method's loss's own (`LossResult`), called with the hyperparameters it trained
     with: each example is its own batch row (a pair method sees it as both chosen and rejected).
     `policy` is the prepared LogProbs module of the loop: every process calls this, the main one writes."""
-    from kto_bench.io import atomic_write_text
     from kto_bench.methods import call_loss
     from kto_bench.scoring import collate
 
     items = data.binary[:limit]
-    lines = []
+    rows = []
     policy.eval()
     for start in range(0, len(items), 64):
         chunk = items[start : start + 64]
@@ -405,9 +392,9 @@ def _write_rewards(
         result = call_loss(run.method.type, as_one_view, **hyper)
         rewards = result.rewards if result.chosen_rewards is None else result.chosen_rewards
         for (s, desirable), r in zip(chunk, rewards.tolist(), strict=True):
-            lines.append(_json_line({"seq": s, "desirable": bool(desirable), "reward": r}))
+            rows.append({"seq": s, "desirable": bool(desirable), "reward": r})
     if acc.is_main_process:
-        atomic_write_text(store.file("rewards.jsonl"), "".join(ln + "\n" for ln in lines))
+        write_jsonl(store.file("rewards.jsonl"), rows, sort_keys=True)
 
 
 def stage_eval(run: RunSpec, store: RunStore, allow_code_execution: bool) -> None:

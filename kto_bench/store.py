@@ -29,7 +29,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from kto_bench import numerics
+from kto_bench import io, numerics
 from kto_bench.errors import StoreError
 from kto_bench.io import atomic_write_json, read_json
 
@@ -211,61 +211,16 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def save_torch(obj: Any, path: Path, *, before_rename=lambda: None) -> None:
-    """torch.save to a unique temp file in the same folder, then rename: readers never see half a file, a
-    failed write leaves no temp file, and a full disk is a StoreError naming `path` and the fix (torch.save
-    given a file name reports a failed write as a bare RuntimeError; given a file object, as the OSError)."""
-    import torch
-
-    path = Path(path)
+    """io.save_torch (temp file + rename) with a full disk or a read-only folder as a StoreError naming
+    `path` and the fix; `before_rename` is the crash-test hook of a file written but not yet renamed."""
     with disk_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # the writer's pid in the name: unique per process, and a later process can tell a dead one's
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            sink = _Sink(fd)
-            try:
-                torch.save(obj, sink)
-                os.fsync(fd)
-            except Exception:
-                if sink.error is not None:  # torch reports it as "unexpected pos": raise the real one
-                    raise sink.error from None
-                raise
-            finally:
-                os.close(fd)
-            before_rename()  # the crash-test hook of a checkpoint written but not yet renamed
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        io.save_torch(obj, path, before_rename=before_rename)
 
 
-class _Sink:
-    """The file object torch.save writes to: every byte goes to os.write, and the OSError of a write the
-    disk refuses is kept (torch's writer reports it as a RuntimeError "unexpected pos", or not at all)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        n = view.nbytes
-        try:
-            while view:
-                view = view[os.write(self.fd, view) :]  # a full disk: the next os.write raises
-        except OSError as e:
-            self.error = self.error or e
-            raise
-        return n
-
-    def flush(self) -> None:
-        pass
-
-
-def append_jsonl(path: Path, line: str) -> None:
+def append_jsonl(path: Path, obj: Any) -> None:
+    """One record (`io.json_line`) appended and synced: a killed writer leaves at most a half line."""
     with disk_errors(path), open(path, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
+        f.write(io.json_line(obj) + "\n")
         f.flush()
         os.fsync(f.fileno())
 

@@ -10,13 +10,12 @@ they never mix with the reported runs; they are cached and resumable like any ru
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from statistics import mean
 
 from kto_bench.errors import KtoBenchError
-from kto_bench.io import atomic_write_json
+from kto_bench.io import atomic_write_json, read_json
 from kto_bench.spec import expand, load_spec
 
 DEV_METRIC = "exact_match,strict-match"
@@ -25,7 +24,7 @@ DEV_METRIC = "exact_match,strict-match"
 def _score(path: Path, metric: str) -> tuple[float, int]:
     if not path.exists():
         raise KtoBenchError(f"tuning: {path} is missing (the run did not finish its evaluation)")
-    result = json.loads(path.read_text())
+    result = read_json(path)
     for m in result["metrics"]:
         if m["metric"] == metric:
             return float(m["value"]), int(m["n"])

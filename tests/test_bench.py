@@ -14,6 +14,7 @@ from kto_bench import bench, pipeline
 from kto_bench.bench import peer_trl, record, train
 from kto_bench.bench.eval import agreement
 from kto_bench.errors import KtoBenchError
+from kto_bench.io import read_json
 
 TRAIN_ROW_KEYS = {
     "side",
@@ -129,7 +130,7 @@ def test_train_bench_schema_ratios_provenance(train_record, tmp_path):
     )  # one data set
 
     json_path, md_path = record.write_results(rec, tmp_path, "t")
-    assert record.read_json_file(json_path)["rows"] == rec["rows"]
+    assert read_json(json_path)["rows"] == rec["rows"]
     md = md_path.read_text()
     assert "ours-kto-shared + fused KL" in md and "Fast path vs plain path" in md
     assert rec["gpu_command"] in md and f"trl {version('trl')}" in md
@@ -150,7 +151,7 @@ def test_ours_is_the_run_train_stage(monkeypatch, tmp_path):
     assert calls == [got["run"].run_id]
     logged = got["store"].file("metrics.jsonl").read_text().splitlines()
     assert [st["step"] for st in got["steps"]] == [1, 2] == list(range(1, len(logged) + 1))
-    summary = record.read_json_file(got["store"].file("train_summary.json"))
+    summary = read_json(got["store"].file("train_summary.json"))
     assert summary["steps"] == 2 and summary["tokens"] == sum(st["tokens/trained"] for st in got["steps"])
     # TRL's examples are the microbatches this run trained, in its order
     data = pipeline.load_data(got["store"])

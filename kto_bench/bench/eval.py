@@ -12,7 +12,6 @@ metrics, identical generations, the largest log-likelihood difference), so the t
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import replace
@@ -21,6 +20,7 @@ from typing import Any
 
 from kto_bench.bench import record
 from kto_bench.bench.record import MAX_NEW_TOKENS, PRESETS, BenchSettings, PeakMemory, sync
+from kto_bench.io import read_json, read_jsonl
 
 
 def evaluation(s: BenchSettings, task: str):
@@ -95,8 +95,8 @@ def timed(s: BenchSettings, run) -> dict[str, Any]:
         sync(device)
         secs = time.perf_counter() - t0
     (result_path,) = (p for p in folder.glob("*.json"))
-    result = json.loads(result_path.read_text())
-    samples = [json.loads(x) for x in (folder / result["samples_file"]).read_text().splitlines()]
+    result = read_json(result_path)
+    samples = read_jsonl(folder / result["samples_file"])
     return {"secs": secs, "memory": mem.record(), "result": result, "samples": samples}
 
 

@@ -291,12 +291,6 @@ def bench_name(s: BenchSettings) -> str:
     return f"{s.kind}-{s.against}-{s.model_config}-{where}"
 
 
-def read_json_file(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(Path(path).read_text())
-
-
 def write_results(record: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, Path]:
     from kto_bench.bench.table import to_markdown
     from kto_bench.io import atomic_write_text

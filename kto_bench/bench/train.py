@@ -13,7 +13,6 @@ Nothing here sets up a model, optimizer or data for our side: if the loop change
 from __future__ import annotations
 
 import gc
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from kto_bench.bench.record import (
     summarize,
 )
 from kto_bench.errors import KtoBenchError
+from kto_bench.io import read_json, read_jsonl
 
 # each measured on its own: padded is the peers' layout; checkpointing matches TRL's default
 VARIANTS: dict[str, tuple[dict[str, Any], ...]] = {
@@ -121,7 +121,7 @@ def run_ours(s: BenchSettings, method: str, training: dict[str, Any], root: Path
     reference_s = time.perf_counter() - t0
     with PeakMemory(s.resolved_device()) as mem:
         pipeline.stage_train(run, store, root, spec)
-    steps = [json.loads(line) for line in store.file("metrics.jsonl").read_text().splitlines()]
+    steps = read_jsonl(store.file("metrics.jsonl"))
     t = run.training
     settings = {
         "run_id": run.run_id,
@@ -195,7 +195,7 @@ def bench_train(s: BenchSettings) -> dict[str, Any]:
                 got = run_ours(s, method, training, root)
                 if first is None:
                     first = got
-                    data_report = json.loads(got["store"].file("data_report.json").read_text())
+                    data_report = read_json(got["store"].file("data_report.json"))
                     reference[method] = {
                         "seconds": got["reference_s"],
                         "sequences": data_report["counts"]["sequences"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from kto_bench.eval.tasks import TaskEntry, json_source, read_jsonl, require_fields
+from kto_bench.eval.tasks import TaskEntry, json_source, read_rows, require_fields
 
 TASK_YAML_DIR = Path(__file__).parent / "task_yaml"
 DEFAULT_DATA = "kto_bench.demo.hooks:default_task_data"
@@ -13,7 +13,7 @@ DEFAULT_DATA = "kto_bench.demo.hooks:default_task_data"
 
 def _build(template: str) -> Callable[[Path, Path, bool], tuple[dict, int, dict]]:
     def build(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
-        rows = read_jsonl(source)
+        rows = read_rows(source)
         need = ("question", "answer") if template == "demo_arith_gen" else ("question", "choices", "label")
         require_fields(source, rows, need)
         fields = {"include": str(TASK_YAML_DIR / f"{template}.yaml"), **json_source(source)}

