@@ -174,10 +174,10 @@ def model_hash(where: str, spec: ModelSpec) -> str:
     sidecar = folder / ".kto-bench-hash.json"
     stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     try:
-        cached = read_json(sidecar)
-        if cached["stamp"] == stamp and cached.get("version") == 2:
+        cached = read_json(sidecar, {})
+        if cached.get("stamp") == stamp and cached.get("version") == 2:
             return cached["hash"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError):  # a damaged sidecar: hash again
         pass
     h = hashlib.sha256()
     for p in files:
