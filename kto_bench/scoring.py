@@ -53,6 +53,15 @@ def group_tokens(group: Group) -> int:
     return len(group[0]) + sum(len(c) for _, c in group[1])
 
 
+def dense_row_tokens(seqs: list[Seq], cap: int | None) -> int | None:
+    """Row size for scoring `seqs` in the shared layout under a dense mask, whose cost grows with the square
+    of the row: the longest group (a prompt and its completions), so a row holds it or a few shorter groups
+    of about its size; never more than `cap`. CPU, the demo's model (docs/PERFORMANCE.md): 2.1x the
+    requests/s of 1,024-token rows on its multiple choice, 2.3x on MMLU-shaped requests."""
+    longest = max((group_tokens(g) for g in groups_of(seqs, share_prompts=True)), default=1)
+    return longest if cap is None else min(cap, longest)
+
+
 def pack_rows(groups: list[Group], row_tokens: int | None) -> list[list[Group]]:
     """Groups spread over ceil(total / row_tokens) rows, largest first onto the emptiest row, so the rows
     end up nearly equal (padding is what the longest row has over the others); None: one row."""

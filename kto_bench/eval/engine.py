@@ -6,7 +6,8 @@ results come back in input order.
 - Generation left-pads a batch's prompts; a prefix every prompt of the batch starts with (GSM8K's
   8-shot exemplars) is prefilled once and its KV cache repeated across the batch.
 - Log-likelihood packs each context once with all of its continuations (MMLU's four answer letters)
-  in rows of at most `row_tokens` tokens, with the training code's shared-prompt attention mask, and
+  in rows of at most `row_tokens` tokens (under a dense mask, rows of the batch's longest group, since
+  its cost grows with the square of the row), with the training code's shared-prompt attention mask, and
   sends only the positions that predict a continuation token through the LM head.
 
 Tokenisation mimics lm-eval's `_encode_pair`: trailing spaces of the context move to the
@@ -28,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kto_bench.errors import EvalError
-from kto_bench.scoring import collate, per_sequence, scored_token_logps
+from kto_bench.scoring import collate, dense_row_tokens, per_sequence, scored_token_logps
 
 R = TypeVar("R")
 TokenPair = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
@@ -99,7 +100,9 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.row_tokens = row_tokens  # log-likelihood: packed row size (a dense mask is row_tokens²)
+        self.row_tokens = (
+            row_tokens  # log-likelihood: the largest packed row (dense masks: the longest group)
+        )
         self.share_prefix = share_prefix  # generation: prefill a batch's common prefix once if this long
         if decode not in ("dynamic", "static"):
             raise EvalError(f"decode must be 'dynamic' or 'static', got {decode!r}")
@@ -218,7 +221,10 @@ class Engine:
     def _loglikelihood_batch(
         self, seqs: list[tuple[tuple[int, ...], tuple[int, ...]]]
     ) -> list[tuple[float, bool]]:
-        batch = collate(seqs, self.pad_id, self.device, "shared", self.row_tokens)
+        row_tokens = self.row_tokens
+        if getattr(self.model.config, "_attn_implementation", "sdpa") != "flex_attention":
+            row_tokens = dense_row_tokens(seqs, row_tokens)  # a dense mask costs the square of the row
+        batch = collate(seqs, self.pad_id, self.device, "shared", row_tokens)
         self.stats["loglikelihood_tokens"] += batch["input_ids"].numel()
         logps, greedy = scored_token_logps(self.model, batch)
         sums, misses = per_sequence(batch, logps), per_sequence(batch, (~greedy).long())

@@ -126,7 +126,12 @@ def test_batched_loglikelihood_matches_unbatched(lm):
 
 
 @pytest.mark.parametrize("row_tokens", [12, 2048])
-def test_requests_sharing_a_context_run_it_once_and_match_the_plain_path(lm, row_tokens):
+def test_requests_sharing_a_context_run_it_once_and_match_the_plain_path(lm, row_tokens, monkeypatch):
+    from kto_bench.eval import engine as engine_module
+
+    batches = []
+    collate = engine_module.collate
+    monkeypatch.setattr(engine_module, "collate", lambda *a: batches.append(collate(*a)) or batches[-1])
     model, tok = lm
     engine = Engine(model, tok, batch_size=8, row_tokens=row_tokens)
     context = "The following are multiple choice questions.\nAnswer:"
@@ -135,11 +140,15 @@ def test_requests_sharing_a_context_run_it_once_and_match_the_plain_path(lm, row
     for (ctx, cont), (logp, greedy) in zip(requests, got, strict=True):
         want_logp, want_greedy = naive_loglikelihood(model, *engine.encode_pair(ctx, cont))
         assert logp == pytest.approx(want_logp, abs=1e-4) and greedy == want_greedy
-    if row_tokens == 2048:  # each context ran once for all its continuations (one packed row, no padding)
+    if row_tokens == 2048:  # each context ran once for all its continuations
         pairs = [engine.encode_pair(c, x) for c, x in requests]
         contexts = {tuple(c) for c, _ in pairs}
         assert len(contexts) == 2
-        assert engine.stats["loglikelihood_tokens"] == sum(map(len, contexts)) + sum(len(x) for _, x in pairs)
+        (batch,) = batches
+        assert int((batch["doc"] >= 0).sum()) == sum(map(len, contexts)) + sum(len(x) for _, x in pairs)
+        # a dense mask costs the square of the row: rows are the longest group, not row_tokens
+        longest = len(pairs[0][0]) + sum(len(x) for c, x in pairs if c == pairs[0][0])
+        assert batch["input_ids"].shape == (2, longest)
 
 
 @pytest.mark.parametrize("decode", ["dynamic", "static"])
